@@ -1,0 +1,117 @@
+"""MNIST: the torchvision dataset, and a fast path that keeps a whole split on the training device.
+
+Pixel ranges are converted in one place, :func:`to_range`: ``"unit"`` is [0, 1] (stage 2, the
+single-step denoiser) and ``"signed"`` is [-1, 1] (the diffusion stages).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .runtime import in_colab
+from .validation import check_choice, check_positive_int, check_tensor
+
+VALUE_RANGES = ("unit", "signed")
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+def default_root() -> Path:
+    """Where MNIST lives: ``$COURSE_DATA_DIR``, else ``/content/data`` on Colab, else a user cache folder."""
+    if os.environ.get("COURSE_DATA_DIR"):
+        return Path(os.environ["COURSE_DATA_DIR"]).expanduser()
+    if in_colab():
+        return Path("/content/data")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "course_lib" / "data"
+
+
+def load_mnist(train: bool, root: str | os.PathLike | None = None):
+    """The torchvision MNIST split (``train=True``: training digits, else the 10,000 test digits).
+
+    Downloads into ``root`` (default :func:`default_root`) when the files are not already there.
+    Items are ``(PIL image, label)``; use :class:`DeviceImages` to train on it quickly.
+    """
+    from torchvision.datasets import MNIST
+
+    root = Path(root) if root is not None else default_root()
+    return MNIST(str(root), train=train, download=True)
+
+
+def to_range(images: torch.Tensor, value_range: str) -> torch.Tensor:
+    """Convert uint8 pixels (0..255) to floats in [0, 1] (``"unit"``) or [-1, 1] (``"signed"``)."""
+    check_tensor("images", images)
+    check_choice("value_range", value_range, VALUE_RANGES)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"`images` must be uint8 pixels (0..255), got {images.dtype}")
+    unit = images.float() / 255.0
+    return unit if value_range == "unit" else unit * 2.0 - 1.0
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Map images in [-1, 1] back to [0, 1] for display, clamping what lies outside."""
+    return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class DeviceImages:
+    """A whole MNIST split held on one device as uint8, with shuffled batches drawn there.
+
+    Args:
+        images: uint8 tensor of shape (N, 1, 28, 28).
+        labels: int64 tensor of shape (N,), digits 0..9.
+        value_range: ``"unit"`` or ``"signed"``: the range of the float batches handed out.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, value_range: str = "signed"):
+        check_tensor("images", images, ndim=4)
+        check_tensor("labels", labels, ndim=1)
+        check_choice("value_range", value_range, VALUE_RANGES)
+        if len(images) != len(labels):
+            raise ValueError(f"`images` and `labels` must have the same length, got {len(images)} and {len(labels)}")
+        self.images = images
+        self.labels = labels
+        self.value_range = value_range
+
+    @classmethod
+    def from_dataset(cls, dataset, device: torch.device | str = "cpu", value_range: str = "signed",
+                     subset_size: int | None = None) -> "DeviceImages":
+        """Copy a torchvision MNIST split (its first ``subset_size`` images, or all) to ``device``."""
+        count = len(dataset.data) if subset_size is None else min(check_positive_int("subset_size", subset_size),
+                                                                  len(dataset.data))
+        images = dataset.data[:count].unsqueeze(1).to(device)
+        labels = dataset.targets[:count].to(device)
+        return cls(images, labels, value_range)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def num_batches(self, batch_size: int) -> int:
+        """Number of full batches per epoch (the last, partial one is dropped)."""
+        return len(self) // check_positive_int("batch_size", batch_size)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(images, labels)`` batches: floats (B, 1, 28, 28) in ``value_range`` and int64 (B,).
+
+        The order is a permutation drawn with ``generator`` (which must live on this device).
+        """
+        count = self.num_batches(batch_size)
+        if count == 0:
+            raise ValueError(f"`batch_size` ({batch_size}) is larger than the {len(self)} images held")
+        order = (torch.randperm(len(self), device=self.device, generator=generator) if shuffle
+                 else torch.arange(len(self), device=self.device))
+        for index in order[: count * batch_size].view(count, batch_size):
+            yield to_range(self.images[index], self.value_range), self.labels[index]
+
+    def first(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``count`` images (floats in ``value_range``) and their labels, in a fixed order."""
+        check_positive_int("count", count)
+        return to_range(self.images[:count], self.value_range), self.labels[:count]

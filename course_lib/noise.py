@@ -1,0 +1,167 @@
+"""The forward (noising) process: Gaussian noising at one sigma, DDPM schedules, the closed form
+``q_sample``, the one-step Markov update, and an Euler-Maruyama simulator for the SDE warm-up.
+
+Timesteps are integers 0..T-1, 0 the least noisy; ``alpha_bars[t]`` is the product of ``alphas[0..t]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .validation import (check_choice, check_in_range, check_positive_int, check_same_shape, check_tensor,
+                         check_timesteps)
+
+SCHEDULE_KINDS = ("linear", "cosine")
+
+
+def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return ``z = x + sigma * eps`` with ``eps ~ N(0, I)`` of the shape of ``x``.
+
+    Args:
+        x: clean images, any shape, floats (in [0, 1] in stage 2).
+        sigma: noise level, >= 0.
+        generator: the source of ``eps`` (on the device of ``x``), for reproducible noise.
+    """
+    check_tensor("x", x, floating=True)
+    if not isinstance(sigma, (int, float)) or sigma < 0:
+        raise ValueError(f"`sigma` must be a number >= 0, got {sigma!r}")
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + sigma * eps
+
+
+def _cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule: alpha_bar(s) = f(s) / f(0), f(s) = cos^2((s/T + o) / (1 + o) * pi/2)."""
+    s = torch.arange(num_steps + 1, dtype=torch.float64)
+    f = torch.cos((s / num_steps + offset) / (1 + offset) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+class DDPMSchedule(nn.Module):
+    """The noise schedule of a DDPM with ``num_steps`` (T) steps.
+
+    Buffers (float32, length T, moved with ``.to(device)``):
+        betas: the variance added at each step, in (0, 1).
+        alphas: ``1 - betas``.
+        alpha_bars: cumulative products of ``alphas``; decreasing from about 1 to about 0.
+
+    Args:
+        num_steps: T (300 in this course).
+        beta_start, beta_end: first and last beta of the linear schedule.
+        kind: ``"linear"`` (Ho et al.) or ``"cosine"`` (Nichol & Dhariwal; ignores beta_start/end).
+    """
+
+    def __init__(self, num_steps: int = 300, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear"):
+        super().__init__()
+        check_positive_int("num_steps", num_steps)
+        check_choice("kind", kind, SCHEDULE_KINDS)
+        check_in_range("beta_start", beta_start, 0.0, 1.0)
+        check_in_range("beta_end", beta_end, 0.0, 1.0)
+        if kind == "linear":
+            betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        else:
+            betas = _cosine_betas(num_steps)
+        alphas = 1 - betas
+        self.num_steps = num_steps
+        self.kind = kind
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alphas", alphas.float())
+        self.register_buffer("alpha_bars", torch.cumprod(alphas, 0).float())
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time input of the UNets: integer timesteps divided by T, floats in [0, 1)."""
+        return t.float() / self.num_steps
+
+    def alpha_bars_prev(self) -> torch.Tensor:
+        """``alpha_bar_{t-1}`` for every t, with ``alpha_bar_{-1} = 1`` (no noise before the first step)."""
+        return torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars[:-1]])
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, kind={self.kind!r}"
+
+
+def _per_example(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``values[t]`` shaped (N, 1, 1, ...) to broadcast over an example of ``ndim`` dimensions."""
+    return values[t].view(-1, *([1] * (ndim - 1)))
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: DDPMSchedule) -> torch.Tensor:
+    """The closed-form forward process: ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``.
+
+    Args:
+        x0: clean images (N, ...), in [-1, 1].
+        t: integer timesteps (N,), in 0..T-1, on the device of ``x0``.
+        eps: standard normal noise with the shape of ``x0``.
+        schedule: the :class:`DDPMSchedule`, on the device of ``x0``.
+    """
+    check_tensor("x0", x0, floating=True)
+    check_timesteps("t", t, x0.shape[0], schedule.num_steps)
+    check_tensor("eps", eps, floating=True)
+    check_same_shape("eps", eps, "x0", x0)
+    alpha_bar = _per_example(schedule.alpha_bars, t, x0.dim())
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+
+
+def forward_step(x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: DDPMSchedule) -> torch.Tensor:
+    """One step of the Markov forward chain: ``x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps``.
+
+    ``x_prev`` is ``x_{t-1}`` (the clean image when t = 0); shapes as in :func:`q_sample`.
+    """
+    check_tensor("x_prev", x_prev, floating=True)
+    check_timesteps("t", t, x_prev.shape[0], schedule.num_steps)
+    check_same_shape("eps", eps, "x_prev", x_prev)
+    alpha = _per_example(schedule.alphas, t, x_prev.dim())
+    return alpha.sqrt() * x_prev + (1 - alpha).sqrt() * eps
+
+
+def markov_forward(x0: torch.Tensor, t: int, schedule: DDPMSchedule,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply :func:`forward_step` for timesteps 0..t to every image of ``x0``: a draw of ``x_t``."""
+    check_tensor("x0", x0, floating=True)
+    if not isinstance(t, int) or not 0 <= t < schedule.num_steps:
+        raise ValueError(f"`t` must be an integer in 0..{schedule.num_steps - 1}, got {t!r}")
+    x = x0
+    for step in range(t + 1):
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = forward_step(x, torch.full((x.shape[0],), step, device=x.device), eps, schedule)
+    return x
+
+
+def euler_maruyama(drift: Callable[[torch.Tensor, float], torch.Tensor],
+                   diffusion: Callable[[float], float],
+                   x0: torch.Tensor, t_end: float, num_steps: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulate ``dx = f(x, t) dt + g(t) dW`` from ``x0`` at t = 0 to ``t_end`` with Euler-Maruyama.
+
+    ``x_{k+1} = x_k + f(x_k, t_k) dt + g(t_k) sqrt(dt) z_k``, ``z_k ~ N(0, I)``.
+
+    Args:
+        drift: f(x, t), returns a tensor shaped like x.
+        diffusion: g(t), a number.
+        x0: starting points (N,) (one per path) or any shape.
+        t_end: final time, > 0.
+        num_steps: number of Euler steps.
+
+    Returns:
+        ``(times, paths)``: times (num_steps + 1,) and paths (num_steps + 1, *x0.shape).
+    """
+    check_tensor("x0", x0, floating=True)
+    check_positive_int("num_steps", num_steps)
+    if not isinstance(t_end, (int, float)) or t_end <= 0:
+        raise ValueError(f"`t_end` must be a number > 0, got {t_end!r}")
+    dt = t_end / num_steps
+    times = torch.linspace(0.0, t_end, num_steps + 1)
+    x = x0
+    path = [x]
+    for k in range(num_steps):
+        t = float(times[k])
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x + drift(x, t) * dt + diffusion(t) * math.sqrt(dt) * z
+        path.append(x)
+    return times, torch.stack(path)

@@ -1,0 +1,99 @@
+"""Training objectives, one per stage. Each returns a scalar loss (mean squared error over all pixels).
+
+All noise (and the random timesteps and label dropout) is drawn with ``generator``, which must live on
+the device of the images, so a check can compare two implementations on identical draws.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .noise import DDPMSchedule, add_noise, q_sample
+from .validation import check_batch_vector, check_in_range, check_positive_int, check_tensor
+
+DENOISER_SIGMA = 0.5
+P_UNCOND = 0.1
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def denoising_loss(model, x: torch.Tensor, sigma: float = DENOISER_SIGMA,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 2: ``|| model(x + sigma eps) - x ||^2``, the denoiser predicts the clean image.
+
+    x: clean images (N, 1, 28, 28) in [0, 1].
+    """
+    check_tensor("x", x, ndim=4, floating=True)
+    return F.mse_loss(model(add_noise(x, sigma, generator)), x)
+
+
+def random_timesteps(batch_size: int, schedule: DDPMSchedule, device,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Integer timesteps (batch_size,) drawn uniformly from 0..T-1."""
+    return torch.randint(0, schedule.num_steps, (batch_size,), device=device, generator=generator)
+
+
+def ddpm_loss(model, x0: torch.Tensor, schedule: DDPMSchedule,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 3 (Ho et al. Algorithm 1): ``|| model(x_t, t / T) - eps ||^2`` with t uniform over 0..T-1.
+
+    x0: clean images (N, 1, 28, 28) in [-1, 1].
+    """
+    check_tensor("x0", x0, ndim=4, floating=True)
+    t = random_timesteps(x0.shape[0], schedule, x0.device, generator)
+    eps = _noise_like(x0, generator)
+    return F.mse_loss(model(q_sample(x0, t, eps, schedule), schedule.model_time(t)), eps)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """Integer labels (N,) in 0..num_classes-1 to float one-hot rows (N, num_classes)."""
+    check_tensor("labels", labels, ndim=1, floating=False)
+    check_positive_int("num_classes", num_classes)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"`labels` must hold integers in 0..{num_classes - 1}, "
+                         f"got values from {int(labels.min())} to {int(labels.max())}")
+    return F.one_hot(labels, num_classes).float()
+
+
+def drop_labels(c: torch.Tensor, p_uncond: float = P_UNCOND,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each one-hot row of ``c`` (N, K) by zeros with probability ``p_uncond``."""
+    check_tensor("c", c, ndim=2, floating=True)
+    check_in_range("p_uncond", p_uncond, 0.0, 1.0)
+    keep = torch.rand(c.shape[0], device=c.device, generator=generator) >= p_uncond
+    return c * keep[:, None].to(c.dtype)
+
+
+def class_conditional_loss(model, x0: torch.Tensor, labels: torch.Tensor, schedule: DDPMSchedule,
+                           p_uncond: float = P_UNCOND, num_classes: int = 10,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 4: the DDPM loss with the one-hot class, dropped to zeros with probability ``p_uncond``.
+
+    x0: clean images (N, 1, 28, 28) in [-1, 1]; labels: int64 (N,) digits.
+    """
+    check_tensor("x0", x0, ndim=4, floating=True)
+    check_batch_vector("labels", labels, x0.shape[0])
+    c = drop_labels(one_hot(labels, num_classes), p_uncond, generator)
+    t = random_timesteps(x0.shape[0], schedule, x0.device, generator)
+    eps = _noise_like(x0, generator)
+    return F.mse_loss(model(q_sample(x0, t, eps, schedule), schedule.model_time(t), c), eps)
+
+
+def flow_interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Rectified flow's straight path: ``x_t = (1 - t) x0 + t eps`` with t (N,) in [0, 1]."""
+    t = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return (1 - t) * x0 + t * eps
+
+
+def flow_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 5 (rectified flow): ``|| model(x_t, t) - (eps - x0) ||^2`` with t ~ Uniform[0, 1].
+
+    x0: clean images (N, 1, 28, 28) in [-1, 1].
+    """
+    check_tensor("x0", x0, ndim=4, floating=True)
+    t = torch.rand(x0.shape[0], device=x0.device, generator=generator)
+    eps = _noise_like(x0, generator)
+    return F.mse_loss(model(flow_interpolate(x0, eps, t), t), eps - x0)
