@@ -1,0 +1,64 @@
+"""The nbgrader course folder: where sources, releases, submissions and the gradebook live.
+
+Layout (nbgrader's own): ``<root>/source/<stage>/<stage>.ipynb`` (copied from ``solutions/``),
+``<root>/release/...``, ``<root>/submitted/<student>/<stage>/<stage>.ipynb``, ``<root>/autograded/...``,
+``<root>/feedback/...`` and the gradebook ``<root>/gradebook.db``. One nbgrader assignment per stage.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS_DIR = REPO_ROOT / "solutions"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+STAGES = ("01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow")
+
+
+def nbgrader_config(root: Path):
+    """The traitlets config every nbgrader call of the course uses."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.CourseDirectory.root = str(root)
+    config.CourseDirectory.course_id = "diffusion-course"
+    config.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    config.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+    config.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+    return config
+
+
+def prepare_course(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
+    """Copy each stage's solution notebook into ``<root>/source/<stage>/`` (fresh copies)."""
+    root = Path(root).resolve()
+    for stage in stages:
+        source = root / "source" / stage
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(solutions_dir) / f"{stage}.ipynb", source / f"{stage}.ipynb")
+    return root
+
+
+def generate_student_notebooks(root: Path, out_dir: Path | None = NOTEBOOKS_DIR, stages=STAGES,
+                               solutions_dir: Path = SOLUTIONS_DIR) -> list[Path]:
+    """Run ``nbgrader generate_assignment`` for every stage; copy the student notebooks to ``out_dir``.
+
+    Returns the paths of the student notebooks written (in ``out_dir``, or in ``<root>/release`` when
+    ``out_dir`` is None).
+    """
+    from nbgrader.apps import NbGraderAPI
+
+    root = prepare_course(root, stages, solutions_dir)
+    api = NbGraderAPI(config=nbgrader_config(root))
+    written = []
+    for stage in stages:
+        result = api.generate_assignment(stage, force=True)
+        if not result["success"]:
+            raise RuntimeError(f"nbgrader generate_assignment failed for {stage}:\n{result['log']}\n{result['error']}")
+        released = root / "release" / stage / f"{stage}.ipynb"
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            written.append(Path(shutil.copy2(released, Path(out_dir) / f"{stage}.ipynb")))
+        else:
+            written.append(released)
+    return written
