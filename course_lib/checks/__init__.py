@@ -67,19 +67,33 @@ def expect_close(name: str, got: torch.Tensor, expected: torch.Tensor, hint: str
     raise CheckFailed(f"{message}: {hint}" if hint else message)
 
 
+def _refuse(*args, **kwargs):
+    raise __import__("course_lib.checks", fromlist=["CheckFailed"]).CheckFailed(
+        "this TODO must be written by you, not by calling the course_lib reference implementation")
+
+
 @contextlib.contextmanager
-def forbid(module, attribute: str):
-    """Within the block, calling ``module.attribute`` (a reference implementation) raises :class:`CheckFailed`.
+def forbid(reference):
+    """Within the block, any call of ``reference`` (a course_lib function or class) raises :class:`CheckFailed`.
 
-    Hidden tests use it to make sure a student wrote the function instead of calling ours.
+    Hidden tests wrap the student's function in it, so that a TODO solved by calling our reference,
+    under any name it was imported as, earns nothing. Functions have their code swapped; classes
+    their ``__init__``.
     """
-    original = getattr(module, attribute)
-
-    def refuse(*args, **kwargs):
-        raise CheckFailed(f"this TODO must be written by you, not by calling {module.__name__}.{attribute}")
-
-    setattr(module, attribute, refuse)
+    if isinstance(reference, type):
+        original = reference.__dict__.get("__init__")
+        reference.__init__ = _refuse
+        try:
+            yield
+        finally:
+            if original is None:
+                del reference.__init__
+            else:
+                reference.__init__ = original
+        return
+    original_code = reference.__code__
+    reference.__code__ = _refuse.__code__
     try:
         yield
     finally:
-        setattr(module, attribute, original)
+        reference.__code__ = original_code
