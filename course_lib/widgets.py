@@ -1,0 +1,124 @@
+"""Interactive sliders for the notebooks (ipywidgets): move a parameter, watch the images change.
+
+Every slider is an :class:`ImageSlider`: a slider above an ``Output`` widget that holds the figure as one
+png image. The figure is made once; a move only swaps the pixels of its image (``set_data``), renders the
+figure to png and replaces the ``Output``'s content, so redrawing is quick and never stacks figures.
+``ImageSlider.redraw(value)`` is the callback the slider calls; tests call it directly, without a browser.
+
+Builders: :func:`noise_slider` (sigma of Gaussian noising, stage 1) and :func:`forward_process_slider`
+(t of the DDPM forward process, stage 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Callable
+
+import ipywidgets as widgets
+import torch
+from matplotlib.figure import Figure
+
+from .noise import DDPMSchedule, add_noise, q_sample
+from .plots import image_grid
+from .validation import check_tensor
+
+Render = Callable[[float], torch.Tensor]
+
+
+class ImageSlider(widgets.VBox):
+    """A slider and an image grid that follows it.
+
+    Args:
+        slider: the ipywidgets slider (its ``value`` is handed to ``render`` and ``title``).
+        render: ``render(value) -> images`` (N, 1, H, W) in ``value_range``.
+        title: ``title(value) -> str``, the figure's title for that value.
+        ncols: images per row of the grid.
+        value_range: ``"unit"`` ([0, 1]) or ``"signed"`` ([-1, 1]) images.
+
+    Attributes:
+        slider, output: the two child widgets.
+        figure, image: the matplotlib Figure (not registered with pyplot) and its AxesImage.
+        png: the png bytes shown now.
+    """
+
+    def __init__(self, slider: widgets.ValueWidget, render: Render, title: Callable[[float], str],
+                 ncols: int = 8, value_range: str = "unit"):
+        self.slider = slider
+        self.output = widgets.Output()
+        self.render = render
+        self.title = title
+        self.ncols = ncols
+        self.value_range = value_range
+        grid = self._grid(slider.value)
+        height, width = grid.shape
+        self.figure = Figure(figsize=(min(10.0, 0.9 + width / 32), 0.6 + height / 32), dpi=80)
+        self.axes = self.figure.add_subplot()
+        self.image = self.axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        self.axes.set_axis_off()
+        self.png = b""
+        super().__init__([slider, self.output])
+        slider.observe(lambda change: self.redraw(change["new"]), names="value")
+        self.redraw(slider.value)
+
+    def _grid(self, value) -> torch.Tensor:
+        images = self.render(value)
+        check_tensor("render(value)", images, ndim=4)
+        return image_grid(images, min(self.ncols, len(images)), self.value_range)
+
+    def redraw(self, value) -> None:
+        """Show the images for ``value`` (the slider's callback)."""
+        self.image.set_data(self._grid(value).numpy())
+        self.axes.set_title(self.title(value))
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png")
+        self.png = buffer.getvalue()
+        self.output.outputs = ({
+            "output_type": "display_data",
+            "data": {"image/png": base64.b64encode(self.png).decode("ascii"), "text/plain": self.title(value)},
+            "metadata": {},
+        },)
+
+
+def noise_slider(images: torch.Tensor, max_sigma: float = 1.0, step: float = 0.05, seed: int = 0,
+                 add_noise_fn: Callable = add_noise) -> ImageSlider:
+    """A sigma slider over ``images`` (N, 1, H, W) in [0, 1], noised as ``z = x + sigma * eps``.
+
+    The same eps (drawn with ``seed``) is used for every sigma, so only the noise level changes.
+    ``add_noise_fn(x, sigma, generator)`` defaults to :func:`course_lib.noise.add_noise`; pass the
+    student's own function to watch it work.
+    """
+    check_tensor("images", images, ndim=4, floating=True)
+    images = images.detach().cpu()
+    slider = widgets.FloatSlider(value=0.5, min=0.0, max=max_sigma, step=step, description="sigma",
+                                 readout_format=".2f", continuous_update=True)
+
+    def render(sigma: float) -> torch.Tensor:
+        return add_noise_fn(images, float(sigma), torch.Generator().manual_seed(seed))
+
+    return ImageSlider(slider, render, lambda sigma: f"z = x + sigma * eps at sigma = {sigma:.2f}",
+                       ncols=math.ceil(math.sqrt(len(images) * 2)), value_range="unit")
+
+
+def forward_process_slider(x0: torch.Tensor, schedule: DDPMSchedule, seed: int = 0,
+                           q_sample_fn: Callable = q_sample) -> ImageSlider:
+    """A t slider (0..T-1) over the DDPM forward process of ``x0`` (N, 1, H, W) in [-1, 1].
+
+    ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` with one eps (drawn with ``seed``) for all t.
+    ``q_sample_fn(x0, t, eps, schedule)`` defaults to :func:`course_lib.noise.q_sample`.
+    """
+    check_tensor("x0", x0, ndim=4, floating=True)
+    device = schedule.alpha_bars.device
+    x0 = x0.detach().to(device)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    slider = widgets.IntSlider(value=schedule.num_steps // 4, min=0, max=schedule.num_steps - 1, step=1,
+                               description="t", continuous_update=True)
+
+    def render(t: int) -> torch.Tensor:
+        return q_sample_fn(x0, torch.full((len(x0),), int(t), dtype=torch.long, device=device), eps, schedule)
+
+    def title(t: int) -> str:
+        return f"x_t at t = {int(t)} (alpha_bar_t = {float(schedule.alpha_bars[int(t)]):.3f})"
+
+    return ImageSlider(slider, render, title, ncols=math.ceil(math.sqrt(len(x0) * 2)), value_range="signed")
