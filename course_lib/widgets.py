@@ -6,7 +6,8 @@ figure to png and replaces the ``Output``'s content, so redrawing is quick and n
 ``ImageSlider.redraw(value)`` is the callback the slider calls; tests call it directly, without a browser.
 
 Builders: :func:`noise_slider` (sigma of Gaussian noising, stage 1) and :func:`forward_process_slider`
-(t of the DDPM forward process, stage 1).
+(t of the DDPM forward process, stage 1); :func:`trajectory_scrubber` (a frame slider through a saved
+sampling trajectory, stage 3) and :func:`guidance_slider` (the classifier-free guidance scale, stage 4).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure
 
 from .noise import DDPMSchedule, add_noise, q_sample
 from .plots import image_grid
+from .sampling import cfg_sample
 from .validation import check_tensor
 
 Render = Callable[[float], torch.Tensor]
@@ -122,3 +124,46 @@ def forward_process_slider(x0: torch.Tensor, schedule: DDPMSchedule, seed: int =
         return f"x_t at t = {int(t)} (alpha_bar_t = {float(schedule.alpha_bars[int(t)]):.3f})"
 
     return ImageSlider(slider, render, title, ncols=math.ceil(math.sqrt(len(x0) * 2)), value_range="signed")
+
+
+def trajectory_scrubber(trajectory: torch.Tensor, ncols: int = 10) -> ImageSlider:
+    """A frame slider through a saved sampling trajectory (steps + 1, N, 1, H, W) of images in [-1, 1].
+
+    Frame 0 is the pure noise x_T, frame k the images after k reverse steps, the last frame the samples
+    (what :func:`course_lib.sampling.ddpm_sample` returns with ``return_trajectory=True``). Every frame is
+    already computed, so moving the slider only swaps pixels.
+    """
+    check_tensor("trajectory", trajectory, ndim=5, floating=True)
+    frames = trajectory.detach().cpu()
+    steps = len(frames) - 1
+    slider = widgets.IntSlider(value=steps, min=0, max=steps, step=1, description="step", continuous_update=True)
+
+    def title(k: int) -> str:
+        return f"after {int(k)} of {steps} reverse steps (x_{steps - int(k)})"
+
+    return ImageSlider(slider, lambda k: frames[int(k)], title, ncols=ncols, value_range="signed")
+
+
+def guidance_slider(model, schedule: DDPMSchedule, guidances=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0),
+                    digits=tuple(range(10)), seed: int = 0, sample_fn: Callable = cfg_sample) -> ImageSlider:
+    """A slider over the classifier-free guidance scale gamma, showing one sample of each digit in ``digits``.
+
+    The samples of every gamma in ``guidances`` are drawn once, up front, with the same seed (the same x_T
+    and the same z at every step), so a move shows instantly and only gamma changes between pictures.
+    ``sample_fn(model, schedule, labels, guidance, generator=...)`` returns images (N, 1, 28, 28) in
+    [-1, 1]; it defaults to :func:`course_lib.sampling.cfg_sample` (pass the student's own sampler to use it).
+    """
+    if len(guidances) == 0:
+        raise ValueError("`guidances` must hold at least one guidance scale, got an empty sequence")
+    device = schedule.alpha_bars.device
+    labels = torch.tensor(list(digits), dtype=torch.long, device=device)
+    samples = {}
+    for guidance in guidances:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        samples[float(guidance)] = sample_fn(model, schedule, labels, float(guidance), generator=generator).cpu()
+    options = list(samples)
+    slider = widgets.SelectionSlider(options=options, value=options[len(options) // 2], description="gamma",
+                                     continuous_update=True)
+    return ImageSlider(slider, lambda guidance: samples[float(guidance)],
+                       lambda guidance: f"guided samples, gamma = {float(guidance):g}", ncols=len(labels),
+                       value_range="signed")
