@@ -30,3 +30,19 @@ def mnist_root() -> Path:
     if not (root / "MNIST" / "raw").is_dir():
         pytest.skip(f"real-MNIST test: COURSE_DATA_DIR={value} has no MNIST/raw folder")
     return root
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's torch code on one CPU thread (restored after).
+
+    The tests' tensors are small and the test machines' few cores are shared: one thread avoids the
+    oversubscription that makes small operations ten times slower. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
