@@ -7,7 +7,9 @@ Layout (nbgrader's own): ``<root>/source/<stage>/<stage>.ipynb`` (copied from ``
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -16,10 +18,21 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 STAGES = ("01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow")
 
 
+def put_python_tools_on_path() -> None:
+    """Put this Python's ``bin/`` first on ``PATH``: nbgrader runs ``alembic`` and kernels by name.
+
+    Needed when the virtual environment's python is called by its full path without being activated.
+    """
+    tools = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != tools:
+        os.environ["PATH"] = os.pathsep.join([tools, os.environ.get("PATH", "")])
+
+
 def nbgrader_config(root: Path):
-    """The traitlets config every nbgrader call of the course uses."""
+    """The traitlets config every nbgrader call of the course uses (and the tools it runs put on ``PATH``)."""
     from traitlets.config import Config
 
+    put_python_tools_on_path()
     config = Config()
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.course_id = "diffusion-course"

@@ -1,0 +1,73 @@
+"""``python -m autograder release | grade SUBMISSIONS | feedback | demo`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
+from .grading import GradingOptions
+
+DEFAULT_COURSE = REPO_ROOT / "build" / "course"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                        help=f"nbgrader course folder (gradebook, releases, graded copies); default {DEFAULT_COURSE}")
+    common.add_argument("--stages", nargs="+", default=list(STAGES), help="assignments (default: all five stages)")
+    common.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of the source notebooks")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--jobs", type=int, default=1, help="students graded at the same time (processes)")
+    running.add_argument("--cell-timeout", type=int, default=GradingOptions.cell_timeout, help="seconds per cell")
+    running.add_argument("--notebook-timeout", type=float, default=GradingOptions.notebook_timeout,
+                         help="seconds per notebook")
+    running.add_argument("--memory-gb", type=float, default=GradingOptions.memory_gb,
+                         help="memory (address space) cap of each student's kernel in GiB; 0: none")
+    commands = parser.add_subparsers(dest="command", required=True)
+    release = commands.add_parser("release", parents=[common], help="generate the student notebooks")
+    release.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="where to copy the student notebooks")
+    grade = commands.add_parser("grade", parents=[common, running], help="autograde a folder or zip of submissions")
+    grade.add_argument("submissions", type=Path,
+                       help="nbgrader layout <student>/<stage>/*.ipynb, or a folder or .zip of LMS downloads")
+    grade.add_argument("--csv", type=Path, default=None, help="where to write the grades (default <course>/grades.csv)")
+    commands.add_parser("feedback", parents=[common], help="HTML feedback per student (hidden tests not shown)")
+    commands.add_parser("demo", parents=[common, running], help="release, then grade three built-in submissions")
+    return parser
+
+
+def _options(args) -> GradingOptions:
+    return GradingOptions(jobs=args.jobs, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+                          memory_gb=args.memory_gb)
+
+
+def _print_graded(table, runs, started: float, csv_path: Path) -> None:
+    print(table.format())
+    print(f"\nGrades written to {csv_path}")
+    if runs:
+        per_student = sum(run["seconds"] for run in runs) / len(runs)
+        print(f"{len(runs)} students in {time.perf_counter() - started:.1f} s "
+              f"(running one student's notebooks took {per_student:.1f} s on average)")
+
+
+def main(argv=None) -> int:
+    from . import commands
+
+    args = _parser().parse_args(argv)
+    stages = tuple(args.stages)
+    started = time.perf_counter()
+    if args.command == "release":
+        for path in commands.release(args.course, stages, args.solutions, args.notebooks):
+            print(path)
+    elif args.command == "grade":
+        table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv)
+        _print_graded(table, runs, started, args.csv or args.course.resolve() / "grades.csv")
+    elif args.command == "feedback":
+        for path in commands.feedback(args.course, stages):
+            print(path)
+    else:
+        table, runs = commands.demo(args.course, stages, _options(args), args.solutions)
+        _print_graded(table, runs, started, args.course.resolve() / "grades.csv")
+    return 0

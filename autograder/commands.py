@@ -1,0 +1,92 @@
+"""What the command line does: release, grade, feedback and demo, as functions the tests call directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .collect import collect_submissions
+from .course import NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config
+from .demo import write_demo_submissions
+from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
+from .report import GradeTable, read_grade_table
+
+
+def release(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR,
+            notebooks_dir: Path | None = NOTEBOOKS_DIR) -> list[Path]:
+    """``nbgrader generate_assignment`` for every stage into ``root`` (and ``notebooks_dir`` unless None)."""
+    return generate_student_notebooks(root, notebooks_dir, stages, solutions_dir)
+
+
+def is_released(root: Path, stages) -> bool:
+    """True when the gradebook of ``root`` knows every stage (grading needs it to restore cells)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    if not (Path(root) / "gradebook.db").exists():
+        return False
+    with Gradebook(nbgrader_config(Path(root)).CourseDirectory.db_url) as gradebook:
+        try:
+            for stage in stages:
+                gradebook.find_assignment(stage)
+        except MissingEntry:
+            return False
+    return True
+
+
+def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
+          solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None) -> tuple[GradeTable, list[dict]]:
+    """Collect, execute (on ``options.jobs`` processes), score; write the CSV (default ``<root>/grades.csv``).
+
+    Releases first when the course folder has not been released. Returns the table and, per student,
+    :func:`~autograder.grading.execute_student`'s result (seconds and problems).
+    """
+    root = Path(root).resolve()
+    quiet_nbgrader()
+    if not is_released(root, stages):
+        release(root, stages, solutions_dir, notebooks_dir=None)
+    students, problems = collect_submissions(submissions, root, stages)
+    not_run = set(problems)
+    work = {student: tuple(s for s in stages if (student, s) not in not_run) for student in students}
+    runs = execute_all(root, work, options)
+    for run in runs:
+        problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
+    problems.update(score_all(root, stages))
+    table = read_grade_table(root, stages, students, problems, not_run)
+    table.write_csv(csv_path or root / "grades.csv")
+    return table, runs
+
+
+def feedback(root: Path, stages=STAGES) -> list[Path]:
+    """HTML feedback for every graded student in ``<root>/feedback/<student>/<stage>/<stage>.html``.
+
+    nbgrader's feedback with :class:`~autograder.preprocessors.HideHiddenTests` added: failed checks show
+    their message, never the hidden tests' code.
+    """
+    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.converters import GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.preprocessors import GetGrades
+
+    from .preprocessors import HideHiddenTests
+
+    root = Path(root).resolve()
+    quiet_nbgrader()
+    config = nbgrader_config(root)
+    config.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    for stage in stages:
+        if not any((root / "autograded").glob(f"*/{stage}/{stage}.ipynb")):
+            continue
+        coursedir = CourseDirectory(config=config)
+        coursedir.assignment_id = stage
+        app = GenerateFeedback(coursedir=coursedir, config=config)
+        app.force = True
+        app.start()
+    return sorted((root / "feedback").glob("*/*/*.html"))
+
+
+def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), solutions_dir: Path = SOLUTIONS_DIR,
+         mistakes=None) -> tuple[GradeTable, list[dict]]:
+    """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions."""
+    root = Path(root).resolve()
+    release(root, stages, solutions_dir, notebooks_dir=None)
+    submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)
+    return grade(submissions, root, stages, options, solutions_dir)

@@ -1,0 +1,65 @@
+"""The three built-in submissions of ``python -m autograder demo``.
+
+- ``solutions``: the instructor's solution notebooks, handed in as they are (full marks).
+- ``untouched``: the student notebooks straight from the release (no auto-graded points).
+- ``mistakes``: the solutions after :data:`MISTAKES`, a short list of single-line edits that plant the errors
+  students typically make (partial marks). Each edit names the exact solution line it replaces, so when a
+  notebook changes the demo fails loudly instead of silently grading an unchanged copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbgrader import utils
+
+from .course import SOLUTIONS_DIR
+
+#: stage -> [(solution line, replacement)]; each solution line must occur exactly once in that stage's
+#: solution cells (compared without leading and trailing spaces; the replacement keeps the indentation).
+MISTAKES: dict[str, list[tuple[str, str]]] = {}
+
+DEMO_STUDENTS = ("solutions", "untouched", "mistakes")
+
+
+def plant_mistakes(notebook: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """Return a copy of ``notebook`` with each ``(line, replacement)`` applied to its solution cells.
+
+    Raises:
+        ValueError: a line is not found exactly once in the solution cells (the notebook changed).
+    """
+    notebook = nbformat.from_dict(notebook)
+    for old, new in replacements:
+        hits = [(cell, i) for cell in notebook.cells if utils.is_solution(cell)
+                for i, line in enumerate(cell.source.split("\n")) if line.strip() == old.strip()]
+        if len(hits) != 1:
+            raise ValueError(f"mistake line {old!r} occurs {len(hits)} times in the solution cells, expected once: "
+                             "update autograder.demo.MISTAKES to the current notebook")
+        cell, index = hits[0]
+        lines = cell.source.split("\n")
+        indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+        lines[index] = indent + new.strip()
+        cell.source = "\n".join(lines)
+    return notebook
+
+
+def write_demo_submissions(root: Path, out: Path, stages, solutions_dir: Path = SOLUTIONS_DIR,
+                           mistakes: dict[str, list[tuple[str, str]]] | None = None) -> Path:
+    """Write the three demo students into ``out`` in nbgrader's ``<student>/<stage>/<stage>.ipynb`` layout.
+
+    ``root`` is a released course folder (its ``release/`` gives the untouched notebooks).
+    """
+    mistakes = MISTAKES if mistakes is None else mistakes
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    for stage in stages:
+        name = f"{stage}.ipynb"
+        solution = nbformat.read(Path(solutions_dir) / name, as_version=4)
+        for student in DEMO_STUDENTS:
+            (out / student / stage).mkdir(parents=True)
+        nbformat.write(solution, out / "solutions" / stage / name)
+        shutil.copy2(Path(root) / "release" / stage / name, out / "untouched" / stage / name)
+        nbformat.write(plant_mistakes(solution, mistakes.get(stage, [])), out / "mistakes" / stage / name)
+    return out

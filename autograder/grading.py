@@ -1,0 +1,210 @@
+"""Autograde every collected submission, in parallel, into one nbgrader gradebook.
+
+Two phases, so that several processes can run notebooks while exactly one writes the gradebook:
+
+1. **Execute** (``jobs`` worker processes, one student at a time each). A worker runs nbgrader's own
+   ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>/`` that has a *copy* of the
+   gradebook (nbgrader needs one to restore cells, and writes the student into it), with our pipeline:
+   sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> inject state resets ->
+   execute with per-cell and per-notebook timeouts -> remove the injected cells -> cap output. The executed
+   notebooks are moved to ``<root>/executed/<student>/<stage>/``; the scratch folder is deleted.
+2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
+   ``submitted/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
+   graded notebooks into ``<root>/autograded/``, exactly as a plain ``nbgrader autograde`` would.
+
+Each worker process sets ``RLIMIT_AS`` (``memory_gb``) on itself before starting kernels; kernels inherit it,
+so a student who allocates a huge tensor gets a ``RuntimeError`` in their own cell instead of taking the
+machine. Workers share the CPU: each kernel gets ``cpu_count // jobs`` torch threads.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .course import REPO_ROOT, nbgrader_config, put_python_tools_on_path
+
+EXECUTED = "executed"
+WORK = "work"
+LOGS = "logs"
+
+
+@dataclass(frozen=True)
+class GradingOptions:
+    """How a submission is run.
+
+    Attributes:
+        jobs: worker processes that execute notebooks at the same time (>= 1).
+        cell_timeout: seconds one cell may run before it is interrupted.
+        notebook_timeout: seconds one notebook may run; later cells are marked "not run".
+        memory_gb: address-space cap of every kernel, in GiB (0: no cap).
+    """
+
+    jobs: int = 1
+    cell_timeout: int = 120
+    notebook_timeout: float = 600.0
+    memory_gb: float = 8.0
+
+    def __post_init__(self):
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"`jobs` must be an integer >= 1, got {self.jobs!r}")
+        if self.cell_timeout <= 0 or self.notebook_timeout <= 0:
+            raise ValueError(f"`cell_timeout` and `notebook_timeout` must be > 0, got {self.cell_timeout!r} "
+                             f"and {self.notebook_timeout!r}")
+        if self.memory_gb < 0:
+            raise ValueError(f"`memory_gb` must be >= 0 (0: no cap), got {self.memory_gb!r}")
+
+
+def executed_path(root: Path, student: str, stage: str) -> Path:
+    """Where phase 1 leaves the executed notebook of ``student`` for ``stage``."""
+    return Path(root) / EXECUTED / student / stage / f"{stage}.ipynb"
+
+
+def _execute_config(scratch: Path, options: GradingOptions):
+    from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, LimitOutput,
+                                        OverwriteCells, OverwriteKernelspec)
+
+    from .preprocessors import (CapOutputSize, GuardedExecute, InjectStateReset, RemoveInjectedCells,
+                                RestoreDeletedCells, StderrIsNotFailure)
+
+    config = nbgrader_config(scratch)
+    config.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
+                                               RestoreDeletedCells, OverwriteCells, CheckCellMetadata]
+    config.Autograde.autograde_preprocessors = [InjectStateReset, GuardedExecute, RemoveInjectedCells,
+                                                StderrIsNotFailure, CapOutputSize, LimitOutput]
+    config.Execute.timeout = int(options.cell_timeout)
+    config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
+    config.GuardedExecute.memory_limit_gb = float(options.memory_gb)
+    return config
+
+
+def _score_config(root: Path):
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
+                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
+
+    config = nbgrader_config(root)
+    config.CourseDirectory.submitted_directory = EXECUTED
+    config.Autograde.sanitize_preprocessors = [DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                               CheckCellMetadata]
+    config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                                SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+    return config
+
+
+def _run_autograde(config, stage: str, student: str) -> None:
+    from nbgrader.converters import Autograde
+    from nbgrader.coursedir import CourseDirectory
+
+    coursedir = CourseDirectory(config=config)
+    coursedir.assignment_id = stage
+    coursedir.student_id = student
+    app = Autograde(coursedir=coursedir, config=config)
+    app.force = True
+    app.start()
+
+
+def quiet_nbgrader() -> None:
+    """Keep nbgrader's log and SQLAlchemy's warnings out of the table (nbgrader's errors still show)."""
+    import logging
+
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="nbgrader")
+    warnings.filterwarnings("ignore", module="nbformat")
+
+
+def _init_worker(options: GradingOptions, log_dir: str) -> None:
+    """Set up a worker process: memory cap, thread share, quick mode, the repository on the kernel's path,
+    and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    quiet_nbgrader()
+    if options.memory_gb:
+        limit = int(options.memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    os.environ.update(
+        COURSE_MODE="quick",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    put_python_tools_on_path()
+
+
+def execute_student(root: str, student: str, stages: tuple[str, ...], options: GradingOptions) -> dict:
+    """Phase 1 for one student (runs in a worker): execute their notebook of each of ``stages``.
+
+    Returns ``{"student", "seconds", "problems": {stage: reason}}``; a stage is in ``problems`` when its run
+    stopped early (kernel died, notebook time limit) or nbgrader could not process it.
+    """
+    root = Path(root)
+    started = time.perf_counter()
+    scratch = root / WORK / student
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "submitted").mkdir(parents=True)
+    shutil.copy2(root / "gradebook.db", scratch / "gradebook.db")
+    for name in ("source", "release"):
+        (scratch / name).symlink_to(root / name, target_is_directory=True)
+    (scratch / "submitted" / student).symlink_to(root / "submitted" / student, target_is_directory=True)
+    problems = {}
+    config = _execute_config(scratch, options)
+    for stage in stages:
+        try:
+            _run_autograde(config, stage, student)
+        except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
+            problems[stage] = f"could not be graded: {type(error).__name__}: {error}"
+            continue
+        produced = scratch / "autograded" / student / stage
+        target = executed_path(root, student, stage).parent
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(produced, target)
+        timestamp = root / "submitted" / student / stage / "timestamp.txt"
+        if timestamp.exists():
+            shutil.copy2(timestamp, target / "timestamp.txt")
+        problem = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
+        if problem.get("problem"):
+            problems[stage] = problem["problem"]
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"student": student, "seconds": time.perf_counter() - started, "problems": problems}
+
+
+def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions) -> list[dict]:
+    """Phase 1 on ``options.jobs`` processes; ``work`` maps each student to the stages to run.
+
+    Returns :func:`execute_student`'s results in the order of ``work``.
+    """
+    shutil.rmtree(Path(root) / EXECUTED, ignore_errors=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(work))), mp_context=context,
+                             initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
+        futures = [pool.submit(execute_student, str(root), student, tuple(stages), options)
+                   for student, stages in work.items()]
+        return [future.result() for future in futures]
+
+
+def score_all(root: Path, stages: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """Phase 2: write the scores of every executed notebook into the gradebook; returns failures by (student, stage)."""
+    quiet_nbgrader()
+    config = _score_config(Path(root))
+    failures = {}
+    for stage in stages:
+        students = sorted(p.parent.parent.name for p in (Path(root) / EXECUTED).glob(f"*/{stage}/{stage}.ipynb"))
+        for student in students:
+            try:
+                _run_autograde(config, stage, student)
+            except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
+                failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
+    return failures

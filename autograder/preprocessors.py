@@ -1,0 +1,205 @@
+"""nbgrader preprocessors that make grading fair to every student and safe for the machine.
+
+Autograding (see :mod:`autograder.grading` for the order they run in):
+
+- :class:`RestoreDeletedCells`: puts back read-only and test cells a student deleted (nbgrader's own
+  ``OverwriteCells`` then restores the source of the ones that were edited).
+- :class:`InjectStateReset` / :class:`RemoveInjectedCells`: before execution, a cell that records the kernel's
+  settings and, before each graded test cell, one that restores them (:mod:`autograder.kernel_state`);
+  removed after execution.
+- :class:`GuardedExecute`: nbgrader's ``Execute`` that survives a kernel that dies and caps the whole notebook's
+  run time; every cell it could not run gets an error output that says why.
+- :class:`StderrIsNotFailure`: nbgrader scores a test cell 0 when anything was written to stderr (a progress
+  bar, a warning); this turns such output into stdout so only errors fail a test.
+- :class:`CapOutputSize`: truncates huge text outputs and drops huge rich outputs (nbgrader's
+  ``LimitOutput`` only counts lines).
+
+Feedback:
+
+- :class:`HideHiddenTests`: removes hidden-test regions from the source and reduces the error output of
+  those cells to the error's name and message, so feedback never shows the hidden tests' code.
+"""
+
+from __future__ import annotations
+
+import time
+
+from nbclient.exceptions import DeadKernelError
+from nbformat.notebooknode import NotebookNode, from_dict
+from nbformat.v4 import new_code_cell, new_markdown_cell
+from nbgrader import utils
+from nbgrader.api import Gradebook
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.preprocessors.clearhiddentests import ClearHiddenTests
+from traitlets import Float, Integer
+
+INJECTED = "autograder_injected"
+CAPTURE_SOURCE = "import autograder.kernel_state\nautograder.kernel_state.capture()"
+RESTORE_SOURCE = "__import__('autograder.kernel_state', fromlist=['restore']).restore()"
+
+
+def error_output(name: str, message: str) -> NotebookNode:
+    """An nbformat error output (what a failed cell shows) with a one-line traceback."""
+    return from_dict({"output_type": "error", "ename": name, "evalue": message,
+                      "traceback": [f"\x1b[0;31m{name}\x1b[0m: {message}"]})
+
+
+def is_test_cell(cell: NotebookNode) -> bool:
+    """A graded cell the student cannot edit: an autograder test (visible or hidden)."""
+    return cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell)
+
+
+class RestoreDeletedCells(NbGraderPreprocessor):
+    """Re-insert every cell of the source notebook (test, read-only, answer) that the submission lacks.
+
+    Each missing cell comes back from the gradebook, right after the cell that preceded it in the source
+    notebook, with its nbgrader metadata; a test cell keeps its points. Hidden tests come back too.
+    """
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        with Gradebook(info["db_url"]) as gradebook:
+            notebook = gradebook.find_notebook(info["notebook"], info["assignment"])
+            points = {cell.name: cell.max_score for cell in notebook.grade_cells}
+            solutions = {cell.name for cell in notebook.solution_cells}
+            tasks = {cell.name for cell in notebook.task_cells}
+            present = {cell.metadata.get("nbgrader", {}).get("grade_id") for cell in nb.cells}
+            position = 0  # insert after the last source cell seen in the submission
+            for source in notebook.source_cells:  # in the order of the source notebook
+                if source.name in present:
+                    position = 1 + next(i for i, cell in enumerate(nb.cells)
+                                        if cell.metadata.get("nbgrader", {}).get("grade_id") == source.name)
+                    continue
+                self.log.warning("Cell %s was deleted from the submission: restoring it", source.name)
+                nb.cells.insert(position, self._restored(source, points.get(source.name),
+                                                         source.name in solutions, source.name in tasks))
+                position += 1
+        return nb, resources
+
+    @staticmethod
+    def _restored(source, points, is_solution, is_task) -> NotebookNode:
+        nbgrader = {"grade_id": source.name, "locked": source.locked, "solution": is_solution,
+                    "grade": points is not None and not is_task, "task": is_task, "schema_version": 3,
+                    "checksum": source.checksum}
+        if points is not None:
+            nbgrader["points"] = points
+        new_cell = new_code_cell if source.cell_type == "code" else new_markdown_cell
+        return new_cell(source.source, metadata={"nbgrader": nbgrader})
+
+
+def _injected_cell(source: str) -> NotebookNode:
+    return new_code_cell(source, metadata={INJECTED: True})
+
+
+class InjectStateReset(NbGraderPreprocessor):
+    """Insert a settings-capturing cell first and a settings-restoring cell before each test cell."""
+
+    def preprocess(self, nb, resources):
+        cells = [_injected_cell(CAPTURE_SOURCE)]
+        for cell in nb.cells:
+            if is_test_cell(cell):
+                cells.append(_injected_cell(RESTORE_SOURCE))
+            cells.append(cell)
+        nb.cells = cells
+        return nb, resources
+
+
+class RemoveInjectedCells(NbGraderPreprocessor):
+    """Remove the cells :class:`InjectStateReset` added (after execution)."""
+
+    def preprocess(self, nb, resources):
+        nb.cells = [cell for cell in nb.cells if not cell.metadata.get(INJECTED)]
+        return nb, resources
+
+
+class GuardedExecute(Execute):
+    """nbgrader's ``Execute`` (per-cell ``timeout``, interrupt on timeout) made robust for hostile notebooks.
+
+    - A kernel that dies (``os._exit``, a segfault, the memory cap) no longer aborts the notebook: the cell
+      gets an error output naming the cause, every later code cell a "not run" error, and the outputs of
+      the cells before are kept, so the tests that passed keep their points.
+    - ``notebook_timeout`` caps the run time of the whole notebook (a cell that ignores interrupts would
+      otherwise cost ``timeout`` seconds for every later cell).
+
+    The notebook's metadata ``autograder.problem`` holds the reason the run stopped early, or ``None``.
+    """
+
+    notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
+    memory_limit_gb = Float(0.0, help="The kernel's memory cap, only to explain deaths (0: none).").tag(config=True)
+    shutdown_kernel = "immediate"
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._problem = None
+        self._deadline = time.monotonic() + self.notebook_timeout
+        nb, resources = super().preprocess(nb, resources, km)
+        nb.metadata["autograder"] = {"problem": self._problem}
+        return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        if self._problem is None and time.monotonic() > self._deadline:
+            self._problem = f"the notebook ran longer than its limit of {self.notebook_timeout:g} s"
+        if self._problem is not None:
+            if cell.cell_type == "code":
+                cell.outputs = [error_output("NotRun", f"this cell did not run: {self._problem}")]
+            return cell, resources
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            memory = f", or over the {self.memory_limit_gb:g} GiB memory cap" if self.memory_limit_gb else ""
+            self._problem = (f"the kernel died in cell {index + 1} (os._exit, a crash such as a segfault{memory}); "
+                             "later cells did not run")
+            cell.outputs.append(error_output("DeadKernelError", self._problem))
+            return cell, resources
+
+
+class StderrIsNotFailure(NbGraderPreprocessor):
+    """Turn stderr stream outputs of test cells into stdout, so only an error fails a test."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if is_test_cell(cell):
+            for output in cell.outputs:
+                if output.output_type == "stream" and output.name == "stderr":
+                    output.name = "stdout"
+        return cell, resources
+
+
+class CapOutputSize(NbGraderPreprocessor):
+    """Truncate text outputs longer than ``max_chars`` and drop rich outputs larger than ``max_bytes``."""
+
+    max_chars = Integer(20_000, help="Characters kept of one text output.").tag(config=True)
+    max_bytes = Integer(2_000_000, help="Largest rich output (image, HTML) kept, in bytes.").tag(config=True)
+
+    def _truncate(self, text):
+        text = "".join(text) if isinstance(text, list) else text
+        if len(text) <= self.max_chars:
+            return text
+        return text[: self.max_chars] + f"\n... [{len(text) - self.max_chars} more characters cut by the autograder]\n"
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code":
+            return cell, resources
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                output.text = self._truncate(output.text)
+            elif output.output_type in ("display_data", "execute_result"):
+                data = output.get("data", {})
+                for mime in list(data):
+                    if mime == "text/plain":
+                        data[mime] = self._truncate(data[mime])
+                    elif len(str(data[mime])) > self.max_bytes:
+                        del data[mime]
+                        data.setdefault("text/plain", f"[a {mime} output over {self.max_bytes} bytes was dropped]")
+        return cell, resources
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    """For feedback: cut hidden-test regions from test cells and reduce their errors to name and message."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if not is_test_cell(cell):
+            return cell, resources
+        if ClearHiddenTests(parent=self)._remove_hidden_test_region(cell):
+            for i, output in enumerate(cell.outputs):
+                if output.output_type == "error":
+                    cell.outputs[i] = error_output(output.ename, output.evalue)
+        return cell, resources
