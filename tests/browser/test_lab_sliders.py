@@ -1,0 +1,65 @@
+"""The solution notebooks in a real JupyterLab, driven by headless Chromium: run every cell in quick mode,
+then move each slider with the keyboard and watch the image it controls change.
+
+Each test works on a copy of its notebook (``solutions/`` is never modified) and keeps a screenshot of every
+step in its temporary folder; a failure lists their paths.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+import lab_page as lab
+from lab_server import REPO_ROOT
+
+SOLUTIONS = REPO_ROOT / "solutions"
+RUN_TIMEOUT_S = 100  # run all cells in quick mode; the whole browser suite stays under 3 minutes
+
+# Slider descriptions as course_lib.widgets writes them (matched on the whole label).
+SIGMA = re.compile(r"^\s*(sigma|σ)\s*$", re.IGNORECASE)
+TIMESTEP = re.compile(r"^\s*t\s*$")
+GUIDANCE = re.compile(r"^\s*(guidance|gamma|γ)\b", re.IGNORECASE)
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
+
+
+def run_notebook(page, lab_server, screenshots, stage: str) -> None:
+    """Copy ``solutions/<stage>.ipynb`` into the server's folder, open it, run all cells, check every cell."""
+    source = SOLUTIONS / f"{stage}.ipynb"
+    assert source.is_file(), f"missing solution notebook {source}"
+    shutil.copy(source, lab_server.notebook_dir / source.name)
+    lab.open_notebook(page, lab_server.url(source.name))
+    screenshots.take("opened", page)
+    lab.run_all_cells(page, timeout_s=RUN_TIMEOUT_S)
+    screenshots.take("ran-all-cells", page)
+    cells = lab.code_cells(page)
+    problems = lab.problems_in_cells(cells)
+    assert not problems, "\n".join(problems)
+    assert sum(cell["shownImages"] for cell in cells) > 0, "the notebook shows no image at all"
+
+
+def check_slider_redraws(page, screenshots, label: re.Pattern, name: str) -> None:
+    """Move the slider labelled ``label`` with the arrow keys; its image must change."""
+    slider = lab.slider(page, label)
+    image = lab.controlled_image(slider)
+    image.scroll_into_view_if_needed()
+    before = screenshots.take(f"{name}-before", image)
+    old_value, new_value = lab.press_until_readout_changes(slider)
+    after, changed = lab.wait_for_new_image(image, before)
+    screenshots.save(f"{name}-after", after)
+    screenshots.take(f"{name}-widget-after", slider.locator(lab.XPATH_CONTROLLED))
+    assert changed > 0.001, f"{name} {old_value} -> {new_value} changed only {changed:.2%} of the image's pixels"
+
+
+def test_noising_sliders_redraw_their_images(page, lab_server, screenshots):
+    run_notebook(page, lab_server, screenshots, "01_noising")
+    check_slider_redraws(page, screenshots, SIGMA, "sigma")
+    check_slider_redraws(page, screenshots, TIMESTEP, "t")
+
+
+def test_guidance_slider_redraws_its_samples(page, lab_server, screenshots):
+    run_notebook(page, lab_server, screenshots, "04_cfg")
+    check_slider_redraws(page, screenshots, GUIDANCE, "guidance")
