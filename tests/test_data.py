@@ -1,0 +1,158 @@
+"""course_lib.data on the real MNIST files of ``$COURSE_DATA_DIR``, and DeviceImages on images that carry
+their own index (so the tests can see which image went where)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.data import DeviceImages, default_root, load_mnist, to_range, to_unit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def test_split(mnist_root):
+    return load_mnist(train=False, root=mnist_root)
+
+
+def indexed_images(count: int) -> DeviceImages:
+    """``count`` uint8 images whose pixel (0, 0) is the image's index (< 256) and whose label is index % 10."""
+    images = torch.zeros(count, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(count, dtype=torch.uint8)
+    return DeviceImages(images, torch.arange(count) % 10, value_range="unit")
+
+
+def indices_of(batch: torch.Tensor) -> list[int]:
+    return (batch[:, 0, 0, 0] * 255).round().long().tolist()
+
+
+# ----------------------------------------------------------------------------- real MNIST
+
+def test_load_mnist_reads_the_files_of_course_data_dir(mnist_root, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(mnist_root))
+    assert default_root() == mnist_root
+    test = load_mnist(train=False)
+    assert len(test) == 10_000
+    image, label = test[0]
+    assert image.size == (28, 28) and isinstance(label, int) and 0 <= label <= 9
+    train = load_mnist(train=True)
+    assert len(train) > 0 and train.data.shape[1:] == (28, 28)
+    assert train.data.dtype == torch.uint8 and set(train.targets.tolist()) == set(range(10))
+
+
+def test_device_images_from_dataset_ranges(test_split):
+    unit = DeviceImages.from_dataset(test_split, value_range="unit", subset_size=200)
+    signed = DeviceImages.from_dataset(test_split, value_range="signed", subset_size=200)
+    assert len(unit) == 200 and unit.device.type == "cpu"
+    x_unit, labels = unit.first(8)
+    x_signed, _ = signed.first(8)
+    assert x_unit.shape == (8, 1, 28, 28) and x_unit.dtype == torch.float32
+    assert torch.equal(labels, test_split.targets[:8])
+    # MNIST digits are white strokes on black: every image reaches both ends of the range.
+    assert x_unit.amin().item() == 0.0 and x_unit.amax().item() == 1.0
+    assert x_signed.amin().item() == -1.0 and x_signed.amax().item() == 1.0
+    torch.testing.assert_close(x_signed, x_unit * 2 - 1)
+    torch.testing.assert_close(x_unit, test_split.data[:8, None].float() / 255)
+
+
+def test_subset_larger_than_the_split_keeps_the_split(test_split):
+    assert len(DeviceImages.from_dataset(test_split, subset_size=20_000)) == 10_000
+    with pytest.raises(ValueError, match="`subset_size`"):
+        DeviceImages.from_dataset(test_split, subset_size=0)
+
+
+def test_real_batches_are_the_datasets_images_and_labels(test_split):
+    data = DeviceImages.from_dataset(test_split, value_range="unit", subset_size=300)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:64]
+    images, labels = next(data.batches(64, generator))
+    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,) and labels.dtype == torch.int64
+    torch.testing.assert_close(images, test_split.data[order, None].float() / 255)
+    assert torch.equal(labels, test_split.targets[order])
+
+
+# ----------------------------------------------------------------------------- batches
+
+def test_every_image_appears_once_per_epoch():
+    data = indexed_images(120)
+    seen = [i for images, _ in data.batches(10, torch.Generator().manual_seed(1)) for i in indices_of(images)]
+    assert sorted(seen) == list(range(120))
+
+
+def test_the_last_partial_batch_is_dropped_without_repeats():
+    data = indexed_images(120)
+    assert data.num_batches(50) == 2
+    batches = list(data.batches(50, torch.Generator().manual_seed(2)))
+    seen = [i for images, _ in batches for i in indices_of(images)]
+    assert len(batches) == 2 and len(seen) == 100 and len(set(seen)) == 100
+
+
+def test_labels_travel_with_their_images():
+    for images, labels in indexed_images(100).batches(20, torch.Generator().manual_seed(3)):
+        assert [i % 10 for i in indices_of(images)] == labels.tolist()
+
+
+def test_shuffling_is_reproducible_with_a_generator():
+    data = indexed_images(100)
+
+    def epoch(seed):
+        return [indices_of(images) for images, _ in data.batches(25, torch.Generator().manual_seed(seed))]
+
+    assert epoch(4) == epoch(4)
+    assert epoch(4) != epoch(5)
+    generator = torch.Generator().manual_seed(4)
+    first, second = ([indices_of(x) for x, _ in data.batches(25, generator)] for _ in range(2))
+    assert first != second, "a new epoch from the same generator must be a new order"
+
+
+def test_without_shuffling_the_order_is_the_datasets():
+    batches = [indices_of(images) for images, _ in indexed_images(30).batches(10, shuffle=False)]
+    assert batches == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+
+
+def test_batches_come_in_the_value_range():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 28, 28).contiguous()
+    signed = DeviceImages(images, torch.tensor([0, 1]), value_range="signed")
+    x, _ = next(signed.batches(2, shuffle=False))
+    assert x[0].unique().tolist() == [-1.0] and x[1].unique().tolist() == [1.0]
+
+
+def test_device_images_reject_bad_arguments():
+    images, labels = torch.zeros(5, 1, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="`images`"):
+        DeviceImages(images[:, 0], labels)
+    with pytest.raises(ValueError, match="`labels`"):
+        DeviceImages(images, labels[:4])
+    with pytest.raises(ValueError, match="`value_range`"):
+        DeviceImages(images, labels, value_range="zero-one")
+    data = DeviceImages(images, labels)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        next(data.batches(6))
+    with pytest.raises(ValueError, match="`batch_size`"):
+        data.num_batches(0)
+    with pytest.raises(ValueError, match="`count`"):
+        data.first(0)
+
+
+# ----------------------------------------------------------------------------- conversions
+
+def test_to_range_and_back():
+    pixels = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    torch.testing.assert_close(to_range(pixels, "unit"), torch.tensor([0.0, 0.2, 1.0]))
+    torch.testing.assert_close(to_range(pixels, "signed"), torch.tensor([-1.0, -0.6, 1.0]))
+    torch.testing.assert_close(to_unit(to_range(pixels, "signed")), to_range(pixels, "unit"))
+    torch.testing.assert_close(to_unit(torch.tensor([-3.0, 0.0, 3.0])), torch.tensor([0.0, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_to_range_rejects_non_uint8_pixels(dtype):
+    with pytest.raises(TypeError, match="`images`.*uint8"):
+        to_range(torch.zeros(2, 1, 28, 28, dtype=dtype), "unit")
+
+
+def test_to_range_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="`value_range`"):
+        to_range(torch.zeros(2, dtype=torch.uint8), "0-255")
+    with pytest.raises(TypeError, match="`images`"):
+        to_range([0, 255], "unit")
