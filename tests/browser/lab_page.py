@@ -97,10 +97,21 @@ class Screenshots:
         return png
 
 
+def wait_until(page, js_condition: str, timeout_s: float, what: str) -> None:
+    """Poll ``js_condition`` in the page until it is true; ``AssertionError(what)`` after ``timeout_s`` seconds."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        page.wait_for_function(js_condition, timeout=max(timeout_s, 0.1) * 1000, polling=250)
+    except PlaywrightTimeoutError as error:
+        raise AssertionError(what) from error
+
+
 def open_notebook(page, url: str, timeout_s: float = 60) -> None:
     """Open the notebook at ``url`` and wait until JupyterLab shows it with an idle kernel."""
     page.goto(url)
-    page.wait_for_function(JS_NOTEBOOK_READY, timeout=timeout_s * 1000, polling=250)
+    wait_until(page, JS_NOTEBOOK_READY, timeout_s,
+               f"JupyterLab did not show the notebook with an idle kernel within {timeout_s:.0f} s")
 
 
 def run_all_cells(page, timeout_s: float) -> None:
@@ -108,7 +119,8 @@ def run_all_cells(page, timeout_s: float) -> None:
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     deadline = time.monotonic() + timeout_s
     while True:
-        page.wait_for_function(JS_RUN_FINISHED, timeout=max(deadline - time.monotonic(), 1) * 1000, polling=250)
+        wait_until(page, JS_RUN_FINISHED, deadline - time.monotonic(),
+                   f"the notebook did not finish running within {timeout_s:.0f} s")
         time.sleep(0.5)  # a kernel is briefly idle between two cells: finished means still finished a moment later
         if page.evaluate(JS_RUN_FINISHED):
             return
