@@ -1,0 +1,152 @@
+"""course_lib.checks: the feedback helpers the check cells and hidden tests are built from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import course_lib.noise
+from course_lib.checks import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from course_lib.models import ConvBlock
+from course_lib.noise import DDPMSchedule
+from course_lib.noise import q_sample as imported_under_another_name
+
+
+def test_check_failed_is_an_assertion_shown_without_traceback():
+    error = CheckFailed("your x is 1, expected 2")
+    assert isinstance(error, AssertionError)
+    assert error._render_traceback_() == ["\x1b[31m✗ your x is 1, expected 2\x1b[0m"]
+
+
+def test_passed_prints_one_line(capsys):
+    passed("alpha_bars")
+    assert capsys.readouterr().out == "✓ alpha_bars\n"
+
+
+# ----------------------------------------------------------------------------- expect_close / expect_tensor
+
+def test_expect_close_passes_within_tolerance():
+    expected = torch.linspace(0, 1, 12).view(3, 4)
+    assert expect_close("alpha_bars", expected + 5e-6, expected) is None
+
+
+def test_expect_close_names_the_worst_entry_its_values_and_the_hint():
+    expected = torch.zeros(3, 4)
+    got = expected.clone()
+    got[0, 1] = 0.01
+    got[1, 2] = -0.25  # the worst entry
+    with pytest.raises(CheckFailed) as failure:
+        expect_close("x_t", got, expected, hint="is it sqrt(alpha_bar)?")
+    assert str(failure.value) == "your x_t[1, 2] is -0.25, expected 0: is it sqrt(alpha_bar)?"
+
+
+def test_expect_close_without_a_hint_and_on_a_scalar():
+    with pytest.raises(CheckFailed) as failure:
+        expect_close("loss", torch.tensor(0.5), torch.tensor(0.25))
+    assert str(failure.value) == "your loss is 0.5, expected 0.25"
+
+
+def test_expect_close_uses_relative_tolerance():
+    expected = torch.tensor([1000.0])
+    expect_close("big", torch.tensor([1000.05]), expected)  # 5e-5 relative: within rtol 1e-4
+    with pytest.raises(CheckFailed, match=r"your big\[0\] is 1001"):
+        expect_close("big", torch.tensor([1001.0]), expected)
+
+
+@pytest.mark.parametrize("got, message", [
+    (torch.zeros(2, 3), r"x has shape \(2, 3\), expected \(3, 2\)"),
+    ([[0.0] * 2] * 3, "x should be a torch.Tensor, got list"),
+    (torch.zeros(3, 2, dtype=torch.long), "x has dtype torch.int64, expected a floating-point tensor"),
+    (torch.full((3, 2), float("nan")), "x contains NaN or infinite values"),
+])
+def test_expect_close_checks_the_tensor_first(got, message):
+    with pytest.raises(CheckFailed, match=message):
+        expect_close("x", got, torch.zeros(3, 2))
+
+
+def test_expect_tensor_accepts_integer_tensors_when_told():
+    labels = torch.tensor([1, 2])
+    assert expect_tensor("labels", labels, (2,), dtype_floating=False) is labels
+
+
+# ----------------------------------------------------------------------------- run_student
+
+def test_run_student_returns_the_result_and_passes_arguments():
+    assert run_student("add", lambda a, b=0: a + b, 2, b=3) == 5
+
+
+def test_run_student_turns_not_implemented_into_feedback():
+    def todo():
+        raise NotImplementedError()
+
+    with pytest.raises(CheckFailed, match="`make_schedule` is not implemented yet"):
+        run_student("make_schedule", todo)
+
+
+def test_run_student_turns_a_crash_into_feedback_naming_the_function_and_error():
+    def crashes(x):
+        return x @ torch.zeros(3, 3)
+
+    with pytest.raises(CheckFailed, match=r"`add_noise` raised RuntimeError: .*") as failure:
+        run_student("add_noise", crashes, torch.zeros(2, 2))
+    assert isinstance(failure.value.__cause__, RuntimeError)
+
+
+def test_run_student_lets_check_failures_through():
+    def checks_inside():
+        raise CheckFailed("inner message")
+
+    with pytest.raises(CheckFailed) as failure:
+        run_student("f", checks_inside)
+    assert str(failure.value) == "inner message"
+
+
+# ----------------------------------------------------------------------------- forbid
+
+def closed_form(x0, t, eps, schedule):
+    """What a student's TODO might be: the reference called under another name."""
+    return imported_under_another_name(x0, t, eps, schedule)
+
+
+def q_sample_arguments():
+    return torch.ones(2, 1, 4, 4), torch.tensor([0, 5]), torch.zeros(2, 1, 4, 4), DDPMSchedule(10)
+
+
+def test_forbid_refuses_the_reference_under_any_alias_and_restores_it():
+    arguments = q_sample_arguments()
+    expected = course_lib.noise.q_sample(*arguments)
+    with forbid(course_lib.noise.q_sample):
+        with pytest.raises(CheckFailed, match="must be written by you"):
+            closed_form(*arguments)
+        with pytest.raises(CheckFailed):
+            course_lib.noise.q_sample(*arguments)
+        with pytest.raises(CheckFailed):
+            run_student("q_sample", closed_form, *arguments)
+    torch.testing.assert_close(closed_form(*arguments), expected)
+
+
+def test_forbid_restores_the_reference_after_an_error_in_the_block():
+    arguments = q_sample_arguments()
+    with pytest.raises(KeyError):
+        with forbid(imported_under_another_name):
+            raise KeyError("boom")
+    assert closed_form(*arguments).shape == (2, 1, 4, 4)
+
+
+def test_forbid_refuses_a_class_and_restores_its_init():
+    with forbid(DDPMSchedule):
+        with pytest.raises(CheckFailed):
+            DDPMSchedule(10)
+        assert len(ConvBlock(1, 2)) == 2, "other classes must still work"
+    assert len(DDPMSchedule(10)) == 10
+
+
+def test_forbid_a_class_without_its_own_init_restores_the_inherited_one():
+    class Plain:
+        pass
+
+    with forbid(Plain):
+        with pytest.raises(CheckFailed):
+            Plain()
+    assert "__init__" not in Plain.__dict__
+    assert isinstance(Plain(), Plain)
