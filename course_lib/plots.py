@@ -53,7 +53,7 @@ def show_images(images: torch.Tensor, title: str, ncols: int = 10, value_range: 
         fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * ncols), max(1.6, 0.9 * rows + 0.6)))
     else:
         fig = ax.figure
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title)
     cell_h, cell_w = images.shape[2] + 2, images.shape[3] + 2
     ax.set_xticks([cell_w * (i + 0.5) - 1 for i in range(ncols)] if col_labels else [])
