@@ -35,6 +35,7 @@ def _is_nbgrader_layout(folder: Path, stages) -> bool:
 
 def _copy_nbgrader_layout(folder: Path, submitted: Path, stages) -> None:
     for student in sorted(p for p in folder.iterdir() if p.is_dir()):
+        (submitted / student.name).mkdir(parents=True, exist_ok=True)  # listed even with nothing handed in
         for stage in stages:
             stage_dir = student / stage
             notebooks = sorted(stage_dir.glob("*.ipynb")) if stage_dir.is_dir() else []

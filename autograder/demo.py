@@ -19,7 +19,14 @@ from .course import SOLUTIONS_DIR
 
 #: stage -> [(solution line, replacement)]; each solution line must occur exactly once in that stage's
 #: solution cells (compared without leading and trailing spaces; the replacement keeps the indentation).
-MISTAKES: dict[str, list[tuple[str, str]]] = {}
+MISTAKES: dict[str, list[tuple[str, str]]] = {
+    # a cumulative sum instead of a cumulative product
+    "01_noising": [("alpha_bars = torch.cumprod(alphas, dim=0)", "alpha_bars = torch.cumsum(alphas, dim=0)")],
+    # the loss compares the output with the noisy input instead of the clean image
+    "02_denoiser": [("return F.mse_loss(model(z), x)", "return F.mse_loss(model(z), z)")],
+    # the variance beta_t used where its square root belongs
+    "03_ddpm": [("return mean + beta.sqrt() * z", "return mean + beta * z")],
+}
 
 DEMO_STUDENTS = ("solutions", "untouched", "mistakes")
 

@@ -116,7 +116,10 @@ def quiet_nbgrader() -> None:
     """Keep nbgrader's log and SQLAlchemy's warnings out of the table (nbgrader's errors still show)."""
     import logging
 
-    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    logger = logging.getLogger("traitlets")
+    logger.setLevel(logging.ERROR)
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
     warnings.filterwarnings("ignore", module="nbgrader")
     warnings.filterwarnings("ignore", module="nbformat")
 
@@ -146,8 +149,8 @@ def _init_worker(options: GradingOptions, log_dir: str) -> None:
 def execute_student(root: str, student: str, stages: tuple[str, ...], options: GradingOptions) -> dict:
     """Phase 1 for one student (runs in a worker): execute their notebook of each of ``stages``.
 
-    Returns ``{"student", "seconds", "problems": {stage: reason}}``; a stage is in ``problems`` when its run
-    stopped early (kernel died, notebook time limit) or nbgrader could not process it.
+    Returns ``{"student", "seconds", "problems": {stage: reason}}``; a stage is in ``problems`` when a cell was
+    interrupted, its run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
     """
     root = Path(root)
     started = time.perf_counter()
@@ -164,7 +167,7 @@ def execute_student(root: str, student: str, stages: tuple[str, ...], options: G
         try:
             _run_autograde(config, stage, student)
         except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
-            problems[stage] = f"could not be graded: {type(error).__name__}: {error}"
+            problems[stage] = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
             continue
         produced = scratch / "autograded" / student / stage
         target = executed_path(root, student, stage).parent
@@ -174,9 +177,12 @@ def execute_student(root: str, student: str, stages: tuple[str, ...], options: G
         timestamp = root / "submitted" / student / stage / "timestamp.txt"
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
-        problem = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
-        if problem.get("problem"):
-            problems[stage] = problem["problem"]
+        record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
+        notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
+                 ] if record.get("timed_out") else []
+        notes += [record["problem"]] if record.get("problem") else []
+        if notes:
+            problems[stage] = "; ".join(notes)
     shutil.rmtree(scratch, ignore_errors=True)
     return {"student": student, "seconds": time.perf_counter() - started, "problems": problems}
 
@@ -186,7 +192,8 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
 
     Returns :func:`execute_student`'s results in the order of ``work``.
     """
-    shutil.rmtree(Path(root) / EXECUTED, ignore_errors=True)
+    for student in work:
+        shutil.rmtree(Path(root) / EXECUTED / student, ignore_errors=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(work))), mp_context=context,
                              initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:

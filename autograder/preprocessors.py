@@ -121,7 +121,8 @@ class GuardedExecute(Execute):
     - ``notebook_timeout`` caps the run time of the whole notebook (a cell that ignores interrupts would
       otherwise cost ``timeout`` seconds for every later cell).
 
-    The notebook's metadata ``autograder.problem`` holds the reason the run stopped early, or ``None``.
+    The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``) and
+    ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position).
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
@@ -130,9 +131,10 @@ class GuardedExecute(Execute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._problem = None
+        self._timed_out = []
         self._deadline = time.monotonic() + self.notebook_timeout
         nb, resources = super().preprocess(nb, resources, km)
-        nb.metadata["autograder"] = {"problem": self._problem}
+        nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out}
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
@@ -142,14 +144,18 @@ class GuardedExecute(Execute):
             if cell.cell_type == "code":
                 cell.outputs = [error_output("NotRun", f"this cell did not run: {self._problem}")]
             return cell, resources
+        name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index + 1}"
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             memory = f", or over the {self.memory_limit_gb:g} GiB memory cap" if self.memory_limit_gb else ""
-            self._problem = (f"the kernel died in cell {index + 1} (os._exit, a crash such as a segfault{memory}); "
+            self._problem = (f"the kernel died in {name} (os._exit, a crash such as a segfault{memory}); "
                              "later cells did not run")
             cell.outputs.append(error_output("DeadKernelError", self._problem))
             return cell, resources
+        if any(output.get("ename") == self.error_on_timeout["ename"] for output in cell.get("outputs", [])):
+            self._timed_out.append(name)
+        return cell, resources
 
 
 class StderrIsNotFailure(NbGraderPreprocessor):

@@ -1,0 +1,282 @@
+"""The grading pipeline on a class of real (small) submissions, several of them broken or hostile.
+
+The submissions are built from ``tests/submissions/toy/00_toy.ipynb``, a two-TODO nbgrader source notebook
+(visible test 1 point, hidden test 2 points, a second TODO with a 1-point test, a written answer), each
+student with one deliberate behaviour. One class is graded once (module fixture, 2 jobs) and the tests read
+its table, notebooks and feedback; a second, smaller grading run checks that grading again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder.collect import MISSING, collect_submissions
+from autograder.commands import feedback, grade, release
+from autograder.grading import GradingOptions, executed_path
+
+TOY_DIR = Path(__file__).parent / "submissions" / "toy"
+STAGE = "00_toy"
+STAGES = (STAGE,)
+MAX_AUTO = 4.0
+CELL_TIMEOUT = 20
+OPTIONS = GradingOptions(jobs=2, cell_timeout=CELL_TIMEOUT, notebook_timeout=240, memory_gb=6)
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def _solution() -> nbformat.NotebookNode:
+    return nbformat.read(TOY_DIR / f"{STAGE}.ipynb", as_version=4)
+
+
+def _cell(notebook, grade_id: str) -> nbformat.NotebookNode:
+    return next(cell for cell in notebook.cells if cell.metadata["nbgrader"]["grade_id"] == grade_id)
+
+
+def _delete(notebook, *grade_ids: str) -> None:
+    notebook.cells = [cell for cell in notebook.cells if cell.metadata["nbgrader"]["grade_id"] not in grade_ids]
+
+
+def _prepend(notebook, grade_id: str, code: str) -> nbformat.NotebookNode:
+    _cell(notebook, grade_id).source = code + "\n" + _cell(notebook, grade_id).source
+    return notebook
+
+
+def _noisy_body(notebook, body: str) -> nbformat.NotebookNode:
+    """Replace the solution region of ``noisy`` by ``body`` (4-space indented lines)."""
+    cell = _cell(notebook, "noisy")
+    cell.source = cell.source[: cell.source.index("    ### BEGIN SOLUTION")] + body
+    return notebook
+
+
+def _hardcoded_visible_answer() -> str:
+    """A ``noisy`` that returns the visible test's expected numbers, copied as a student would."""
+    import torch
+
+    from course_lib.noise import add_noise
+
+    values = add_noise(torch.zeros(2, 3), 0.5, torch.Generator().manual_seed(0)).tolist()
+    return f"    return torch.tensor({values})"
+
+
+def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
+    """Each student's notebook (a string: the raw file; None: no notebook at all)."""
+    tampered_tests = "pass  # my tests now pass"
+    tamper_right = _solution()
+    _cell(tamper_right, "test_noisy").source = tampered_tests
+    _delete(tamper_right, "test_noisy_hidden", "setup")
+    tamper_wrong = _noisy_body(_solution(), "    return x")
+    _cell(tamper_wrong, "test_noisy").source = tampered_tests
+    _delete(tamper_wrong, "test_noisy_hidden")
+    messy = _prepend(_solution(), "mean_square",
+                     "import os, sys, tempfile\nprint('x' * 5_000_000)\nprint('a warning of mine', file=sys.stderr)\n"
+                     "os.chdir(tempfile.gettempdir())\ntorch.set_default_dtype(torch.float64)\n"
+                     "torch.set_num_threads(1)\ntorch.use_deterministic_algorithms(True)")
+    messy = _noisy_body(messy, "    import sys\n    print('noisy was called', file=sys.stderr)\n"
+                               "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)")
+    return {
+        "solution": _solution(),
+        "untouched": nbformat.read(released, as_version=4),
+        "loops": _prepend(_solution(), "mean_square", "while True:\n    pass"),
+        "exits": _prepend(_solution(), "mean_square", "import os\nos._exit(1)"),
+        "segfault": _prepend(_solution(), "mean_square", "import ctypes\nctypes.string_at(0)"),
+        "hog": _prepend(_solution(), "mean_square", "hog = torch.empty(2**32)  # 16 GiB, over the 6 GiB cap"),
+        "tamper_right": tamper_right,
+        "tamper_wrong": tamper_wrong,
+        "reference": _noisy_body(_solution(), "    return add_noise(x, sigma, generator)"),
+        "hardcoded": _noisy_body(_solution(), _hardcoded_visible_answer()),
+        "messy": messy,
+        "broken": '{"cells": [ this is not JSON',
+        "absent": None,
+    }
+
+
+def _write_class(folder: Path, students: dict) -> Path:
+    """nbgrader's layout: ``<folder>/<student>/<stage>/<stage>.ipynb``."""
+    for student, notebook in students.items():
+        target = folder / student / STAGE
+        target.mkdir(parents=True)
+        if isinstance(notebook, str):
+            (target / f"{STAGE}.ipynb").write_text(notebook)
+        elif notebook is not None:
+            nbformat.write(notebook, target / f"{STAGE}.ipynb")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("course")
+    release(root, STAGES, TOY_DIR, notebooks_dir=None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def graded(course, tmp_path_factory):
+    submissions = _write_class(tmp_path_factory.mktemp("submissions"), _students(course / "release" / STAGE /
+                                                                                   f"{STAGE}.ipynb"))
+    table, runs = grade(submissions, course, STAGES, OPTIONS, TOY_DIR)
+    return course, submissions, table, {row.student: row for row in table.rows}, runs
+
+
+def _points(rows, student) -> float:
+    return rows[student].points[STAGE]
+
+
+def test_reference_and_untouched_submissions_get_full_and_zero_marks(graded):
+    _, _, table, rows, _ = graded
+    assert table.max_points == {STAGE: MAX_AUTO}
+    assert _points(rows, "solution") == MAX_AUTO and not rows["solution"].problems
+    assert _points(rows, "untouched") == 0.0
+    assert STAGE in rows["solution"].manual_pending  # the written answer waits for the instructor
+
+
+def test_endless_loop_is_interrupted_and_keeps_the_points_of_what_ran(graded):
+    _, _, _, rows, _ = graded
+    assert _points(rows, "loops") == MAX_AUTO - 1  # noisy's 3 points; mean_square never got defined
+    assert f"interrupted after {CELL_TIMEOUT} s in mean_square" in rows["loops"].problems[STAGE]
+
+
+@pytest.mark.parametrize("student", ["exits", "segfault"])
+def test_dead_kernel_keeps_earlier_points_and_says_why(graded, student):
+    course, _, _, rows, _ = graded
+    assert _points(rows, student) == MAX_AUTO - 1
+    assert "the kernel died in mean_square" in rows[student].problems[STAGE]
+    executed = nbformat.read(executed_path(course, student, STAGE), as_version=4)
+    last_test = _cell(executed, "test_mean_square")
+    assert last_test.outputs[0].ename == "NotRun"
+
+
+def test_memory_cap_turns_a_huge_allocation_into_an_error_in_that_cell(graded):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "hog") == MAX_AUTO - 1 and STAGE not in rows["hog"].problems  # the kernel survived
+    errors = [output for output in _cell(nbformat.read(executed_path(course, "hog", STAGE), as_version=4),
+                                         "mean_square").outputs if output.output_type == "error"]
+    assert errors and "memory" in errors[0].evalue.lower()
+
+
+def test_edited_and_deleted_cells_are_restored_and_the_students_code_still_graded(graded):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "tamper_right") == MAX_AUTO  # set-up and hidden test restored, own code passes
+    assert _points(rows, "tamper_wrong") == 1.0  # restored tests catch the wrong noisy; mean_square passes
+    autograded = nbformat.read(course / "autograded" / "tamper_wrong" / STAGE / f"{STAGE}.ipynb", as_version=4)
+    assert "expect_close" in _cell(autograded, "test_noisy").source
+    assert "BEGIN HIDDEN TESTS" in _cell(autograded, "test_noisy_hidden").source
+
+
+@pytest.mark.parametrize("student", ["reference", "hardcoded"])
+def test_calling_the_reference_or_copying_expected_values_earns_no_hidden_points(graded, student):
+    _, _, _, rows, _ = graded
+    assert _points(rows, student) == 2.0  # the visible 1 point and mean_square's 1 point, not the hidden 2
+
+
+def test_output_floods_stderr_and_global_settings_do_not_change_the_grade(graded):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "messy") == MAX_AUTO and not rows["messy"].problems
+    autograded = course / "autograded" / "messy" / STAGE / f"{STAGE}.ipynb"
+    assert autograded.stat().st_size < 200_000  # 5 MB of prints capped
+
+
+def test_broken_and_missing_notebooks_get_a_clear_line(graded):
+    course, _, table, rows, _ = graded
+    assert _points(rows, "broken") == 0.0 and rows["broken"].problems[STAGE].startswith("not a valid notebook")
+    assert _points(rows, "absent") == 0.0 and rows["absent"].problems[STAGE] == MISSING
+    text = table.format()
+    assert "broken / 00_toy: not a valid notebook" in text and "absent / 00_toy: missing" in text
+    csv_lines = (course / "grades.csv").read_text().splitlines()
+    assert csv_lines[0] == f"student,{STAGE},total,max_total,problems" and len(csv_lines) == 1 + len(rows)
+
+
+def test_feedback_explains_failures_without_showing_hidden_tests(graded):
+    course, _, _, _, _ = graded
+    pages = feedback(course, STAGES)
+    assert {page.parent.parent.name for page in pages} >= {"solution", "reference", "tamper_wrong"}
+    html = (course / "feedback" / "reference" / STAGE / f"{STAGE}.html").read_text()
+    assert "must be written by you" in html  # why the hidden test failed
+    for secret in ("secrets.randbits", "HIDDEN TESTS", "seed + 1"):
+        assert secret not in html
+
+
+def test_grading_again_gives_the_same_grades(graded, tmp_path):
+    course, submissions, _, rows, _ = graded
+    again = ["solution", "reference", "messy", "broken"]
+    subset = tmp_path / "again"
+    for student in again:
+        shutil.copytree(submissions / student, subset / student)
+    table, _ = grade(subset, course, STAGES, GradingOptions(jobs=1, cell_timeout=CELL_TIMEOUT, memory_gb=6), TOY_DIR)
+    assert {row.student: (row.points, row.problems) for row in table.rows} == {
+        student: (rows[student].points, rows[student].problems) for student in again}
+
+
+def test_lms_downloads_flat_or_zipped_are_collected_per_student(course, tmp_path):
+    notebook = nbformat.writes(_solution())
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    names = {"smithjane_12345_67890_00_toy.ipynb": "smithjane", "bob_00_toy-1.ipynb": "bob",
+             "carol_Copy of 00_toy.ipynb": "carol", "dave_notes.txt": None}
+    for name in names:
+        (downloads / name).write_text(notebook)
+    archive = tmp_path / "downloads.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name in names:
+            handle.write(downloads / name, name)
+    for source in (downloads, archive):
+        students, problems = collect_submissions(source, course, STAGES)
+        assert students == ["bob", "carol", "smithjane"] and problems == {}
+        assert json.loads((course / "submitted" / "carol" / STAGE / f"{STAGE}.ipynb").read_text())["cells"]
+
+
+def test_nbgrader_layout_accepts_a_renamed_notebook(course, tmp_path):
+    folder = tmp_path / "class" / "submitted" / "erin" / STAGE
+    folder.mkdir(parents=True)
+    nbformat.write(_solution(), folder / f"Copy of {STAGE}.ipynb")
+    students, problems = collect_submissions(tmp_path / "class", course, STAGES)
+    assert students == ["erin"] and problems == {}
+    assert (course / "submitted" / "erin" / STAGE / f"{STAGE}.ipynb").exists()
+
+
+def test_missing_submissions_folder_is_named_in_the_error(course, tmp_path):
+    with pytest.raises(FileNotFoundError, match="submissions"):
+        collect_submissions(tmp_path / "nowhere", course, STAGES)
+
+
+def test_kernel_state_restore_undoes_a_notebooks_global_changes(tmp_path, monkeypatch):
+    import builtins
+    import sys
+    import warnings
+
+    import torch
+
+    from autograder import kernel_state
+
+    original_print = builtins.print
+    monkeypatch.setattr(kernel_state, "_saved", {})
+    before = (os.getcwd(), torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+              sys.stderr, len(warnings.filters))
+    kernel_state.capture()
+    try:
+        os.chdir(tmp_path)
+        torch.set_default_dtype(torch.float64)
+        torch.set_num_threads(1)
+        torch.set_grad_enabled(False)
+        torch.use_deterministic_algorithms(True)
+        sys.stderr = sys.stdout
+        warnings.simplefilter("error")
+        builtins.print = None
+    finally:
+        kernel_state.restore()
+    assert (os.getcwd(), torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+            sys.stderr, len(warnings.filters)) == before
+    assert not torch.are_deterministic_algorithms_enabled() and builtins.print is original_print
+
+
+def test_grading_options_reject_bad_values():
+    with pytest.raises(ValueError, match="jobs"):
+        GradingOptions(jobs=0)
+    with pytest.raises(ValueError, match="memory_gb"):
+        GradingOptions(memory_gb=-1)
