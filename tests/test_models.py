@@ -166,8 +166,8 @@ def test_fc_blocks_embed_time_and_class_with_the_courses_widths():
 
 
 def test_class_conditioning_scales_and_time_shifts():
-    """unflatten <- c1 * unflatten + t1 and up1 <- c2 * up1 + t2, checked on the recorded feature maps
-    (the first 2D channels entering up1 are the modulated unflatten output; up2's first D channels the modulated up1)."""
+    """unflatten <- c1 * unflatten + t1 and up1 <- c2 * up1 + t2, checked on the recorded feature maps: the
+    first 2D channels entering up1 are the modulated unflatten output, up2's first D channels the modulated up1."""
     model = make("class").eval()
     recorded = {}
     for name in ("body.unflatten", "body.up1", "t1", "t2", "c1", "c2"):

@@ -14,6 +14,8 @@ import torch
 
 from course_lib.noise import DDPMSchedule, add_noise, euler_maruyama, forward_step, markov_forward, q_sample
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def linear_betas(num_steps: int, start: float = 1e-4, end: float = 0.02) -> list[float]:
     """Ho et al.'s linear schedule, one float64 at a time: start + i * (end - start) / (T - 1)."""
