@@ -4,7 +4,7 @@ optimal noise (or velocity) predictor is known in closed form.
 Data law: every pixel independently N(m, s^2) (m may differ per pixel). With x_t = sqrt(ab) x0 + sqrt(1 - ab) eps,
 x_t and eps are jointly Gaussian, so E[eps | x_t] = Cov(eps, x_t) / Var(x_t) (x_t - E x_t)
 = sqrt(1 - ab) (x_t - sqrt(ab) m) / (ab s^2 + 1 - ab). A sampler fed this exact predictor must give back
-N(m, s^2). The schedule is the cosine one, whose alpha_bar_T is ~1e-5, so starting from N(0, I) is exact too.
+N(m, s^2). The schedule is the cosine one, whose alpha_bar_T is below 1e-7: starting from N(0, I) is exact too.
 
 Tolerances: with n samples the per-pixel mean has standard error s / sqrt(n); the pooled spread is checked to a
 few percent, and the deterministic samplers get the extra few percent of their known discretisation bias
