@@ -18,6 +18,7 @@ from .validation import check_choice, check_positive_int, check_tensor
 VALUE_RANGES = ("unit", "signed")
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
+SUBSET_SEED = 0  # fixes which images a subset holds
 
 
 def default_root() -> Path:
@@ -79,12 +80,17 @@ class DeviceImages:
     @classmethod
     def from_dataset(cls, dataset, device: torch.device | str = "cpu", value_range: str = "signed",
                      subset_size: int | None = None) -> "DeviceImages":
-        """Copy a torchvision MNIST split (its first ``subset_size`` images, or all) to ``device``."""
-        count = len(dataset.data) if subset_size is None else min(check_positive_int("subset_size", subset_size),
-                                                                  len(dataset.data))
-        images = dataset.data[:count].unsqueeze(1).to(device)
-        labels = dataset.targets[:count].to(device)
-        return cls(images, labels, value_range)
+        """Copy a torchvision MNIST split to ``device``: all of it, or ``subset_size`` images.
+
+        The subset is a fixed pseudo-random choice (the same every time), so it holds every digit
+        even when a split is stored sorted by class.
+        """
+        images, labels = dataset.data, dataset.targets
+        if subset_size is not None and check_positive_int("subset_size", subset_size) < len(images):
+            chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(SUBSET_SEED))
+            chosen = chosen[:subset_size].sort().values
+            images, labels = images[chosen], labels[chosen]
+        return cls(images.unsqueeze(1).to(device), labels.to(device), value_range)
 
     @property
     def device(self) -> torch.device:
