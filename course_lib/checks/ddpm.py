@@ -13,6 +13,7 @@ The helpers :class:`Spy`, :func:`load_reference_weights`, :func:`forbidding`, :f
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable
 
 import torch
@@ -37,6 +38,19 @@ def forbidding(*references):
         for reference in references:
             stack.enter_context(forbid(reference))
         yield
+
+
+def single_threaded(check):
+    """Run ``check`` with one torch thread: its models are tiny, and on a busy CPU extra threads only wait."""
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return run
 
 
 def generator(seed: int) -> torch.Generator:
@@ -210,6 +224,7 @@ UNET_NAMES = ("name the layers as in the docstring: conv_in, down1, down2, flatt
               "head, t1 = FCBlock(1, 2D), t2 = FCBlock(1, D)")
 
 
+@single_threaded
 def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size: int = 5, seed: int = 0) -> None:
     """``cls(in_features, out_features)`` maps (N, F_in) to (N, F_out) exactly like the reference FCBlock."""
     torch.manual_seed(seed)
@@ -229,6 +244,7 @@ def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size:
     passed(f"FCBlock({in_features}, {out_features}) matches the reference")
 
 
+@single_threaded
 def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, seed: int = 0) -> None:
     """``cls(in_channels=1, num_hiddens=D)`` with ``forward(x, t)`` matches the reference with the same weights."""
     torch.manual_seed(seed)
@@ -286,6 +302,7 @@ def _loss_mutants(x0: torch.Tensor, schedule: DDPMSchedule, seed: int) -> dict[s
     }
 
 
+@single_threaded
 def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0) -> None:
     """``fn(model, x0, schedule, generator)`` equals the reference DDPM loss on the same generator."""
     schedule = DDPMSchedule(num_steps)
@@ -330,6 +347,7 @@ def _step_hint(student, t: int, schedule: DDPMSchedule) -> str:
             "sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)")
 
 
+@single_threaded
 def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0) -> None:
     """``fn(x_t, eps, t, schedule, z)`` gives the reference x_{t-1} at t = T-1, T/2, 1 and 0, and with ``z=None``."""
     schedule = DDPMSchedule(num_steps)
@@ -355,7 +373,8 @@ def tiny_unet(seed: int, num_hiddens: int = 4) -> nn.Module:
     return TimeConditionalUNet(1, num_hiddens)
 
 
-def expect_sampling_calls(spy: Spy, times: list[float], what: str) -> None:
+def expect_sampling_calls(spy: Spy, times: list[float], what: str,
+                          time_hint: str = "count t down from T-1 to 0 and pass t / T") -> None:
     """Fail unless the sampler called the model once per step, in eval mode, without autograd, at ``times``."""
     if len(spy.calls) != len(times):
         raise CheckFailed(f"your {what} called the model {len(spy.calls)} times, expected once per step "
@@ -370,9 +389,10 @@ def expect_sampling_calls(spy: Spy, times: list[float], what: str) -> None:
         got = call["t"]
         if got.dim() != 1 or not torch.allclose(got.float(), torch.full_like(got.float(), want), atol=1e-6):
             raise CheckFailed(f"at step {k + 1} your {what} gave the model time {got.flatten()[0].item():.4g}, "
-                              f"expected {want:.4g} for every image (a float tensor of shape (N,))")
+                              f"expected {want:.4g} for every image (a float tensor of shape (N,)): {time_hint}")
 
 
+@single_threaded
 def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0) -> None:
     """``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to the
     reference Algorithm 2 on the same generator, with and without the z term."""
