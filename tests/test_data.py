@@ -42,9 +42,9 @@ def test_load_mnist_reads_the_files_of_course_data_dir(mnist_root, monkeypatch):
 
 
 def test_device_images_from_dataset_ranges(test_split):
-    unit = DeviceImages.from_dataset(test_split, value_range="unit", subset_size=200)
-    signed = DeviceImages.from_dataset(test_split, value_range="signed", subset_size=200)
-    assert len(unit) == 200 and unit.device.type == "cpu"
+    unit = DeviceImages.from_dataset(test_split, value_range="unit")
+    signed = DeviceImages.from_dataset(test_split, value_range="signed")
+    assert len(unit) == 10_000 and unit.device.type == "cpu"
     x_unit, labels = unit.first(8)
     x_signed, _ = signed.first(8)
     assert x_unit.shape == (8, 1, 28, 28) and x_unit.dtype == torch.float32
@@ -63,13 +63,28 @@ def test_subset_larger_than_the_split_keeps_the_split(test_split):
 
 
 def test_real_batches_are_the_datasets_images_and_labels(test_split):
-    data = DeviceImages.from_dataset(test_split, value_range="unit", subset_size=300)
+    data = DeviceImages.from_dataset(test_split, value_range="unit")
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:64]
+    order = torch.randperm(10_000, generator=torch.Generator().manual_seed(0))[:64]
     images, labels = next(data.batches(64, generator))
     assert images.shape == (64, 1, 28, 28) and labels.shape == (64,) and labels.dtype == torch.int64
     torch.testing.assert_close(images, test_split.data[order, None].float() / 255)
     assert torch.equal(labels, test_split.targets[order])
+
+
+def test_a_subset_of_a_class_sorted_split_holds_every_digit(test_split):
+    """The offline training split is stored sorted by class: a subset must not be its first images."""
+    order = test_split.targets.argsort(stable=True)
+    by_class = type("SortedSplit", (), {"data": test_split.data[order], "targets": test_split.targets[order]})
+    subset = DeviceImages.from_dataset(by_class, subset_size=500)
+    again = DeviceImages.from_dataset(by_class, subset_size=500)
+    assert len(subset) == 500 and torch.equal(subset.images, again.images)
+    assert subset.labels.bincount(minlength=10).min() >= 25  # about 50 of each digit
+    # every image of the subset is one of the split's, with its own label
+    flat = by_class.data.flatten(1)
+    for image, label in zip(subset.images[:20], subset.labels[:20]):
+        matches = (flat == image.flatten()).all(1).nonzero().flatten()
+        assert label in by_class.targets[matches]
 
 
 # ----------------------------------------------------------------------------- batches
