@@ -19,16 +19,17 @@ def quick_mode(monkeypatch):
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    """The MNIST root folder from ``$COURSE_DATA_DIR`` (holding ``MNIST/raw``); skips the test when unset.
+    """A torchvision MNIST root: ``$COURSE_DATA_DIR`` when set (CI's offline copy), else the user cache
+    folder of ``course_lib.data.default_root()``, where torchvision downloads MNIST once (about 12 MB)."""
+    from course_lib.data import default_root, load_mnist
 
-    Tests never download: point ``COURSE_DATA_DIR`` at a folder with the MNIST files to run them.
-    """
     value = os.environ.get("COURSE_DATA_DIR")
-    if not value:
-        pytest.skip("real-MNIST test: set COURSE_DATA_DIR to a folder holding MNIST/raw to run it")
-    root = Path(value).expanduser()
-    if not (root / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real-MNIST test: COURSE_DATA_DIR={value} has no MNIST/raw folder")
+    root = Path(value).expanduser() if value else default_root()
+    if value and not (root / "MNIST" / "raw").is_dir():
+        pytest.fail(f"COURSE_DATA_DIR={value} holds no MNIST/raw folder: point it at a torchvision MNIST root")
+    for train in (False, True):
+        load_mnist(train=train, root=root)  # downloads only when the files are missing
+    os.environ.setdefault("COURSE_DATA_DIR", str(root))  # notebooks and subprocesses use the same files
     return root
 
 
