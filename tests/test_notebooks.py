@@ -89,7 +89,8 @@ def test_solution_notebook_structure(path):
     kinds = set()
     for cell in notebook.cells:
         meta = nbgrader_meta(cell)
-        assert meta.get("schema_version") == 3 and "grade_id" in meta, f"cell without nbgrader metadata: {cell.source[:60]!r}"
+        assert meta.get("schema_version") == 3 and "grade_id" in meta, \
+            f"cell without nbgrader metadata: {cell.source[:60]!r}"
         kind = (meta["grade"], meta["solution"], meta["locked"])
         assert kind in {(False, False, True), (False, True, False), (True, False, True), (True, True, False)}, \
             f"{grade_id(cell)}: unexpected grade/solution/locked {kind}"
