@@ -43,13 +43,19 @@ def _options(args) -> GradingOptions:
                           memory_gb=args.memory_gb)
 
 
+def _print_progress(result: dict) -> None:
+    note = f" ({result['problem']})" if result["problem"] else ""
+    print(f"  ran {result['student']} / {result['stage']} in {result['seconds']:.1f} s{note}", flush=True)
+
+
 def _print_graded(table, runs, started: float, csv_path: Path) -> None:
+    print()
     print(table.format())
     print(f"\nGrades written to {csv_path}")
     if runs:
         per_student = sum(run["seconds"] for run in runs) / len(runs)
         print(f"{len(runs)} students in {time.perf_counter() - started:.1f} s "
-              f"(running one student's notebooks took {per_student:.1f} s on average)")
+              f"(one student's notebooks took {per_student:.1f} s to run, on average)")
 
 
 def main(argv=None) -> int:
@@ -62,12 +68,13 @@ def main(argv=None) -> int:
         for path in commands.release(args.course, stages, args.solutions, args.notebooks):
             print(path)
     elif args.command == "grade":
-        table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv)
+        table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv,
+                                     _print_progress)
         _print_graded(table, runs, started, args.csv or args.course.resolve() / "grades.csv")
     elif args.command == "feedback":
         for path in commands.feedback(args.course, stages):
             print(path)
     else:
-        table, runs = commands.demo(args.course, stages, _options(args), args.solutions)
+        table, runs = commands.demo(args.course, stages, _options(args), args.solutions, progress=_print_progress)
         _print_graded(table, runs, started, args.course.resolve() / "grades.csv")
     return 0

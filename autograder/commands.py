@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .collect import collect_submissions
 from .course import NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config
@@ -33,11 +34,13 @@ def is_released(root: Path, stages) -> bool:
 
 
 def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
-          solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None) -> tuple[GradeTable, list[dict]]:
+          solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
+          progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
     """Collect, execute (on ``options.jobs`` processes), score; write the CSV (default ``<root>/grades.csv``).
 
     Releases first when the course folder has not been released. Returns the table and, per student,
-    :func:`~autograder.grading.execute_student`'s result (seconds and problems).
+    what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
+    notebook's result as it finishes.
     """
     root = Path(root).resolve()
     quiet_nbgrader()
@@ -46,7 +49,7 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     students, problems = collect_submissions(submissions, root, stages)
     not_run = set(problems)
     work = {student: tuple(s for s in stages if (student, s) not in not_run) for student in students}
-    runs = execute_all(root, work, options)
+    runs = execute_all(root, work, options, progress)
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
     problems.update(score_all(root, stages))
@@ -84,9 +87,9 @@ def feedback(root: Path, stages=STAGES) -> list[Path]:
 
 
 def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), solutions_dir: Path = SOLUTIONS_DIR,
-         mistakes=None) -> tuple[GradeTable, list[dict]]:
+         mistakes=None, progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
     """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions."""
     root = Path(root).resolve()
     release(root, stages, solutions_dir, notebooks_dir=None)
     submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)
-    return grade(submissions, root, stages, options, solutions_dir)
+    return grade(submissions, root, stages, options, solutions_dir, progress=progress)

@@ -45,6 +45,10 @@ def nbgrader_config(root: Path):
 def prepare_course(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
     """Copy each stage's solution notebook into ``<root>/source/<stage>/`` (fresh copies)."""
     root = Path(root).resolve()
+    missing = [stage for stage in stages if not (Path(solutions_dir) / f"{stage}.ipynb").exists()]
+    if missing:
+        raise FileNotFoundError(f"`stages`: no source notebook {', '.join(f'{s}.ipynb' for s in missing)} "
+                                f"in {solutions_dir}")
     for stage in stages:
         source = root / "source" / stage
         source.mkdir(parents=True, exist_ok=True)

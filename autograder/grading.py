@@ -2,10 +2,11 @@
 
 Two phases, so that several processes can run notebooks while exactly one writes the gradebook:
 
-1. **Execute** (``jobs`` worker processes, one student at a time each). A worker runs nbgrader's own
-   ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>/`` that has a *copy* of the
+1. **Execute** (``jobs`` worker processes, one notebook at a time each). A worker runs nbgrader's own
+   ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>-<stage>/`` that has a *copy* of the
    gradebook (nbgrader needs one to restore cells, and writes the student into it), with our pipeline:
-   sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> inject state resets ->
+   sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> mark the demo cells the
+   source tags ``skip_when_grading`` -> inject state resets ->
    execute with per-cell and per-notebook timeouts -> remove the injected cells -> cap output. The executed
    notebooks are moved to ``<root>/executed/<student>/<stage>/``; the scratch folder is deleted.
 2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
@@ -26,9 +27,10 @@ import resource
 import shutil
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .course import REPO_ROOT, nbgrader_config, put_python_tools_on_path
 
@@ -73,13 +75,14 @@ def _execute_config(scratch: Path, options: GradingOptions):
                                         OverwriteCells, OverwriteKernelspec)
 
     from .preprocessors import (CapOutputSize, GuardedExecute, InjectStateReset, RemoveInjectedCells,
-                                RestoreDeletedCells, StderrIsNotFailure)
+                                RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
 
     config = nbgrader_config(scratch)
     config.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
                                                RestoreDeletedCells, OverwriteCells, CheckCellMetadata]
-    config.Autograde.autograde_preprocessors = [InjectStateReset, GuardedExecute, RemoveInjectedCells,
-                                                StderrIsNotFailure, CapOutputSize, LimitOutput]
+    config.Autograde.autograde_preprocessors = [SkipDemoCells, InjectStateReset, GuardedExecute,
+                                                RemoveInjectedCells, StderrIsNotFailure, CapOutputSize, LimitOutput]
+    config.SkipDemoCells.source_root = str(scratch / "source")
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
     config.GuardedExecute.memory_limit_gb = float(options.memory_gb)
@@ -146,34 +149,31 @@ def _init_worker(options: GradingOptions, log_dir: str) -> None:
     put_python_tools_on_path()
 
 
-def execute_student(root: str, student: str, stages: tuple[str, ...], options: GradingOptions) -> dict:
-    """Phase 1 for one student (runs in a worker): execute their notebook of each of ``stages``.
+def execute_notebook(root: str, student: str, stage: str, options: GradingOptions) -> dict:
+    """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder.
 
-    Returns ``{"student", "seconds", "problems": {stage: reason}}``; a stage is in ``problems`` when a cell was
-    interrupted, its run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
+    Returns ``{"student", "stage", "seconds", "problem"}``; ``problem`` is ``None`` unless a cell was
+    interrupted, the run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
     """
     root = Path(root)
     started = time.perf_counter()
-    scratch = root / WORK / student
+    scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
-    (scratch / "submitted").mkdir(parents=True)
+    (scratch / "submitted" / student).mkdir(parents=True)
     shutil.copy2(root / "gradebook.db", scratch / "gradebook.db")
     for name in ("source", "release"):
         (scratch / name).symlink_to(root / name, target_is_directory=True)
-    (scratch / "submitted" / student).symlink_to(root / "submitted" / student, target_is_directory=True)
-    problems = {}
-    config = _execute_config(scratch, options)
-    for stage in stages:
-        try:
-            _run_autograde(config, stage, student)
-        except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
-            problems[stage] = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
-            continue
-        produced = scratch / "autograded" / student / stage
+    (scratch / "submitted" / student / stage).symlink_to(root / "submitted" / student / stage,
+                                                         target_is_directory=True)
+    try:
+        _run_autograde(_execute_config(scratch, options), stage, student)
+    except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
+        problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
+    else:
         target = executed_path(root, student, stage).parent
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(produced, target)
+        shutil.copytree(scratch / "autograded" / student / stage, target)
         timestamp = root / "submitted" / student / stage / "timestamp.txt"
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
@@ -181,25 +181,38 @@ def execute_student(root: str, student: str, stages: tuple[str, ...], options: G
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
         notes += [record["problem"]] if record.get("problem") else []
-        if notes:
-            problems[stage] = "; ".join(notes)
+        problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"student": student, "seconds": time.perf_counter() - started, "problems": problems}
+    return {"student": student, "stage": stage, "seconds": time.perf_counter() - started, "problem": problem}
 
 
-def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions) -> list[dict]:
-    """Phase 1 on ``options.jobs`` processes; ``work`` maps each student to the stages to run.
+def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions,
+                progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Phase 1 on ``options.jobs`` processes, one notebook per task; ``work`` maps students to stages to run.
 
-    Returns :func:`execute_student`'s results in the order of ``work``.
+    Notebooks rather than students are the unit of work, so a class of few students still keeps every
+    process busy. ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes. Returns one
+    ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``
+    is the time their notebooks took to run, added up.
     """
     for student in work:
         shutil.rmtree(Path(root) / EXECUTED / student, ignore_errors=True)
+    tasks = [(student, stage) for student, stages in work.items() for stage in stages]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(work))), mp_context=context,
+    with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
                              initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
-        futures = [pool.submit(execute_student, str(root), student, tuple(stages), options)
-                   for student, stages in work.items()]
-        return [future.result() for future in futures]
+        futures = [pool.submit(execute_notebook, str(root), student, stage, options) for student, stage in tasks]
+        for future in as_completed(futures):
+            if progress is not None:
+                progress(future.result())
+        results = [future.result() for future in futures]
+    runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
+    for result in results:
+        run = runs[result["student"]]
+        run["seconds"] += result["seconds"]
+        if result["problem"]:
+            run["problems"][result["stage"]] = result["problem"]
+    return list(runs.values())
 
 
 def score_all(root: Path, stages: tuple[str, ...]) -> dict[tuple[str, str], str]:

@@ -7,6 +7,7 @@ Autograding (see :mod:`autograder.grading` for the order they run in):
 - :class:`InjectStateReset` / :class:`RemoveInjectedCells`: before execution, a cell that records the kernel's
   settings and, before each graded test cell, one that restores them (:mod:`autograder.kernel_state`);
   removed after execution.
+- :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run.
 - :class:`GuardedExecute`: nbgrader's ``Execute`` that survives a kernel that dies and caps the whole notebook's
   run time; every cell it could not run gets an error output that says why.
 - :class:`StderrIsNotFailure`: nbgrader scores a test cell 0 when anything was written to stderr (a progress
@@ -23,7 +24,9 @@ Feedback:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import nbformat
 from nbclient.exceptions import DeadKernelError
 from nbformat.notebooknode import NotebookNode, from_dict
 from nbformat.v4 import new_code_cell, new_markdown_cell
@@ -31,9 +34,11 @@ from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.preprocessors.clearhiddentests import ClearHiddenTests
-from traitlets import Float, Integer
+from traitlets import Float, Integer, Unicode
 
 INJECTED = "autograder_injected"
+SKIPPED = "autograder_skipped"
+SKIP_TAG = "skip_when_grading"
 CAPTURE_SOURCE = "import autograder.kernel_state\nautograder.kernel_state.capture()"
 RESTORE_SOURCE = "__import__('autograder.kernel_state', fromlist=['restore']).restore()"
 
@@ -112,6 +117,28 @@ class RemoveInjectedCells(NbGraderPreprocessor):
         return nb, resources
 
 
+class SkipDemoCells(NbGraderPreprocessor):
+    """Mark read-only cells that the *source* notebook tags ``skip_when_grading`` (long training runs,
+    sampling demos whose results no test reads) so :class:`GuardedExecute` does not run them.
+
+    Tags are read from ``<source_root>/<assignment>/<notebook>.ipynb`` by ``grade_id``, never from the
+    submission, so a student cannot skip anything; graded and answer cells are never skipped.
+    """
+
+    source_root = Unicode("", help="The course's source/ folder.").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        source = nbformat.read(Path(self.source_root) / info["assignment"] / f"{info['notebook']}.ipynb", as_version=4)
+        skipped = {cell.metadata["nbgrader"]["grade_id"] for cell in source.cells
+                   if SKIP_TAG in cell.metadata.get("tags", []) and utils.is_locked(cell)
+                   and not utils.is_grade(cell) and not utils.is_solution(cell)}
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") in skipped and not utils.is_grade(cell):
+                cell.metadata[SKIPPED] = True
+        return nb, resources
+
+
 class GuardedExecute(Execute):
     """nbgrader's ``Execute`` (per-cell ``timeout``, interrupt on timeout) made robust for hostile notebooks.
 
@@ -143,6 +170,8 @@ class GuardedExecute(Execute):
         if self._problem is not None:
             if cell.cell_type == "code":
                 cell.outputs = [error_output("NotRun", f"this cell did not run: {self._problem}")]
+            return cell, resources
+        if cell.metadata.pop(SKIPPED, False):
             return cell, resources
         name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index + 1}"
         try:

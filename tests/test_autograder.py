@@ -280,3 +280,9 @@ def test_grading_options_reject_bad_values():
         GradingOptions(jobs=0)
     with pytest.raises(ValueError, match="memory_gb"):
         GradingOptions(memory_gb=-1)
+
+
+def test_cells_the_source_tags_skip_when_grading_are_not_run(graded):
+    course, _, _, rows, _ = graded
+    executed = nbformat.read(executed_path(course, "solution", STAGE), as_version=4)
+    assert _cell(executed, "slow_demo").execution_count is None and not rows["solution"].problems

@@ -1,0 +1,48 @@
+"""The README's main instructor command on the real five notebooks: ``python -m autograder demo``, then ``feedback``.
+
+One run (quick mode, CPU, 2 jobs): the solutions get full marks, the untouched student notebooks no auto-graded
+points, the submission with deliberate mistakes (``autograder.demo.MISTAKES``) something in between.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autograder.course import REPO_ROOT, STAGES
+from autograder.demo import MISTAKES
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _autograder(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COURSE_MODE": "quick"}
+    return subprocess.run([sys.executable, "-m", "autograder", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=580)
+
+
+def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
+    course = tmp_path / "course"
+    run = _autograder("demo", "--course", str(course), "--jobs", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "solutions" in run.stdout and "Grades written to" in run.stdout
+    with (course / "grades.csv").open() as handle:
+        rows = {row["student"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"solutions", "untouched", "mistakes"}
+    maximum = float(rows["solutions"]["max_total"])
+    assert maximum > 0
+    assert float(rows["solutions"]["total"]) == maximum and not rows["solutions"]["problems"]
+    assert float(rows["untouched"]["total"]) == 0.0
+    assert 0 < float(rows["mistakes"]["total"]) < maximum
+    for stage in MISTAKES:  # each planted mistake costs points in its own stage
+        assert float(rows["mistakes"][stage]) < float(rows["solutions"][stage])
+
+    pages = _autograder("feedback", "--course", str(course))
+    assert pages.returncode == 0, pages.stderr[-3000:]
+    for stage in STAGES:
+        html = (course / "feedback" / "mistakes" / stage / f"{stage}.html").read_text()
+        assert "HIDDEN TESTS" not in html
