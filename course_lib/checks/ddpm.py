@@ -320,6 +320,11 @@ def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0)
     passed(f"ddpm_loss matches the reference (batch {batch_size}, T = {num_steps})")
 
 
+# In float32, 1 - alpha_bar_t loses digits at small t, so the posterior form and Ho et al.'s form of the same
+# step differ by up to about 1e-4 relative (T = 1000, t = 1): both must pass.
+STEP_ATOL, STEP_RTOL = 1e-4, 1e-3
+
+
 def _step_coefficients(step, t: int, schedule: DDPMSchedule) -> tuple[float, float, float]:
     """The coefficients (a, b, c) of x_{t-1} = a x_t + b eps + c z, read off ``step`` with unit inputs."""
     one, zero = torch.ones(1, *IMAGE), torch.zeros(1, *IMAGE)
@@ -339,7 +344,7 @@ def _step_hint(student, t: int, schedule: DDPMSchedule) -> str:
         if abs(got[2] - beta) < 1e-7:
             return "sigma_t = sqrt(beta_t): the noise term is sqrt(beta_t) z, not beta_t z"
         return f"the coefficient of z should be sigma_t = sqrt(beta_t) = {want[2]:.4g}, yours is {got[2]:.4g}"
-    if abs(got[0] - want[0]) > 1e-5 * abs(want[0]):
+    if abs(got[0] - want[0]) > STEP_RTOL * abs(want[0]):
         hint = ("check the coefficient of x_t: sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), plus "
                 "sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) times 1 / sqrt(alpha_bar_t) through x0_hat")
         return hint + (" (alpha_bar_{t-1} = 1 at t = 0: use schedule.alpha_bars_prev())" if t == 0 else "")
@@ -360,10 +365,11 @@ def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0
         results = [run_student("ddpm_step", fn, x_t, eps, t, schedule, noise) for x_t, eps, t, noise, _ in cases]
     for (x_t, eps, t, noise, expected), got in zip(cases, results):
         expect_tensor("x_{t-1}", got, x_t.shape)
-        if not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+        if not torch.allclose(got, expected, atol=STEP_ATOL, rtol=STEP_RTOL):
             hint = ("with z=None return the mean only (no noise term)" if noise is None and t > 0
                     else _step_hint(fn, t, schedule))
-            expect_close("x_{t-1}", got, expected, f"(t = {t}{', z=None' if noise is None else ''}) {hint}")
+            expect_close("x_{t-1}", got, expected, f"(t = {t}{', z=None' if noise is None else ''}) {hint}",
+                         atol=STEP_ATOL, rtol=STEP_RTOL)
     passed(f"ddpm_step matches Algorithm 2 at t = {num_steps - 1}, {num_steps // 2}, 1 and 0, with and without z")
 
 
