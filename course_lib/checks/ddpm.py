@@ -6,8 +6,10 @@ Every ``check_*`` function runs the student's code with the course_lib reference
 raises :class:`~course_lib.checks.CheckFailed` with a hint that names the likely mistake. The visible
 check cells call them with their defaults; the hidden tests call them again with other seeds and sizes.
 
-The helpers :class:`Spy`, :func:`load_reference_weights`, :func:`forbidding`, :func:`first_match` and
-:func:`reference_unet_forward` are shared with the checks of stages 4 and 5.
+The helpers above the TODO checks (seeded inputs, :class:`Spy` that records a model's calls, weight
+copying and scrambling, known-mistake "mutants" with :func:`first_match`) are shared with the checks of
+stages 4 and 5 (:mod:`course_lib.checks.cfg`, :mod:`course_lib.checks.flow`). Checks run single-threaded
+(:func:`single_threaded`): their models are tiny.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ class ToyModel(nn.Module):
         return out if c is None else out + c.sum(1).view(-1, 1, 1, 1) / 10
 
 
-def expect_scalar_loss(got, expected: torch.Tensor) -> None:
+def expect_scalar_loss(got) -> None:
     """Fail unless ``got`` is a scalar tensor with a gradient (the loss the optimizer can use)."""
     if not isinstance(got, torch.Tensor):
         raise CheckFailed(f"your loss should be a torch.Tensor, got {type(got).__name__}: do not call .item()")
@@ -313,7 +315,7 @@ def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0)
         got = run_student("ddpm_loss", fn, spy, x0, schedule, generator(seed))
     if not spy.calls:
         raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
-    expect_scalar_loss(got, expected)
+    expect_scalar_loss(got)
     hint = first_match(got, _loss_mutants(x0, schedule, seed))
     expect_close("loss", got, expected, hint or "draw t, then eps, with `generator`; x_t by the closed form; "
                  "loss = mean of (model(x_t, t / T) - eps)^2")

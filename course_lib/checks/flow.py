@@ -54,7 +54,7 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0) -> None:
         got = run_student("flow_loss", fn, spy, x0, generator(seed))
     if not spy.calls:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
-    expect_scalar_loss(got, expected)
+    expect_scalar_loss(got)
     hint = first_match(got, _loss_mutants(x0, seed))
     expect_close("loss", got, expected, hint or "draw t, then eps, with `generator`; x_t = (1 - t) x0 + t eps with t "
                  "reshaped to (N, 1, 1, 1); loss = mean of (model(x_t, t) - (eps - x0))^2")
