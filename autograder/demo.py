@@ -26,6 +26,11 @@ MISTAKES: dict[str, list[tuple[str, str]]] = {
     "02_denoiser": [("return F.mse_loss(model(z), x)", "return F.mse_loss(model(z), z)")],
     # the variance beta_t used where its square root belongs
     "03_ddpm": [("return mean + beta.sqrt() * z", "return mean + beta * z")],
+    # guidance pushes away from the conditional prediction's own starting point
+    "04_cfg": [("return eps_uncond + guidance * (eps_cond - eps_uncond)",
+                "return eps_cond + guidance * (eps_cond - eps_uncond)")],
+    # the velocity with the wrong sign
+    "05_flow": [("return F.mse_loss(model(x_t, t), eps - x0)", "return F.mse_loss(model(x_t, t), x0 - eps)")],
 }
 
 DEMO_STUDENTS = ("solutions", "untouched", "mistakes")

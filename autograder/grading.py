@@ -1,6 +1,7 @@
 """Autograde every collected submission, in parallel, into one nbgrader gradebook.
 
-Two phases, so that several processes can run notebooks while exactly one writes the gradebook:
+Two phases, so that several processes can run notebooks while exactly one writes the gradebook (several
+``nbgrader autograde`` processes on one gradebook would write the same SQLite file at once):
 
 1. **Execute** (``jobs`` worker processes, one notebook at a time each). A worker runs nbgrader's own
    ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>-<stage>/`` that has a *copy* of the
