@@ -3,6 +3,7 @@
 The page is a real JupyterLab 4 opened by :class:`lab_server.LabServer`, which exposes the application as
 ``window.jupyterapp`` (``LabApp.expose_app_in_browser``, as JupyterLab's own Galata tests do): commands run
 through it and cell outputs are read from the notebook model; sliders and images are found in the DOM.
+Every script finds its notebook by path, never as "the current tab".
 """
 
 from __future__ import annotations
@@ -15,55 +16,73 @@ from pathlib import Path
 
 from PIL import Image, ImageChops
 
-# The notebook in the main area has a live kernel that is idle (the page has finished loading it).
-JS_NOTEBOOK_READY = """() => {
-  const app = window.jupyterapp;
-  const panel = app && app.shell.currentWidget;
-  const kernel = panel && panel.sessionContext && panel.sessionContext.session
-                 && panel.sessionContext.session.kernel;
-  return Boolean(panel && panel.content && panel.content.model && kernel && kernel.status === 'idle');
-}"""
+# The notebook panel open at `path` (undefined while JupyterLab has not opened it).
+JS_PANEL = "[...window.jupyterapp.shell.widgets('main')].find(w => w.context && w.context.path === path)"
+
+# The notebook is shown with a live kernel that is idle (the page has finished loading it).
+JS_NOTEBOOK_READY = f"""(path) => {{
+  const panel = window.jupyterapp && {JS_PANEL};
+  const kernel = panel && panel.sessionContext.session && panel.sessionContext.session.kernel;
+  return Boolean(panel && panel.content.model && kernel && kernel.status === 'idle');
+}}"""
+
+# Make the notebook the current tab and give it the panel's DOM id.
+JS_ACTIVATE = f"""(path) => {{
+  const panel = {JS_PANEL};
+  window.jupyterapp.shell.activateById(panel.id);
+  return panel.id;
+}}"""
 
 # Run All has finished: the kernel is idle, no cell waits or runs ("[*]" prompt), and every code cell ran
 # or one of them stopped the run with an error.
-JS_RUN_FINISHED = """() => {
-  const panel = window.jupyterapp.shell.currentWidget;
+JS_RUN_FINISHED = f"""(path) => {{
+  const panel = {JS_PANEL};
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   const prompts = [...panel.node.querySelectorAll('.jp-InputPrompt')].map(p => p.textContent);
   const cells = [...panel.content.model.cells].filter(c => c.type === 'code');
   const ran = cells.every(c => c.executionCount !== null);
   const failed = cells.some(c => c.outputs.toJSON().some(o => o.output_type === 'error'));
   return Boolean(kernel && kernel.status === 'idle' && !prompts.some(p => p.includes('*')) && (ran || failed));
-}"""
+}}"""
+
+# Scroll the first cell that waits or runs into view and describe it ("cell 18: 'source...'").
+JS_SHOW_RUNNING_CELL = f"""(path) => {{
+  const notebook = {JS_PANEL}.content;
+  const index = notebook.widgets.findIndex(
+    cell => (cell.node.querySelector('.jp-InputPrompt') || {{textContent: ''}}).textContent.includes('*'));
+  if (index < 0) return 'no cell (the kernel is busy)';
+  notebook.widgets[index].node.scrollIntoView();
+  return `cell ${{index}}: ${{JSON.stringify(notebook.widgets[index].model.sharedModel.getSource().slice(0, 80))}}`;
+}}"""
 
 # One entry per code cell: its tags, execution count, errors and outputs (model), and what the page shows of them:
 # images (<img>, widgets' included) and widget views.
-JS_CODE_CELLS = """() => {
-  const notebook = window.jupyterapp.shell.currentWidget.content;
+JS_CODE_CELLS = f"""(path) => {{
+  const notebook = {JS_PANEL}.content;
   const cells = notebook.model.cells;
   const found = [];
-  for (let index = 0; index < cells.length; index++) {
+  for (let index = 0; index < cells.length; index++) {{
     const cell = cells.get(index);
     if (cell.type !== 'code') continue;
     const outputs = cell.outputs.toJSON();
     const area = notebook.widgets[index].node.querySelector('.jp-Cell-outputArea');
-    found.push({
+    found.push({{
       index,
       source: cell.sharedModel.getSource().slice(0, 80),
       tags: cell.getMetadata('tags') || [],
       executionCount: cell.executionCount,
       shownImages: area ? area.querySelectorAll('img').length : 0,
       shownWidgets: area ? area.querySelectorAll('.jupyter-widgets').length : 0,
-      errors: outputs.filter(o => o.output_type === 'error').map(o => `${o.ename}: ${o.evalue}`),
-      outputs: outputs.map(o => ({
+      errors: outputs.filter(o => o.output_type === 'error').map(o => `${{o.ename}}: ${{o.evalue}}`),
+      outputs: outputs.map(o => ({{
         type: o.output_type,
-        mimes: Object.keys(o.data || {}),
+        mimes: Object.keys(o.data || {{}}),
         text: String((o.data && o.data['text/plain']) || o.text || '').slice(0, 200),
-      })),
-    });
-  }
+      }})),
+    }});
+  }}
   return found;
-}"""
+}}"""
 
 FIGURE_AS_TEXT = re.compile(r"<(Figure|matplotlib\.[\w.]+) (size|object)")
 
@@ -97,38 +116,63 @@ class Screenshots:
         return png
 
 
-def wait_until(page, js_condition: str, timeout_s: float, what: str) -> None:
-    """Poll ``js_condition`` in the page until it is true; ``AssertionError(what)`` after ``timeout_s`` seconds."""
+def wait_until(page, js_condition: str, arg, timeout_s: float, what: str) -> None:
+    """Poll ``js_condition(arg)`` in the page until it is true; ``AssertionError(what)`` after ``timeout_s`` s."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     try:
-        page.wait_for_function(js_condition, timeout=max(timeout_s, 0.1) * 1000, polling=250)
+        page.wait_for_function(js_condition, arg=arg, timeout=max(timeout_s, 0.1) * 1000, polling=250)
     except PlaywrightTimeoutError as error:
         raise AssertionError(what) from error
 
 
-def open_notebook(page, url: str, timeout_s: float = 60) -> None:
-    """Open the notebook at ``url`` and wait until JupyterLab shows it with an idle kernel."""
-    page.goto(url)
-    wait_until(page, JS_NOTEBOOK_READY, timeout_s,
-               f"JupyterLab did not show the notebook with an idle kernel within {timeout_s:.0f} s")
+@dataclass
+class LabNotebook:
+    """One notebook open in JupyterLab: ``path`` relative to the server's root, ``panel`` its DOM element."""
 
+    page: object
+    path: str
+    panel: object
 
-def run_all_cells(page, timeout_s: float) -> None:
-    """Run JupyterLab's "Run All Cells" command and wait (up to ``timeout_s``) until the run is over."""
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        wait_until(page, JS_RUN_FINISHED, deadline - time.monotonic(),
-                   f"the notebook did not finish running within {timeout_s:.0f} s")
-        time.sleep(0.5)  # a kernel is briefly idle between two cells: finished means still finished a moment later
-        if page.evaluate(JS_RUN_FINISHED):
-            return
+    @classmethod
+    def open(cls, page, url: str, path: str, timeout_s: float = 60) -> "LabNotebook":
+        """Load ``url`` (which opens ``path``) and wait until the notebook is shown with an idle kernel."""
+        page.goto(url)
+        wait_until(page, JS_NOTEBOOK_READY, path, timeout_s,
+                   f"JupyterLab did not show {path} with an idle kernel within {timeout_s:.0f} s")
+        panel_id = page.evaluate(JS_ACTIVATE, path)
+        return cls(page, path, page.locator(f"[id='{panel_id}']"))
 
+    def run_all_cells(self, timeout_s: float) -> None:
+        """Run JupyterLab's "Run All Cells" command and wait (up to ``timeout_s``) until the run is over.
 
-def code_cells(page) -> list[dict]:
-    """The code cells of the open notebook as JupyterLab's model holds them (see ``JS_CODE_CELLS``)."""
-    return page.evaluate(JS_CODE_CELLS)
+        On timeout the cell still running is scrolled into view and named in the ``AssertionError``.
+        """
+        self.page.evaluate(JS_ACTIVATE, self.path)  # the command runs the current notebook
+        self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                wait_until(self.page, JS_RUN_FINISHED, self.path, deadline - time.monotonic(), "")
+                time.sleep(0.5)  # a kernel is briefly idle between two cells: finished must still hold a moment later
+                if self.page.evaluate(JS_RUN_FINISHED, self.path):
+                    return
+        except AssertionError:
+            running = self.page.evaluate(JS_SHOW_RUNNING_CELL, self.path)
+            raise AssertionError(f"{self.path} did not finish running within {timeout_s:.0f} s; "
+                                 f"still running: {running}") from None
+
+    def code_cells(self) -> list[dict]:
+        """The notebook's code cells as JupyterLab's model holds them (see ``JS_CODE_CELLS``)."""
+        return self.page.evaluate(JS_CODE_CELLS, self.path)
+
+    def slider(self, label: str | re.Pattern):
+        """The one ipywidgets slider whose description matches ``label`` (``AssertionError`` if not exactly one)."""
+        found = self.panel.locator(".widget-slider").filter(has=self.page.locator(".widget-label", has_text=label))
+        found.first.wait_for(state="visible", timeout=30_000)
+        labels = self.panel.locator(".widget-slider .widget-label").all_inner_texts()
+        assert found.count() == 1, f"expected one slider labelled {label!r}, found {found.count()}; labels: {labels}"
+        return found
 
 
 def problems_in_cells(cells: list[dict]) -> list[str]:
@@ -155,16 +199,6 @@ def problems_in_cells(cells: list[dict]) -> list[str]:
         if "widget" in cell["tags"] and cell["shownWidgets"] == 0:
             problems.append(f"{where} is tagged 'widget' but shows no widget")
     return problems
-
-
-def slider(page, label: str | re.Pattern):
-    """The one ipywidgets slider whose description matches ``label`` (``AssertionError`` if not exactly one)."""
-    found = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=label))
-    found.first.wait_for(state="visible", timeout=30_000)
-    count = found.count()
-    labels = page.locator(".widget-slider .widget-label").all_inner_texts()
-    assert count == 1, f"expected one slider labelled {label!r}, found {count}; slider labels: {labels}"
-    return found
 
 
 def controlled_image(slider_locator):

@@ -48,11 +48,11 @@ def faulty_notebook() -> nbformat.NotebookNode:
 
 def test_checks_report_planted_faults(page, lab_server, screenshots):
     nbformat.write(faulty_notebook(), lab_server.notebook_dir / "faulty.ipynb")
-    lab.open_notebook(page, lab_server.url("faulty.ipynb"))
-    lab.run_all_cells(page, timeout_s=30)
+    notebook = lab.LabNotebook.open(page, lab_server.url("faulty.ipynb"), "faulty.ipynb")
+    notebook.run_all_cells(timeout_s=30)
     screenshots.take("ran-all-cells", page)
 
-    problems = lab.problems_in_cells(lab.code_cells(page))
+    problems = lab.problems_in_cells(notebook.code_cells())
     expected = [
         r"cell 0 .* shows a figure as text",
         r"cell 0 .* is tagged 'figure' but shows no image",
@@ -63,7 +63,7 @@ def test_checks_report_planted_faults(page, lab_server, screenshots):
     for pattern, problem in zip(expected, problems):
         assert re.match(pattern, problem), (pattern, problem)
 
-    slider = lab.slider(page, re.compile(r"^frozen$"))
+    slider = notebook.slider(re.compile(r"^frozen$"))
     image = lab.controlled_image(slider)
     before = screenshots.take("frozen-before", image)
     lab.press_until_readout_changes(slider)

@@ -26,24 +26,27 @@ GUIDANCE = re.compile(r"^\s*(guidance|gamma|γ)\b", re.IGNORECASE)
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
 
-def run_notebook(page, lab_server, screenshots, stage: str) -> None:
+def run_notebook(page, lab_server, screenshots, stage: str) -> lab.LabNotebook:
     """Copy ``solutions/<stage>.ipynb`` into the server's folder, open it, run all cells, check every cell."""
     source = SOLUTIONS / f"{stage}.ipynb"
     assert source.is_file(), f"missing solution notebook {source}"
     shutil.copy(source, lab_server.notebook_dir / source.name)
-    lab.open_notebook(page, lab_server.url(source.name))
+    notebook = lab.LabNotebook.open(page, lab_server.url(source.name), source.name)
     screenshots.take("opened", page)
-    lab.run_all_cells(page, timeout_s=RUN_TIMEOUT_S)
-    screenshots.take("ran-all-cells", page)
-    cells = lab.code_cells(page)
+    try:
+        notebook.run_all_cells(timeout_s=RUN_TIMEOUT_S)
+    finally:
+        screenshots.take("ran-all-cells", page)
+    cells = notebook.code_cells()
     problems = lab.problems_in_cells(cells)
     assert not problems, "\n".join(problems)
     assert sum(cell["shownImages"] for cell in cells) > 0, "the notebook shows no image at all"
+    return notebook
 
 
-def check_slider_redraws(page, screenshots, label: re.Pattern, name: str) -> None:
+def check_slider_redraws(notebook: lab.LabNotebook, screenshots, label: re.Pattern, name: str) -> None:
     """Move the slider labelled ``label`` with the arrow keys; its image must change."""
-    slider = lab.slider(page, label)
+    slider = notebook.slider(label)
     image = lab.controlled_image(slider)
     image.scroll_into_view_if_needed()
     before = screenshots.take(f"{name}-before", image)
@@ -55,11 +58,11 @@ def check_slider_redraws(page, screenshots, label: re.Pattern, name: str) -> Non
 
 
 def test_noising_sliders_redraw_their_images(page, lab_server, screenshots):
-    run_notebook(page, lab_server, screenshots, "01_noising")
-    check_slider_redraws(page, screenshots, SIGMA, "sigma")
-    check_slider_redraws(page, screenshots, TIMESTEP, "t")
+    notebook = run_notebook(page, lab_server, screenshots, "01_noising")
+    check_slider_redraws(notebook, screenshots, SIGMA, "sigma")
+    check_slider_redraws(notebook, screenshots, TIMESTEP, "t")
 
 
 def test_guidance_slider_redraws_its_samples(page, lab_server, screenshots):
-    run_notebook(page, lab_server, screenshots, "04_cfg")
-    check_slider_redraws(page, screenshots, GUIDANCE, "guidance")
+    notebook = run_notebook(page, lab_server, screenshots, "04_cfg")
+    check_slider_redraws(notebook, screenshots, GUIDANCE, "guidance")
