@@ -42,8 +42,9 @@ from course_lib.stages import build_model, stage_loss, value_range
 STAGES = ("denoiser", "ddpm", "cfg")
 TRAIN_IMAGES = 60_000
 T4_PEAK_TFLOPS = {"fp32": 8.1, "fp16": 65.0}
-# Dense peak TFLOP/s (fp32, and the autocast dtype's tensor-core rate) of common GPUs, by a name fragment.
-GPU_PEAKS = {"T4": (8.1, 65.0), "L4": (30.3, 121.0), "V100": (15.7, 125.0), "A100": (19.5, 312.0),
+# Dense peak TFLOP/s (fp32, and the autocast dtype's tensor-core rate) of common GPUs, by a name fragment
+# (first match wins, so "L40S" comes before "L4"; H100/H200 figures are the SXM parts').
+GPU_PEAKS = {"T4": (8.1, 65.0), "L40S": (91.6, 362.0), "L4": (30.3, 121.0), "V100": (15.7, 125.0), "A100": (19.5, 312.0),
              "A10G": (31.2, 125.0), "H100": (67.0, 989.0), "H200": (67.0, 989.0)}
 
 

@@ -131,7 +131,7 @@ def train_classifier(data: DeviceImages, *, epochs: int = 25, batch_size: int = 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: MNISTClassifier, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities (N, 10) and penultimate features (N, F) of images (N, 1, 28, 28) in [0, 1].
 
     Runs in eval mode on the model's device in batches; returns float32 CPU tensors.
@@ -150,7 +150,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> t
     return torch.cat(probabilities), torch.cat(features)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(model: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction in [0, 1] of ``images`` (N, 1, 28, 28) in [0, 1] whose predicted digit equals ``labels`` (N,)."""
     check_images("images", images, channels=1, size=28)
     check_tensor("labels", labels, floating=False)
