@@ -176,7 +176,7 @@ class LabNotebook:
 
 
 def problems_in_cells(cells: list[dict]) -> list[str]:
-    """Readable problems of the cells listed by :func:`code_cells`, empty when all is well.
+    """Readable problems of the cells listed by :meth:`LabNotebook.code_cells`, empty when all is well.
 
     A cell did not run or raised an error; a figure came out as text (``<Figure size ...>``) instead of a png;
     the page shows fewer images than the cell's png outputs; a cell tagged ``figure`` shows no image, or one

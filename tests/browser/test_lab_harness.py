@@ -12,7 +12,7 @@ import pytest
 
 import lab_page as lab
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]  # includes starting JupyterLab and Chromium when run first
 
 FIGURE_AS_TEXT = 'display({"text/plain": "<Figure size 640x480 with 1 Axes>"}, raw=True)'
 FROZEN_SLIDER = """\
