@@ -30,7 +30,6 @@ from torch import nn
 from course_lib import checkpoints, quality, sampling
 from course_lib.classifier import accuracy, load_classifier
 from course_lib.data import DeviceImages, load_mnist
-from course_lib.noise import DDPMSchedule
 from course_lib.runtime import MODES, STAGES, budget, course_mode, pick_device
 from course_lib.stages import build_model
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{stage}: no checkpoint in {args.run / stage / 'checkpoints'}; skipped")
             continue
         model, epoch = loaded
-        schedule = DDPMSchedule(budget(stage, mode).num_steps).to(device)
+        schedule = budget(stage, mode).schedule().to(device)
         steps = [s for s in args.steps if s <= schedule.num_steps]
         steps_text = f", T={schedule.num_steps}" if stage in ("ddpm", "cfg") else ""
         print(f"\n{stage} (epoch {epoch}, D={model.body.num_hiddens}{steps_text})")

@@ -91,7 +91,7 @@ def training_flops_per_image(stage: str, width: int) -> float:
     """
     stage_budget = budget(stage, "full")
     model = build_model(stage, _with_width(stage_budget, width))
-    schedule = DDPMSchedule(stage_budget.num_steps)
+    schedule = stage_budget.schedule()
     images = torch.rand(2, 1, 28, 28)
     labels = torch.arange(2)
     counter = FlopCounterMode(display=False)
@@ -128,7 +128,7 @@ def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: in
     dataset.transform = ToTensor()
     loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers))
     model = build_model(stage, _with_width(stage_budget, width)).to(device).train()
-    schedule = DDPMSchedule(stage_budget.num_steps).to(device)
+    schedule = stage_budget.schedule().to(device)
     loss_fn = stage_loss(stage, schedule)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage_budget.learning_rate)
     signed = value_range(stage) == "signed"
@@ -158,7 +158,7 @@ def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps:
     model = build_model(stage, _with_width(stage_budget, width)).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    schedule = DDPMSchedule(stage_budget.num_steps).to(device)
+    schedule = stage_budget.schedule().to(device)
     loss_fn = stage_loss(stage, schedule)
     forward_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.Adam(model.parameters(), lr=stage_budget.learning_rate)

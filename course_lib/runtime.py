@@ -17,6 +17,7 @@ from .validation import check_choice
 
 MODES = ("full", "quick")
 STAGES = ("denoiser", "ddpm", "cfg", "flow")
+COURSE_NUM_STEPS = 300  # T of the course (COURSE.md); 1000 in Ho et al.
 
 
 def in_colab() -> bool:
@@ -88,8 +89,20 @@ class StageBudget:
     num_hiddens: int
     subset_size: int | None
     learning_rate: float
-    num_steps: int = 300
+    num_steps: int = COURSE_NUM_STEPS
     decay_lr: bool = False
+
+    def schedule(self):
+        """The linear DDPM schedule of this budget's T, on the CPU (``.to(device)`` it).
+
+        At T = 300 it is the course's schedule (beta from 1e-4 to 0.02). A shorter quick-mode T scales both
+        betas by 300 / T, so the sum of the betas, and with it alpha_bar at the last step (about 0.05),
+        stays the same: x_T is still close to pure noise, which sampling starts from.
+        """
+        from .noise import DDPMSchedule
+
+        scale = COURSE_NUM_STEPS / self.num_steps
+        return DDPMSchedule(self.num_steps, beta_start=1e-4 * scale, beta_end=0.02 * scale)
 
     @property
     def lr_gamma(self) -> float:

@@ -73,7 +73,7 @@ def train_stage(stage: str, mode: str | None = None, *, device: torch.device | s
                                      stage_budget.subset_size)
     torch.manual_seed(seed)
     model = build_model(stage, stage_budget).to(device)
-    schedule = DDPMSchedule(stage_budget.num_steps).to(device)
+    schedule = stage_budget.schedule().to(device)
     losses = train(model, stage_loss(stage, schedule), data, epochs=stage_budget.epochs,
                    batch_size=stage_budget.batch_size, learning_rate=stage_budget.learning_rate,
                    lr_gamma=stage_budget.lr_gamma, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress,

@@ -105,3 +105,14 @@ def test_in_colab_and_describe(monkeypatch):
         assert "CPU (fp32" in line and runtime.pick_device() == torch.device("cpu")
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-20250101")
     assert in_colab() and "Colab" in describe()
+
+
+def test_budget_schedule_is_the_course_schedule_at_T_300_and_keeps_the_end_noise_level_in_quick_mode():
+    full = runtime.budget("ddpm", "full").schedule()
+    assert full.num_steps == 300
+    torch.testing.assert_close(full.betas, torch.linspace(1e-4, 0.02, 300))
+    quick = runtime.budget("ddpm", "quick").schedule()
+    assert quick.num_steps == runtime.budget("ddpm", "quick").num_steps < 300
+    # x_T must still be close to pure noise: alpha_bar at the last step within 20% of the course's (about 0.05)
+    assert abs(quick.alpha_bars[-1].item() / full.alpha_bars[-1].item() - 1) < 0.2
+    assert quick.alpha_bars[-1].item() < 0.1
