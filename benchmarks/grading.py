@@ -2,7 +2,8 @@
 
 Grades ``--copies`` copies of the three built-in demo submissions (solutions, untouched, deliberate mistakes;
 see ``autograder.demo``) in quick mode on the CPU and prints one row per job count: wall time, seconds per
-student (wall / students) and the mean time one student's notebooks took to run inside a worker.
+student (wall / students) and the mean time one student's five notebooks took to run, added up (what a single
+student costs on one process).
 
     python benchmarks/grading.py --copies 2            # 6 students, all five stages
     python benchmarks/grading.py --stages 01_noising   # one stage only
@@ -49,13 +50,13 @@ def main(argv=None) -> int:
         submissions = class_of_copies(root, Path(tmp) / "class", args.stages, args.solutions, args.copies)
         students = 3 * args.copies
         print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU")
-        print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'one student alone s':>19}")
+        print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}")
         for jobs in args.jobs:
             started = time.perf_counter()
             _, runs = grade(submissions, root, args.stages, GradingOptions(jobs=jobs), args.solutions)
             wall = time.perf_counter() - started
             alone = sum(run["seconds"] for run in runs) / len(runs)
-            print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>19.1f}")
+            print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}")
     return 0
 
 
