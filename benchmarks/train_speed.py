@@ -38,6 +38,7 @@ from course_lib.data import DeviceImages, load_mnist
 from course_lib.noise import DDPMSchedule
 from course_lib.runtime import autocast_dtype, budget, pick_device
 from course_lib.stages import build_model, stage_loss, value_range
+from course_lib.training import optimizer_step
 
 STAGES = ("denoiser", "ddpm", "cfg")
 TRAIN_IMAGES = 60_000
@@ -176,12 +177,7 @@ def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps:
             images, labels = next(batches)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(forward_model, images, labels, generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(forward_model, loss_fn, images, labels, generator, optimizer, scaler, dtype)
 
     return _timed(step, batch_size, warmup, steps, device)
 

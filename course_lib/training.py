@@ -25,6 +25,23 @@ LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator]
 EpochCallback = Callable[[int, nn.Module, list], None]
 
 
+def optimizer_step(model: nn.Module, loss_fn: LossFunction, images: torch.Tensor, labels: torch.Tensor,
+                   generator: torch.Generator, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   dtype: torch.dtype | None) -> torch.Tensor:
+    """One gradient step on a batch under autocast ``dtype`` (``None``: fp32); returns the detached loss.
+
+    ``scaler`` scales the loss for fp16 (it is a no-op when disabled). The loss stays on the device, so
+    the step does not wait for the GPU.
+    """
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        loss = loss_fn(model, images, labels, generator)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs: int, batch_size: int,
           learning_rate: float, lr_gamma: float = 1.0, seed: int = 0,
           checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -80,13 +97,7 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
         bar = tqdm(data.batches(batch_size, generator), total=steps_per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{epochs}", leave=False)
         for images, labels in bar:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model, images, labels, generator)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            epoch_losses.append(loss.detach())
+            epoch_losses.append(optimizer_step(model, loss_fn, images, labels, generator, optimizer, scaler, dtype))
         scheduler.step()
         losses.extend(torch.stack(epoch_losses).float().tolist())
         if progress:
