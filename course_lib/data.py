@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from .runtime import in_colab
+from .runtime import cache_dir, in_colab
 from .validation import check_choice, check_positive_int, check_tensor
 
 VALUE_RANGES = ("unit", "signed")
@@ -27,8 +27,7 @@ def default_root() -> Path:
         return Path(os.environ["COURSE_DATA_DIR"]).expanduser()
     if in_colab():
         return Path("/content/data")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "course_lib" / "data"
+    return cache_dir() / "data"
 
 
 def load_mnist(train: bool, root: str | os.PathLike | None = None):

@@ -8,8 +8,9 @@
 - :func:`guidance_accuracy`: the fraction of guided samples classified as the digit asked for.
 - :func:`denoiser_psnr`: PSNR in dB of a single-step denoiser on test digits at several noise levels.
 - :func:`report`: one figure for a notebook, a row of samples per model with its numbers.
+- :func:`plot_denoiser_psnr`: one figure for a notebook, the denoiser's PSNR against sigma beside the noisy input's.
 
-The test-set feature statistics are computed once per process (and device) and cached.
+The test-set feature statistics are computed once per classifier and cached (in memory and on disk).
 
 Usage in a notebook::
 
@@ -20,11 +21,13 @@ Usage in a notebook::
     guided = sampling.cfg_sample(cfg_model, schedule, labels, guidance=5.0, generator=generator)
     quality.guidance_accuracy(guided, labels)  # e.g. 0.99
     quality.denoiser_psnr(denoiser)            # {0.0: ..., 0.2: ..., ..., 1.0: ...} in dB
+    quality.plot_denoiser_psnr(denoiser)       # the same against the noisy input's PSNR, as a Figure
     quality.report({"epoch 5": samples_5, "epoch 20": samples_20})                # a matplotlib Figure
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,11 +36,11 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from .classifier import load_classifier, predict
+from .classifier import WEIGHTS_PATH, load_classifier, predict
 from .data import DeviceImages, load_mnist, to_unit
 from .noise import add_noise
 from .plots import DEFAULT_SIGMAS, image_grid
-from .runtime import pick_device
+from .runtime import cache_dir, pick_device
 from .validation import check_batch_vector, check_choice, check_images, check_positive_int, check_tensor
 
 
@@ -107,15 +110,25 @@ def classify(samples: torch.Tensor, value_range: str = "signed") -> tuple[torch.
 
 @lru_cache(maxsize=4)
 def _test_statistics(root: str | None, device: str) -> FeatureStatistics:
-    test = DeviceImages.from_dataset(load_mnist(train=False, root=root), device, "unit")
-    images, _ = test.first(len(test))
+    """Computed once per classifier and test set, then read back from the course's cache folder."""
+    split = load_mnist(train=False, root=root)
+    key = hashlib.sha1(WEIGHTS_PATH.read_bytes() + split.data.numpy().tobytes()).hexdigest()[:16]
+    path = cache_dir() / f"test-feature-statistics-{key}.pt"
+    if path.exists():
+        return FeatureStatistics(**torch.load(path))
+    images, _ = DeviceImages.from_dataset(split, device, "unit").first(len(split))
     _, features = predict(load_classifier(device), images)
-    return feature_statistics(features)
+    statistics = feature_statistics(features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    torch.save(vars(statistics), partial)
+    os.replace(partial, path)
+    return statistics
 
 
 def test_statistics(data_root: str | os.PathLike | None = None, device: torch.device | str | None = None
                     ) -> FeatureStatistics:
-    """Classifier-feature statistics of the 10,000 MNIST test digits; computed once per process and cached."""
+    """Classifier-feature statistics of the 10,000 MNIST test digits, computed once and cached (in memory and on disk)."""
     device = torch.device(device) if device is not None else pick_device()
     return _test_statistics(None if data_root is None else str(data_root), str(device))
 
@@ -161,7 +174,7 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
 def denoiser_psnr(model, sigmas: Sequence[float] = DEFAULT_SIGMAS, num_images: int = 1000, seed: int = 0,
                   data_root: str | os.PathLike | None = None, device: torch.device | str | None = None
                   ) -> dict[float, float]:
-    """Mean PSNR (dB) of ``model(x + sigma eps)`` against x on the first ``num_images`` test digits, per sigma.
+    """Mean PSNR (dB) of ``model(x + sigma eps)`` against x on ``num_images`` test digits (a fixed subset), per sigma.
 
     ``model`` maps noisy images (N, 1, 28, 28) to clean ones in [0, 1] (the stage-2 denoiser; outputs
     are clamped to [0, 1]). ``nn.Identity()`` gives the PSNR of the noisy input itself, a baseline.
@@ -187,6 +200,26 @@ def denoiser_psnr(model, sigmas: Sequence[float] = DEFAULT_SIGMAS, num_images: i
         if was_training:
             model.train()
     return results
+
+
+def plot_denoiser_psnr(model, trained_sigma: float = 0.5, sigmas: Sequence[float] = DEFAULT_SIGMAS,
+                       num_images: int = 1000, data_root: str | os.PathLike | None = None) -> plt.Figure:
+    """The denoiser's mean PSNR (dB) on ``num_images`` test digits against sigma, beside the noisy input's.
+
+    The gap between the two lines is what the denoiser gains; ``trained_sigma`` is marked.
+    """
+    denoised = denoiser_psnr(model, sigmas, num_images, data_root=data_root)
+    noisy = denoiser_psnr(torch.nn.Identity(), sigmas, num_images, data_root=data_root)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(list(denoised), list(denoised.values()), marker="o", label="denoiser output")
+    ax.plot(list(noisy), list(noisy.values()), marker="o", ls="--", label="noisy input")
+    ax.axvline(trained_sigma, color="gray", lw=0.8, ls=":", label=f"trained at sigma = {trained_sigma:g}")
+    ax.set_xlabel("noise level sigma")
+    ax.set_ylabel("PSNR in dB (higher is better)")
+    ax.set_title(f"Denoiser PSNR on {num_images} test digits")
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def report(samples: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None, value_range: str = "signed",

@@ -10,6 +10,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,11 @@ COURSE_NUM_STEPS = 300  # T of the course (COURSE.md); 1000 in Ho et al.
 def in_colab() -> bool:
     """True when running inside Google Colab."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def cache_dir() -> Path:
+    """The course's own cache folder: ``$XDG_CACHE_HOME/course_lib``, else ``~/.cache/course_lib``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "course_lib"
 
 
 def pick_device() -> torch.device:
@@ -82,6 +88,7 @@ class StageBudget:
         learning_rate: Adam's learning rate.
         num_steps: T, the number of diffusion steps (ignored by the single-step denoiser).
         decay_lr: multiply the learning rate by ``0.1 ** (1 / epochs)`` after each epoch.
+        eval_samples: how many samples a notebook draws to measure quality (course_lib.quality).
     """
 
     epochs: int
@@ -91,6 +98,7 @@ class StageBudget:
     learning_rate: float
     num_steps: int = COURSE_NUM_STEPS
     decay_lr: bool = False
+    eval_samples: int = 1000
 
     def schedule(self):
         """The linear DDPM schedule of this budget's T, on the CPU (``.to(device)`` it).
@@ -122,13 +130,14 @@ BUDGETS: dict[str, dict[str, StageBudget]] = {
                             decay_lr=True),
     },
     "quick": {
-        "denoiser": StageBudget(epochs=2, batch_size=64, num_hiddens=16, subset_size=512, learning_rate=1e-3),
+        "denoiser": StageBudget(epochs=2, batch_size=64, num_hiddens=16, subset_size=512, learning_rate=1e-3,
+                                eval_samples=100),
         "ddpm": StageBudget(epochs=2, batch_size=64, num_hiddens=16, subset_size=512, learning_rate=1e-3,
-                            num_steps=50, decay_lr=True),
+                            num_steps=50, decay_lr=True, eval_samples=100),
         "cfg": StageBudget(epochs=2, batch_size=64, num_hiddens=16, subset_size=512, learning_rate=1e-3,
-                           num_steps=50, decay_lr=True),
+                           num_steps=50, decay_lr=True, eval_samples=100),
         "flow": StageBudget(epochs=2, batch_size=64, num_hiddens=16, subset_size=512, learning_rate=1e-3,
-                            decay_lr=True),
+                            decay_lr=True, eval_samples=100),
     },
 }
 

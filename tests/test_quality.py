@@ -127,3 +127,27 @@ def test_report_draws_one_row_per_sample_set(test_digits, mnist_root):
     assert len(titles) == 2 and all("FLD" in t and "requested digit" in t for t in titles)
     with pytest.raises(ValueError, match="`samples`"):
         quality.report({})
+
+
+def test_plot_denoiser_psnr_draws_the_model_beside_the_noisy_input(mnist_root):
+    halve = nn.Conv2d(1, 1, 1, bias=False)
+    nn.init.constant_(halve.weight, 0.5)  # a "denoiser" that halves every pixel
+    figure = quality.plot_denoiser_psnr(halve, sigmas=[0.0, 0.5], num_images=40, data_root=mnist_root)
+    (ax,) = figure.axes
+    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    model_line, noisy_line = ax.get_lines()[:2]
+    expected = quality.denoiser_psnr(halve, sigmas=[0.0, 0.5], num_images=40, data_root=mnist_root)
+    assert list(model_line.get_ydata()) == pytest.approx(list(expected.values()))
+    assert math.isinf(noisy_line.get_ydata()[0])  # the clean input is perfect at sigma 0
+
+
+def test_test_statistics_are_cached_on_disk_and_read_back_equal(mnist_root):
+    from course_lib.runtime import cache_dir
+
+    first = quality.test_statistics(mnist_root, "cpu")
+    files = list(cache_dir().glob("test-feature-statistics-*.pt"))
+    assert files, "the statistics were not written to the cache folder"
+    quality._test_statistics.cache_clear()  # forget the in-memory copy: the next call reads the file
+    again = quality.test_statistics(mnist_root, "cpu")
+    assert again.count == first.count == 10_000
+    assert torch.equal(again.mean, first.mean) and torch.equal(again.cov, first.cov)
