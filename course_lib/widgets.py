@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from typing import Callable
 
 import ipywidgets as widgets
@@ -100,7 +99,7 @@ def noise_slider(images: torch.Tensor, max_sigma: float = 1.0, step: float = 0.0
         return add_noise_fn(images, float(sigma), torch.Generator().manual_seed(seed))
 
     return ImageSlider(slider, render, lambda sigma: f"z = x + sigma * eps at sigma = {sigma:.2f}",
-                       ncols=math.ceil(math.sqrt(len(images) * 2)), value_range="unit")
+                       ncols=min(len(images), 8), value_range="unit")
 
 
 def forward_process_slider(x0: torch.Tensor, schedule: DDPMSchedule, seed: int = 0,
@@ -123,7 +122,7 @@ def forward_process_slider(x0: torch.Tensor, schedule: DDPMSchedule, seed: int =
     def title(t: int) -> str:
         return f"x_t at t = {int(t)} (alpha_bar_t = {float(schedule.alpha_bars[int(t)]):.3f})"
 
-    return ImageSlider(slider, render, title, ncols=math.ceil(math.sqrt(len(x0) * 2)), value_range="signed")
+    return ImageSlider(slider, render, title, ncols=min(len(x0), 8), value_range="signed")
 
 
 def trajectory_scrubber(trajectory: torch.Tensor, ncols: int = 10) -> ImageSlider:
