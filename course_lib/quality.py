@@ -238,7 +238,7 @@ def report(samples: Mapping[str, torch.Tensor], labels: torch.Tensor | None = No
         text = f"confidence {numbers['confidence']:.3f}   FLD {numbers['frechet_distance']:.2f}"
         if labels is not None:
             text += f"   requested digit {guidance_accuracy(images, labels, value_range):.1%}"
-        ax.imshow(image_grid(images[:num_shown], num_shown, value_range), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image_grid(images[:num_shown], num_shown, value_range).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{name} ({len(images)} samples): {text}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
