@@ -35,7 +35,7 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule: DDPMSchedu
     ``z`` is standard normal noise shaped like ``x_t``, or ``None`` for no noise (always so at t = 0).
     """
     alpha_bar = schedule.alpha_bars[t]
-    alpha_bar_prev = schedule.alpha_bars_prev()[t]
+    alpha_bar_prev = schedule.alpha_bars[t - 1] if t > 0 else schedule.alpha_bars.new_ones(())
     beta, alpha = schedule.betas[t], schedule.alphas[t]
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
     mean = (alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)) * x0_hat \
