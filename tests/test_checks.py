@@ -150,3 +150,16 @@ def test_forbid_a_class_without_its_own_init_restores_the_inherited_one():
             Plain()
     assert "__init__" not in Plain.__dict__
     assert isinstance(Plain(), Plain)
+
+
+def test_forbid_several_references_at_once_and_restore_them_all():
+    arguments = q_sample_arguments()
+    with pytest.raises(KeyError):
+        with forbid(course_lib.noise.q_sample, DDPMSchedule):
+            with pytest.raises(CheckFailed):
+                closed_form(*arguments)
+            with pytest.raises(CheckFailed):
+                DDPMSchedule(10)
+            raise KeyError("boom")
+    assert closed_form(*arguments).shape == (2, 1, 4, 4)
+    assert len(DDPMSchedule(10)) == 10

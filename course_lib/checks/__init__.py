@@ -73,13 +73,7 @@ def _refuse(*args, **kwargs):
 
 
 @contextlib.contextmanager
-def forbid(reference):
-    """Within the block, any call of ``reference`` (a course_lib function or class) raises :class:`CheckFailed`.
-
-    Hidden tests wrap the student's function in it, so that a TODO solved by calling our reference,
-    under any name it was imported as, earns nothing. Functions have their code swapped; classes
-    their ``__init__``.
-    """
+def _forbid_one(reference):
     if isinstance(reference, type):
         original = reference.__dict__.get("__init__")
         reference.__init__ = _refuse
@@ -97,3 +91,17 @@ def forbid(reference):
         yield
     finally:
         reference.__code__ = original_code
+
+
+@contextlib.contextmanager
+def forbid(*references):
+    """Within the block, any call of the ``references`` (course_lib functions or classes) raises :class:`CheckFailed`.
+
+    Hidden tests wrap the student's function in it, so that a TODO solved by calling our reference,
+    under any name it was imported as, earns nothing. Functions have their code swapped; classes
+    their ``__init__``. Everything is restored on leaving the block.
+    """
+    with contextlib.ExitStack() as stack:
+        for reference in references:
+            stack.enter_context(_forbid_one(reference))
+        yield

@@ -11,8 +11,8 @@ import torch
 
 from .. import objectives, sampling
 from ..models import ClassConditionalUNet, UNetBody
-from . import CheckFailed, expect_close, expect_tensor, passed, run_student
-from .ddpm import (IMAGE, Spy, first_match, forbidding, generator, load_reference_weights, scramble_weights,
+from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from .ddpm import (IMAGE, Spy, first_match, generator, load_reference_weights, scramble_weights,
                    single_threaded, unet_mutants)
 
 NUM_CLASSES = 10
@@ -32,7 +32,7 @@ def one_hot_batch(batch_size: int, seed: int, with_empty_row: bool = False) -> t
 def _drop(fn, c: torch.Tensor, p_uncond: float, seed: int) -> torch.Tensor:
     """Run the student's dropout on a copy of ``c``; fail if it changed its input or returned a wrong shape."""
     given = c.clone()
-    with forbidding(objectives.drop_labels, objectives.class_conditional_loss):
+    with forbid(objectives.drop_labels, objectives.class_conditional_loss):
         got = run_student("drop_labels", fn, given, p_uncond, generator(seed))
     if not torch.equal(given, c):
         raise CheckFailed("your drop_labels changed c in place: return a new tensor (e.g. c * keep[:, None])")
@@ -84,7 +84,7 @@ def check_class_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 4,
     other_c = one_hot_batch(batch_size, seed + 2)
     with torch.no_grad():
         expected = reference(x, t, c)
-    with forbidding(ClassConditionalUNet, UNetBody):
+    with forbid(ClassConditionalUNet, UNetBody):
         model = run_student("ClassConditionalUNet", cls, in_channels=1, num_classes=NUM_CLASSES,
                             num_hiddens=num_hiddens)
         load_reference_weights(model, reference, "ClassConditionalUNet", CFG_NAMES)
@@ -119,7 +119,7 @@ def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int =
 
     def guided(scale: float) -> torch.Tensor:
         spy = Spy(model)
-        with forbidding(sampling.guided_eps, sampling.cfg_sample), torch.no_grad():
+        with forbid(sampling.guided_eps, sampling.cfg_sample), torch.no_grad():
             got = run_student("guided_eps", fn, spy, x_t, t, c, scale)
         if len(spy.calls) != 1 or spy.calls[0]["x"].shape[0] != 2 * batch_size:
             sizes = [call["x"].shape[0] for call in spy.calls]

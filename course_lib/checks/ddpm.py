@@ -14,7 +14,6 @@ stages 4 and 5 (:mod:`course_lib.checks.cfg`, :mod:`course_lib.checks.flow`). Ch
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Callable
 
@@ -31,15 +30,6 @@ IMAGE = (1, 28, 28)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def forbidding(*references):
-    """Forbid several course_lib references at once (see :func:`course_lib.checks.forbid`)."""
-    with contextlib.ExitStack() as stack:
-        for reference in references:
-            stack.enter_context(forbid(reference))
-        yield
 
 
 def single_threaded(check):
@@ -234,7 +224,7 @@ def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size:
     x = torch.randn(batch_size, in_features, generator=generator(seed))
     with torch.no_grad():
         expected = reference(x)
-    with forbidding(FCBlock):
+    with forbid(FCBlock):
         block = run_student("FCBlock", cls, in_features, out_features)
         load_reference_weights(block, reference, "FCBlock", FC_HINT)
         with torch.no_grad():
@@ -256,7 +246,7 @@ def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, 
     t = torch.rand(batch_size, generator=g)
     with torch.no_grad():
         expected = reference(x, t)
-    with forbidding(TimeConditionalUNet, ClassConditionalUNet, UNetBody, FCBlock):
+    with forbid(TimeConditionalUNet, ClassConditionalUNet, UNetBody, FCBlock):
         model = run_student("TimeConditionalUNet", cls, in_channels=1, num_hiddens=num_hiddens)
         load_reference_weights(model, reference, "TimeConditionalUNet", UNET_NAMES)
         model.eval()
@@ -311,7 +301,7 @@ def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0)
     x0 = random_images(batch_size, seed + 1)
     expected = objectives.ddpm_loss(ToyModel(), x0, schedule, generator=generator(seed))
     spy = Spy(ToyModel())
-    with forbidding(objectives.ddpm_loss, objectives.class_conditional_loss):
+    with forbid(objectives.ddpm_loss, objectives.class_conditional_loss):
         got = run_student("ddpm_loss", fn, spy, x0, schedule, generator(seed))
     if not spy.calls:
         raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
@@ -363,7 +353,7 @@ def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0
     for t in sorted({num_steps - 1, num_steps // 2, 1 % num_steps, 0}, reverse=True):
         x_t, eps, z = (torch.randn((batch_size, *IMAGE), generator=g) for _ in range(3))
         cases += [(x_t, eps, t, noise, sampling.ddpm_step(x_t, eps, t, schedule, noise)) for noise in (z, None)]
-    with forbidding(sampling.ddpm_step):
+    with forbid(sampling.ddpm_step):
         results = [run_student("ddpm_step", fn, x_t, eps, t, schedule, noise) for x_t, eps, t, noise, _ in cases]
     for (x_t, eps, t, noise, expected), got in zip(cases, results):
         expect_tensor("x_{t-1}", got, x_t.shape)
@@ -410,7 +400,7 @@ def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int =
         expected, expected_path = sampling.ddpm_sample(reference, schedule, num_samples, generator=generator(seed),
                                                        return_trajectory=True, stochastic=stochastic)
         spy = Spy(tiny_unet(seed))
-        with forbidding(sampling.ddpm_sample, sampling.ddim_sample, sampling.cfg_sample):
+        with forbid(sampling.ddpm_sample, sampling.ddim_sample, sampling.cfg_sample):
             result = run_student("ddpm_sample", fn, spy, schedule, num_samples, generator(seed), stochastic=stochastic)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise CheckFailed("ddpm_sample should return a pair (samples, trajectory)")

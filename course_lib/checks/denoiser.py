@@ -10,8 +10,6 @@ channel counts, sizes and seeds.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from typing import Callable
 
 import torch
@@ -21,13 +19,6 @@ from torch import nn
 from .. import models as reference
 from ..objectives import denoising_loss as reference_loss
 from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
-
-
-def _forbid_all(*references) -> contextlib.ExitStack:
-    stack = contextlib.ExitStack()
-    for ref in references:
-        stack.enter_context(forbid(ref))
-    return stack
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-3) -> bool:
@@ -73,7 +64,7 @@ def copy_weights(source: nn.Module, target: nn.Module, what: str, hints: dict[st
 
 
 def _build(what: str, cls, references: tuple, *args, **kwargs) -> nn.Module:
-    with _forbid_all(*references):
+    with forbid(*references):
         module = run_student(what, cls, *args, **kwargs)
     if not isinstance(module, nn.Module):
         raise CheckFailed(f"{what} should be an nn.Module, got {type(module).__name__}")
@@ -81,7 +72,7 @@ def _build(what: str, cls, references: tuple, *args, **kwargs) -> nn.Module:
 
 
 def _forward(what: str, module: nn.Module, x: torch.Tensor, references: tuple) -> torch.Tensor:
-    with _forbid_all(*references):
+    with forbid(*references):
         return run_student(f"{what}.forward", module, x)
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import objectives, sampling
-from . import CheckFailed, expect_close, expect_tensor, passed, run_student
-from .ddpm import (IMAGE, Spy, ToyModel, expect_sampling_calls, expect_scalar_loss, first_match, forbidding,
+from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from .ddpm import (IMAGE, Spy, ToyModel, expect_sampling_calls, expect_scalar_loss, first_match,
                    generator, random_images, single_threaded, tiny_unet)
 
 
@@ -50,7 +50,7 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0) -> None:
     x0 = random_images(batch_size, seed + 1)
     expected = objectives.flow_loss(ToyModel(), x0, generator=generator(seed))
     spy = Spy(ToyModel())
-    with forbidding(objectives.flow_loss, objectives.flow_interpolate):
+    with forbid(objectives.flow_loss, objectives.flow_interpolate):
         got = run_student("flow_loss", fn, spy, x0, generator(seed))
     if not spy.calls:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
@@ -66,7 +66,7 @@ def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 
     """``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like the reference."""
     expected = sampling.flow_sample(tiny_unet(seed), num_samples, num_steps, generator=generator(seed))
     spy = Spy(tiny_unet(seed))
-    with forbidding(sampling.flow_sample):
+    with forbid(sampling.flow_sample):
         got = run_student("flow_sample", fn, spy, num_samples, num_steps, generator(seed))
     expect_tensor("samples", got, (num_samples, *IMAGE))
     expect_sampling_calls(spy, [1 - k / num_steps for k in range(num_steps)], "flow_sample",
