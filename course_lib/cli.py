@@ -22,6 +22,7 @@ def _figures(trained, device, data_root) -> dict:
 
     from . import plots, sampling
     from .data import DeviceImages, load_mnist
+    from .noise import add_noise
 
     generator = torch.Generator(device=device).manual_seed(0)
     steps_per_epoch = len(trained.losses) // trained.budget.epochs
@@ -32,8 +33,8 @@ def _figures(trained, device, data_root) -> dict:
         clean, _ = test.first(5)
         trained.model.eval()
         with torch.no_grad():
-            rows = [torch.cat([(noisy := clean + s * torch.randn(clean.shape, generator=generator, device=device)),
-                               trained.model(noisy)]) for s in plots.DEFAULT_SIGMAS]
+            rows = [torch.cat([(noisy := add_noise(clean, s, generator)), trained.model(noisy)])
+                    for s in plots.DEFAULT_SIGMAS]
         grid = torch.stack([r.view(2, 5, 1, 28, 28) for r in rows], 2).flatten(0, 2)
         figures["denoised.png"] = plots.show_images(
             grid, "Noisy test digits (top 5 rows) and the denoiser's output (bottom 5 rows)",
