@@ -12,10 +12,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from course_lib.stages import NOTEBOOKS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-STAGES = ("01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow")
+STAGES = NOTEBOOKS  # one nbgrader assignment per notebook of the stage registry
 
 
 def put_python_tools_on_path() -> None:

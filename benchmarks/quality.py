@@ -3,7 +3,7 @@
 Reads the newest checkpoint of each stage in a run folder of ``python -m course_lib train``
 (``<run>/<stage>/checkpoints/epoch-NNN.pt``, weights under the key ``"model"``) and prints:
 
-  denoiser  PSNR (dB) on test digits at each sigma of COURSE.md, beside the noisy input's PSNR
+  denoiser  PSNR (dB) on test digits at each sigma of SYLLABUS.md, beside the noisy input's PSNR
   ddpm      classifier confidence and Frechet LeNet distance (FLD) of DDPM samples (all T steps), and of
             DDIM samples against the number of sampling steps
   cfg       fraction classified as the requested digit, confidence and FLD at guidance 0, 1, 3, 5, 7
@@ -30,8 +30,8 @@ from torch import nn
 from course_lib import checkpoints, quality, sampling
 from course_lib.classifier import accuracy, load_classifier
 from course_lib.data import DeviceImages, load_mnist
-from course_lib.runtime import MODES, STAGES, budget, course_mode, pick_device
-from course_lib.stages import build_model
+from course_lib.runtime import MODES, course_mode, pick_device
+from course_lib.stages import TRAINING_STAGES, budget, build_model
 
 DEFAULT_STEPS = (5, 10, 25, 50, 100, 300)
 DEFAULT_GUIDANCE = (0.0, 1.0, 3.0, 5.0, 7.0)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="run folder of `python -m course_lib train`")
     parser.add_argument("--mode", choices=MODES, help="budget the run was trained with, for T "
                                                       "(default: $COURSE_MODE, else full)")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="+", choices=TRAINING_STAGES, default=list(TRAINING_STAGES))
     parser.add_argument("--num-samples", type=int, default=1000, help="samples per row (default 1000)")
     parser.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS),
                         help="sampling-step counts for DDIM and rectified flow")

@@ -36,8 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from course_lib import sampling
 from course_lib.data import DeviceImages, load_mnist
 from course_lib.noise import DDPMSchedule
-from course_lib.runtime import autocast_dtype, budget, pick_device
-from course_lib.stages import build_model, stage_loss, value_range
+from course_lib.runtime import autocast_dtype, pick_device
+from course_lib.stages import budget, build_model, stage_loss, value_range
 from course_lib.training import optimizer_step
 
 STAGES = ("denoiser", "ddpm", "cfg")

@@ -13,53 +13,21 @@ from pathlib import Path
 
 import matplotlib
 
-from .runtime import MODES, STAGES, course_mode, pick_device
-
-
-def _figures(trained, device, data_root) -> dict:
-    """The stage's deliverable figures, by file name."""
-    import torch
-
-    from . import plots, sampling
-    from .data import DeviceImages, load_mnist
-    from .noise import add_noise
-
-    generator = torch.Generator(device=device).manual_seed(0)
-    steps_per_epoch = len(trained.losses) // trained.budget.epochs
-    figures = {"loss.png": plots.plot_losses(trained.losses, f"{trained.stage}: training loss",
-                                             steps_per_epoch=steps_per_epoch)}
-    if trained.stage == "denoiser":
-        test = DeviceImages.from_dataset(load_mnist(train=False, root=data_root), device, "unit", subset_size=5)
-        clean, _ = test.first(5)
-        trained.model.eval()
-        with torch.no_grad():
-            rows = [torch.cat([(noisy := add_noise(clean, s, generator)), trained.model(noisy)])
-                    for s in plots.DEFAULT_SIGMAS]
-        grid = torch.stack([r.view(2, 5, 1, 28, 28) for r in rows], 2).flatten(0, 2)
-        figures["denoised.png"] = plots.show_images(
-            grid, "Noisy test digits (top 5 rows) and the denoiser's output (bottom 5 rows)",
-            ncols=len(plots.DEFAULT_SIGMAS), col_labels=[f"sigma={s:g}" for s in plots.DEFAULT_SIGMAS])
-    elif trained.stage == "cfg":
-        labels = torch.arange(10, device=device).repeat(4)
-        samples = sampling.cfg_sample(trained.model, trained.schedule, labels, 5.0, generator=generator)
-        figures["samples.png"] = plots.plot_digit_samples(samples, labels, "Guided samples (guidance 5), 4 per digit")
-    elif trained.stage == "ddpm":
-        samples = sampling.ddpm_sample(trained.model, trained.schedule, 40, generator=generator)
-        figures["samples.png"] = plots.show_images(samples, "DDPM samples", value_range="signed")
-    else:
-        samples = sampling.flow_sample(trained.model, 40, 50, generator=generator)
-        figures["samples.png"] = plots.show_images(samples, "Rectified-flow samples (50 Euler steps)",
-                                                   value_range="signed")
-    return figures
+from .runtime import MODES, course_mode, pick_device
+from .stages import TRAINING_STAGES
 
 
 def train_command(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .stages import train_stage
+    import torch
 
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    from . import deliverables, plots
+    from .runs import train_stage
+    from .stages import get
+
+    stages = TRAINING_STAGES if args.stage == "all" else (args.stage,)
     mode = args.mode or course_mode()
     device = pick_device()
     run_dir = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -70,7 +38,12 @@ def train_command(args: argparse.Namespace) -> int:
         trained = train_stage(stage, mode, device=device, checkpoint_dir=run_dir / stage / "checkpoints",
                               data_root=args.data_root, progress=not args.no_progress)
         train_seconds = time.perf_counter() - started
-        for name, figure in _figures(trained, device, args.data_root).items():
+        generator = torch.Generator(device=device).manual_seed(0)
+        losses_figure = plots.plot_losses(trained.losses, f"{stage}: training loss",
+                                          steps_per_epoch=len(trained.losses) // trained.budget.epochs)
+        figures = {"loss.png": losses_figure,
+                   **getattr(deliverables, get(stage).model.figures)(trained, generator, args.data_root)}
+        for name, figure in figures.items():
             figure.savefig(run_dir / stage / name, dpi=120)
             plt.close(figure)
         rows.append((stage, trained.budget.epochs, trained.num_images / train_seconds, trained.losses[-1],
@@ -86,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train the reference model of one stage or all of them")
-    train.add_argument("--stage", choices=(*STAGES, "all"), required=True)
+    train.add_argument("--stage", choices=(*TRAINING_STAGES, "all"), required=True)
     train.add_argument("--mode", choices=MODES, help="budget to use (default: $COURSE_MODE, else full)")
     train.add_argument("--out", help="run folder (default: runs/<date-time>)")
     train.add_argument("--data-root", help="MNIST root (default: $COURSE_DATA_DIR or a cache folder)")

@@ -12,14 +12,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import answers
 from .validation import (check_choice, check_in_range, check_positive_int, check_same_shape, check_tensor,
                          check_timesteps)
 
 SCHEDULE_KINDS = ("linear", "cosine")
+COURSE_NUM_STEPS = 300  # T of the course; Ho et al. use 1000
 
 
 def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Return ``z = x + sigma * eps`` with ``eps ~ N(0, I)`` of the shape of ``x``.
+    """Return ``z = x + sigma * eps`` with ``eps ~ N(0, I)`` of the shape of ``x`` (stage 1's exercise).
 
     Args:
         x: clean images, any shape, floats (in [0, 1] in stage 2).
@@ -29,8 +31,7 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None =
     check_tensor("x", x, floating=True)
     if not isinstance(sigma, (int, float)) or sigma < 0:
         raise ValueError(f"`sigma` must be a number >= 0, got {sigma!r}")
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + sigma * eps
+    return answers.load("noising").add_noise(x, sigma, generator)
 
 
 def _cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -61,15 +62,16 @@ class DDPMSchedule(nn.Module):
         check_in_range("beta_start", beta_start, 0.0, 1.0)
         check_in_range("beta_end", beta_end, 0.0, 1.0)
         if kind == "linear":
-            betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+            betas, alphas, alpha_bars = answers.load("noising").ddpm_schedule(num_steps, beta_start, beta_end)
         else:
             betas = _cosine_betas(num_steps)
-        alphas = 1 - betas
+            alphas = 1 - betas
+            alpha_bars = torch.cumprod(alphas, 0)
         self.num_steps = num_steps
         self.kind = kind
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas", alphas.float())
-        self.register_buffer("alpha_bars", torch.cumprod(alphas, 0).float())
+        self.register_buffer("alpha_bars", alpha_bars.float())
 
     def __len__(self) -> int:
         return self.num_steps
@@ -86,13 +88,22 @@ class DDPMSchedule(nn.Module):
         return f"num_steps={self.num_steps}, kind={self.kind!r}"
 
 
-def _per_example(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``values[t]`` shaped (N, 1, 1, ...) to broadcast over an example of ``ndim`` dimensions."""
-    return values[t].view(-1, *([1] * (ndim - 1)))
+def course_schedule(num_steps: int = COURSE_NUM_STEPS) -> DDPMSchedule:
+    """The course's linear schedule with T = ``num_steps``, on the CPU (``.to(device)`` it).
+
+    At T = 300 it is the assignment's schedule (beta from 1e-4 to 0.02). A shorter T (quick mode) scales both
+    betas by 300 / T, so the sum of the betas, and with it alpha_bar at the last step (about 0.05), stays the
+    same: x_T is still close to pure noise, which sampling starts from.
+    """
+    scale = COURSE_NUM_STEPS / check_positive_int("num_steps", num_steps)
+    return DDPMSchedule(num_steps, beta_start=1e-4 * scale, beta_end=0.02 * scale)
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: DDPMSchedule) -> torch.Tensor:
-    """The closed-form forward process: ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``.
+    """The closed-form forward process: ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` (stage 1's exercise).
+
+    Checks its arguments (which reads ``t``'s range back from the device); the training losses call the
+    unchecked form in :mod:`course_lib.answers.noising` so that a training step never waits for the GPU.
 
     Args:
         x0: clean images (N, ...), in [-1, 1].
@@ -104,8 +115,7 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: DDP
     check_timesteps("t", t, x0.shape[0], schedule.num_steps)
     check_tensor("eps", eps, floating=True)
     check_same_shape("eps", eps, "x0", x0)
-    alpha_bar = _per_example(schedule.alpha_bars, t, x0.dim())
-    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    return answers.load("noising").q_sample(x0, t, eps, schedule)
 
 
 def forward_step(x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: DDPMSchedule) -> torch.Tensor:
@@ -116,7 +126,7 @@ def forward_step(x_prev: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched
     check_tensor("x_prev", x_prev, floating=True)
     check_timesteps("t", t, x_prev.shape[0], schedule.num_steps)
     check_same_shape("eps", eps, "x_prev", x_prev)
-    alpha = _per_example(schedule.alphas, t, x_prev.dim())
+    alpha = schedule.alphas[t].view(-1, *([1] * (x_prev.dim() - 1)))
     return alpha.sqrt() * x_prev + (1 - alpha).sqrt() * eps
 
 

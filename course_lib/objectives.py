@@ -2,6 +2,10 @@
 
 All noise (and the random timesteps and label dropout) is drawn with ``generator``, which must live on
 the device of the images, so a check can compare two implementations on identical draws.
+
+The losses are what students write (stages 2-5), so their arithmetic lives in :mod:`course_lib.answers`;
+the functions here check their arguments and call it. The training loop calls the answers directly (the
+registry, :mod:`course_lib.stages`, names them), so a training step does not re-check every batch.
 """
 
 from __future__ import annotations
@@ -9,15 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .noise import DDPMSchedule, add_noise, q_sample
+from . import answers
 from .validation import check_batch_vector, check_in_range, check_positive_int, check_tensor
 
 DENOISER_SIGMA = 0.5
 P_UNCOND = 0.1
-
-
-def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def denoising_loss(model, x: torch.Tensor, sigma: float = DENOISER_SIGMA,
@@ -27,25 +27,22 @@ def denoising_loss(model, x: torch.Tensor, sigma: float = DENOISER_SIGMA,
     x: clean images (N, 1, 28, 28) in [0, 1].
     """
     check_tensor("x", x, ndim=4, floating=True)
-    return F.mse_loss(model(add_noise(x, sigma, generator)), x)
+    return answers.load("denoiser").denoising_loss(model, x, sigma, generator)
 
 
-def random_timesteps(batch_size: int, schedule: DDPMSchedule, device,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def random_timesteps(batch_size: int, schedule, device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Integer timesteps (batch_size,) drawn uniformly from 0..T-1."""
-    return torch.randint(0, schedule.num_steps, (batch_size,), device=device, generator=generator)
+    check_positive_int("batch_size", batch_size)
+    return answers.load("ddpm").random_timesteps(batch_size, schedule, device, generator)
 
 
-def ddpm_loss(model, x0: torch.Tensor, schedule: DDPMSchedule,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def ddpm_loss(model, x0: torch.Tensor, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
     """Stage 3 (Ho et al. Algorithm 1): ``|| model(x_t, t / T) - eps ||^2`` with t uniform over 0..T-1.
 
     x0: clean images (N, 1, 28, 28) in [-1, 1].
     """
     check_tensor("x0", x0, ndim=4, floating=True)
-    t = random_timesteps(x0.shape[0], schedule, x0.device, generator)
-    eps = _noise_like(x0, generator)
-    return F.mse_loss(model(q_sample(x0, t, eps, schedule), schedule.model_time(t)), eps)
+    return answers.load("ddpm").ddpm_loss(model, x0, schedule, generator)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
@@ -63,11 +60,10 @@ def drop_labels(c: torch.Tensor, p_uncond: float = P_UNCOND,
     """Replace each one-hot row of ``c`` (N, K) by zeros with probability ``p_uncond``."""
     check_tensor("c", c, ndim=2, floating=True)
     check_in_range("p_uncond", p_uncond, 0.0, 1.0)
-    keep = torch.rand(c.shape[0], device=c.device, generator=generator) >= p_uncond
-    return c * keep[:, None].to(c.dtype)
+    return answers.load("cfg").drop_labels(c, p_uncond, generator)
 
 
-def class_conditional_loss(model, x0: torch.Tensor, labels: torch.Tensor, schedule: DDPMSchedule,
+def class_conditional_loss(model, x0: torch.Tensor, labels: torch.Tensor, schedule,
                            p_uncond: float = P_UNCOND, num_classes: int = 10,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """Stage 4: the DDPM loss with the one-hot class, dropped to zeros with probability ``p_uncond``.
@@ -76,16 +72,16 @@ def class_conditional_loss(model, x0: torch.Tensor, labels: torch.Tensor, schedu
     """
     check_tensor("x0", x0, ndim=4, floating=True)
     check_batch_vector("labels", labels, x0.shape[0])
-    c = drop_labels(one_hot(labels, num_classes), p_uncond, generator)
-    t = random_timesteps(x0.shape[0], schedule, x0.device, generator)
-    eps = _noise_like(x0, generator)
-    return F.mse_loss(model(q_sample(x0, t, eps, schedule), schedule.model_time(t), c), eps)
+    one_hot(labels, num_classes)  # checks the labels' values
+    check_in_range("p_uncond", p_uncond, 0.0, 1.0)
+    return answers.load("cfg").class_conditional_loss(model, x0, labels, schedule, p_uncond, num_classes, generator)
 
 
 def flow_interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Rectified flow's straight path: ``x_t = (1 - t) x0 + t eps`` with t (N,) in [0, 1]."""
-    t = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-    return (1 - t) * x0 + t * eps
+    check_tensor("x0", x0, floating=True)
+    check_batch_vector("t", t, x0.shape[0])
+    return answers.load("flow").flow_interpolate(x0, eps, t)
 
 
 def flow_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -94,6 +90,4 @@ def flow_loss(model, x0: torch.Tensor, generator: torch.Generator | None = None)
     x0: clean images (N, 1, 28, 28) in [-1, 1].
     """
     check_tensor("x0", x0, ndim=4, floating=True)
-    t = torch.rand(x0.shape[0], device=x0.device, generator=generator)
-    eps = _noise_like(x0, generator)
-    return F.mse_loss(model(flow_interpolate(x0, eps, t), t), eps - x0)
+    return answers.load("flow").flow_loss(model, x0, generator)

@@ -163,3 +163,10 @@ def test_forbid_several_references_at_once_and_restore_them_all():
             raise KeyError("boom")
     assert closed_form(*arguments).shape == (2, 1, 4, 4)
     assert len(DDPMSchedule(10)) == 10
+
+
+def test_expect_close_shows_enough_digits_to_see_the_difference():
+    """Two values that agree to four digits are printed with as many more as it takes for them to differ."""
+    with pytest.raises(CheckFailed) as failure:
+        expect_close("loss", torch.tensor(-1.58912), torch.tensor(-1.58934))
+    assert str(failure.value) == "your loss is -1.5891, expected -1.5893"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from course_lib import checkpoints
 from course_lib.cli import main
-from course_lib.runtime import budget
+from course_lib.stages import budget
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

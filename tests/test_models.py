@@ -1,4 +1,4 @@
-"""course_lib.models: the three UNets of COURSE.md sections 2-4, checked against the text of the course.
+"""course_lib.models: the three UNets of SYLLABUS.md stages 2-4, checked against the text of the course.
 
 BatchNorm note: every BatchNorm of the UNets normalises a map of at least 7x7 per channel, so a batch of one
 image works in train mode too (the batch statistics are over 49+ values); both modes are tested at N = 1.
@@ -93,7 +93,7 @@ def test_class_changes_the_output_and_zeros_mean_no_class():
             assert (outputs[i][0] - outputs[j][0]).abs().max().item() > 1e-2
 
 
-# ----------------------------------------------------------------------------- architecture (COURSE.md section 2)
+# ----------------------------------------------------------------------------- architecture (SYLLABUS.md stage 2)
 
 def record_shapes(model: nn.Module, names: list[str]) -> dict[str, tuple]:
     """Forward hooks on the named submodules: their input and output shapes (inputs from the first argument)."""

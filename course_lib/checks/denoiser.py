@@ -16,51 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import answers
 from .. import models as reference
-from ..objectives import denoising_loss as reference_loss
-from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from .harness import CheckFailed, close, copy_weights, expect_close, expect_tensor, forbid, passed, run_student
+
+denoiser_answers = answers.load("denoiser")
+reference_loss = denoiser_answers.denoising_loss
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-3) -> bool:
-    a, b = a.detach().double(), b.detach().double()
-    return a.shape == b.shape and bool(torch.all((a - b).abs() <= atol + rtol * b.abs()))
-
-
-def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters then buffers, in registration order, with their names."""
-    return list(module.named_parameters()) + list(module.named_buffers())
-
-
-def _layer_list(module: nn.Module) -> str:
-    """"Conv2d.weight (5, 3, 3, 3), ..." for every parameter of ``module``."""
-    owners = {id(p): type(m).__name__ for m in module.modules() for p in m.parameters(recurse=False)}
-    return ", ".join(f"{owners[id(p)]}.{name.rsplit('.', 1)[-1]} {tuple(p.shape)}"
-                     for name, p in module.named_parameters()) or "none"
-
-
-def copy_weights(source: nn.Module, target: nn.Module, what: str, hints: dict[str, str] | None = None) -> None:
-    """Copy every parameter and buffer of ``source`` into ``target``, pairing them in registration order.
-
-    Fails with a :class:`CheckFailed` naming the first pair whose shapes differ (and the hint for the
-    source submodule whose name starts with a key of ``hints``).
-    """
-    src, dst = _tensors(source), _tensors(target)
-    src_params, dst_params = list(source.parameters()), list(target.parameters())
-    if sorted(tuple(p.shape) for p in src_params) == sorted(tuple(p.shape) for p in dst_params) and \
-            [p.shape for p in src_params] != [p.shape for p in dst_params]:
-        raise CheckFailed(f"{what} has the right layers, created in a different order: create them in __init__ in "
-                          "the order of the diagram, so that the check can compare them with the reference")
-    for index, ((name, s), (_, d)) in enumerate(zip(src, dst)):
-        if s.shape != d.shape:
-            hint = next((h for prefix, h in (hints or {}).items() if name.startswith(prefix)), "")
-            message = (f"{what}: your tensor #{index} has shape {tuple(d.shape)} where the reference's "
-                       f"`{name}` has shape {tuple(s.shape)}")
-            raise CheckFailed(f"{message}: {hint}" if hint else message)
-    if len(src) != len(dst):
-        raise CheckFailed(f"{what} has the layers [{_layer_list(target)}], expected [{_layer_list(source)}]")
-    with torch.no_grad():
-        for (_, s), (_, d) in zip(src, dst):
-            d.copy_(s)
+def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """:func:`~course_lib.checks.harness.close` at the tolerance of module outputs (BatchNorm in float32)."""
+    return close(a, b, atol=1e-4, rtol=1e-3)
 
 
 def _build(what: str, cls, references: tuple, *args, **kwargs) -> nn.Module:
@@ -78,9 +44,9 @@ def _forward(what: str, module: nn.Module, x: torch.Tensor, references: tuple) -
 
 def _activation_hint(student_out: torch.Tensor, pre_activation: torch.Tensor) -> str:
     """Explain an output that equals the pre-activation or its ReLU."""
-    if _close(student_out, pre_activation):
+    if _near(student_out, pre_activation):
         return "the GELU at the end is missing"
-    if _close(student_out, F.relu(pre_activation)):
+    if _near(student_out, F.relu(pre_activation)):
         return "that is a ReLU: the course uses nn.GELU()"
     return "check the order: convolution, then BatchNorm2d, then GELU, with the kernel, stride and padding given"
 
@@ -111,7 +77,7 @@ def _check_module(what: str, student_cls, reference_cls, args: tuple, input_shap
         with torch.no_grad():
             got = _forward(label, student, x, (reference_cls,))
             expected = ref(x)
-        if not _close(got, expected):
+        if not _near(got, expected):
             pre = nn.Sequential(*list(ref)[:-1])(x) if isinstance(ref[-1], nn.GELU) else None
             hint = _activation_hint(got, pre) if pre is not None else "compare your layers with the description"
             expect_close(f"{label}(x) in {mode} mode", got, expected, hint, atol=1e-4, rtol=1e-3)
@@ -273,7 +239,7 @@ def check_training_step(denoising_loss: Callable, train_step: Callable, batch_si
             (F.mse_loss(model(x + eps), x), "the noise is not scaled: z = x + sigma * eps"),
         ]
     for wrong, hint in mistakes:
-        if _close(loss, wrong) and not _close(loss, expected):
+        if _near(loss, wrong) and not _near(loss, expected):
             expect_close("loss", loss, expected, hint)
     expect_close("loss", loss, expected, "L = mean((model(x + sigma * eps) - x) ** 2)")
 
@@ -282,7 +248,7 @@ def check_training_step(denoising_loss: Callable, train_step: Callable, batch_si
     for stale in (student_model, stale_model):
         for p in stale.parameters():
             p.grad = torch.ones_like(p)  # left over from an earlier step
-    with forbid(reference_loss):
+    with forbid(reference_loss, denoiser_answers.train_step):
         returned = run_student("train_step", train_step, student_model, optimizers[0], x, generator=g(2))
     reference_value = reference_loss(reference_model, x, generator=g(2))
     optimizers[1].zero_grad()
@@ -301,7 +267,7 @@ def check_training_step(denoising_loss: Callable, train_step: Callable, batch_si
                             for m in (student_model, reference_model, stale_model))
     if torch.equal(got, torch.cat([p.detach().flatten() for p in _tiny_model(seed).parameters()])):
         raise CheckFailed("train_step did not change the weights: call loss.backward() and then optimizer.step()")
-    if _close(got, stale) and not _close(got, expected):
+    if _near(got, stale) and not _near(got, expected):
         raise CheckFailed("the gradients of the previous step were added to this one: call optimizer.zero_grad() "
                           "before loss.backward()")
     expect_close("weights after train_step", got, expected,

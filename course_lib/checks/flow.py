@@ -1,6 +1,6 @@
 """Checks for stage 5 (rectified flow): the flow-matching loss and the Euler sampler.
 
-As in :mod:`course_lib.checks.ddpm`, every check runs the student's code with the reference forbidden,
+Every check runs the student's code with the reference forbidden,
 compares it with :mod:`course_lib` on identical seeded inputs and names the likely mistake.
 """
 
@@ -11,10 +11,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import objectives, sampling
-from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
-from .ddpm import (IMAGE, Spy, ToyModel, expect_sampling_calls, expect_scalar_loss, first_match,
-                   generator, random_images, single_threaded, tiny_unet)
+from .. import answers
+from .conditional_unets import tiny_unet
+from .harness import (IMAGE, Spy, ToyModel, expect_close, expect_sampling_calls, expect_scalar_loss, expect_tensor,
+                      first_match, forbid, generator, passed, random_images, run_student, single_threaded)
+
+flow_answers = answers.load("flow")
 
 
 def _loss_mutants(x0: torch.Tensor, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
@@ -48,9 +50,9 @@ def _loss_mutants(x0: torch.Tensor, seed: int) -> dict[str, Callable[[], torch.T
 def check_flow_loss(fn, batch_size: int = 8, seed: int = 0) -> None:
     """``fn(model, x0, generator)`` equals the reference rectified-flow loss on the same generator."""
     x0 = random_images(batch_size, seed + 1)
-    expected = objectives.flow_loss(ToyModel(), x0, generator=generator(seed))
+    expected = flow_answers.flow_loss(ToyModel(), x0, generator=generator(seed))
     spy = Spy(ToyModel())
-    with forbid(objectives.flow_loss, objectives.flow_interpolate):
+    with forbid(flow_answers.flow_loss, flow_answers.flow_interpolate):
         got = run_student("flow_loss", fn, spy, x0, generator(seed))
     if not spy.calls:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
@@ -64,9 +66,9 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0) -> None:
 @single_threaded
 def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 0) -> None:
     """``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like the reference."""
-    expected = sampling.flow_sample(tiny_unet(seed), num_samples, num_steps, generator=generator(seed))
+    expected = flow_answers.flow_sample(tiny_unet(seed), num_samples, num_steps, generator(seed))
     spy = Spy(tiny_unet(seed))
-    with forbid(sampling.flow_sample):
+    with forbid(flow_answers.flow_sample):
         got = run_student("flow_sample", fn, spy, num_samples, num_steps, generator(seed))
     expect_tensor("samples", got, (num_samples, *IMAGE))
     expect_sampling_calls(spy, [1 - k / num_steps for k in range(num_steps)], "flow_sample",

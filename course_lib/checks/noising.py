@@ -9,29 +9,15 @@ sizes, seeds and parameters.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
+from .. import answers
 from .. import noise as reference
-from . import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from .harness import CheckFailed, compare, expect_tensor, forbid, passed, run_student
 
-
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
-    """True when two tensors of the same shape agree within the tolerance of :func:`expect_close`."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return a.shape == b.shape and bool(torch.all((a - b).abs() <= atol + rtol * b.abs()))
-
-
-def _compare(name: str, got: torch.Tensor, expected: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]],
-             hint: str) -> None:
-    """Fail unless ``got`` matches ``expected``; when it matches a known mistake, use that mistake's hint."""
-    if _close(got, expected):
-        return
-    for wrong, mistake_hint in mistakes:
-        if _close(got, wrong):
-            expect_close(name, got, expected, mistake_hint)
-    expect_close(name, got, expected, hint)
+noising_answers = answers.load("noising")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -45,7 +31,7 @@ def check_add_noise(add_noise: Callable, shape: tuple = (4, 1, 28, 28), sigma: f
     """
     x = torch.rand(shape, generator=_generator(seed))
     original = x.clone()
-    with forbid(reference.add_noise):
+    with forbid(noising_answers.add_noise):
         got = run_student("add_noise", add_noise, x, sigma, _generator(seed + 1))
         again = run_student("add_noise", add_noise, x, sigma, _generator(seed + 1))
     if not torch.equal(x, original):
@@ -57,7 +43,7 @@ def check_add_noise(add_noise: Callable, shape: tuple = (4, 1, 28, 28), sigma: f
     eps = torch.randn(shape, generator=_generator(seed + 1))
     expected = reference.add_noise(x, sigma, _generator(seed + 1))
     uniform = torch.rand(shape, generator=_generator(seed + 1))
-    _compare("z", got, expected, [
+    compare("z", got, expected, [
         (x, "z equals x: the noise was not added (z = x + sigma * eps)"),
         (sigma * eps, "z is the noise alone: add sigma * eps to the image x"),
         (x + eps, "sigma is missing: scale the noise, z = x + sigma * eps"),
@@ -72,24 +58,24 @@ def check_schedule(ddpm_schedule: Callable, num_steps: int = 300, beta_start: fl
                    beta_end: float = 0.02) -> None:
     """Check ``ddpm_schedule(num_steps, beta_start, beta_end) -> (betas, alphas, alpha_bars)`` against
     :class:`course_lib.noise.DDPMSchedule` (linear). Each tensor has shape (num_steps,)."""
-    with forbid(reference.DDPMSchedule):
+    with forbid(reference.DDPMSchedule, noising_answers.ddpm_schedule):
         result = run_student("ddpm_schedule", ddpm_schedule, num_steps, beta_start, beta_end)
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise CheckFailed("ddpm_schedule should return three tensors: (betas, alphas, alpha_bars)")
     betas, alphas, alpha_bars = (expect_tensor(name, value, (num_steps,))
                                  for name, value in zip(("betas", "alphas", "alpha_bars"), result))
     ref = reference.DDPMSchedule(num_steps, beta_start, beta_end)
-    _compare("betas", betas, ref.betas, [
+    compare("betas", betas, ref.betas, [
         (torch.linspace(beta_start, beta_end, num_steps + 1)[1:], "betas has one step too many at the start: "
                                                                   "torch.linspace(beta_start, beta_end, num_steps)"),
         (ref.alphas, "these are the alphas: betas grow linearly from beta_start to beta_end"),
     ], f"betas[0] should be beta_start ({beta_start:g}) and betas[-1] beta_end ({beta_end:g}): "
        "torch.linspace(beta_start, beta_end, num_steps)")
-    _compare("alphas", alphas, ref.alphas, [
+    compare("alphas", alphas, ref.alphas, [
         (ref.betas, "alphas equals betas: alpha_t = 1 - beta_t"),
         (ref.alpha_bars, "these are the alpha_bars: alpha_t = 1 - beta_t, without the product"),
     ], "alpha_t = 1 - beta_t")
-    _compare("alpha_bars", alpha_bars, ref.alpha_bars, [
+    compare("alpha_bars", alpha_bars, ref.alpha_bars, [
         (ref.alphas, "alpha_bars equals alphas: is it a cumulative product? torch.cumprod(alphas, dim=0)"),
         (torch.cumsum(ref.alphas, 0), "that is a cumulative sum: alpha_bar_t is a cumulative product"),
         (torch.cumprod(ref.betas, 0), "that is the cumulative product of the betas: multiply the alphas"),
@@ -116,7 +102,7 @@ def check_q_sample(q_sample: Callable, batch_size: int = 6, num_steps: int = 300
     t = torch.randint(0, num_steps, (batch_size,), generator=generator)
     t[0], t[-1] = 0, num_steps - 1
     schedule = reference.DDPMSchedule(num_steps)
-    with forbid(reference.q_sample):
+    with forbid(noising_answers.q_sample):
         try:
             got = run_student("q_sample", q_sample, x0, t, eps, schedule)
         except CheckFailed as error:
@@ -131,7 +117,7 @@ def check_q_sample(q_sample: Callable, batch_size: int = 6, num_steps: int = 300
 
     bars, alphas = schedule.alpha_bars, schedule.alphas
     expected = reference.q_sample(x0, t, eps, schedule)
-    _compare("x_t", got, expected, [
+    compare("x_t", got, expected, [
         (mix(bars[t], 1 - bars[t]), "the square roots are missing: sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps"),
         (mix(bars[t].sqrt(), 1 - bars[t]), "the noise needs a square root too: sqrt(1 - alpha_bar_t) * eps"),
         (mix(bars[t], (1 - bars[t]).sqrt()), "x0 needs a square root too: sqrt(alpha_bar_t) * x0"),

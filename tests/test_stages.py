@@ -1,0 +1,179 @@
+"""course_lib.stages: the stage registry, its budgets against the assignment, and the answers split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.stages import TRAINING_STAGES, budget, get
+
+
+def test_full_budgets_are_the_assignments():
+    """The assignment (SYLLABUS.md): denoiser batch 256, 5 epochs, Adam 1e-4, D = 128; diffusion stages batch 128, 20 epochs,
+    Adam 1e-3, D = 64, T = 300, learning rate x 0.1 ** (1 / 20) per epoch."""
+    denoiser = budget("denoiser", "full")
+    assert (denoiser.epochs, denoiser.batch_size, denoiser.num_hiddens, denoiser.learning_rate,
+            denoiser.subset_size, denoiser.lr_gamma) == (5, 256, 128, 1e-4, None, 1.0)
+    for stage in ("ddpm", "cfg", "flow"):
+        b = budget(stage, "full")
+        assert (b.epochs, b.batch_size, b.num_hiddens, b.learning_rate, b.subset_size, b.num_steps) == \
+            (20, 128, 64, 1e-3, None, 300), stage
+        assert b.lr_gamma == pytest.approx(0.1 ** (1 / 20))
+        assert b.lr_gamma ** b.epochs == pytest.approx(0.1), "the rate must end ten times lower"
+
+
+def test_quick_budgets_are_small():
+    for stage in TRAINING_STAGES:
+        b = budget(stage, "quick")
+        assert b.subset_size is not None and b.subset_size <= 1024, stage
+        assert b.epochs * b.subset_size <= 2048 and b.num_hiddens <= 32, stage
+        assert b.subset_size >= b.batch_size, f"{stage}: at least one batch per epoch"
+
+
+def test_budget_defaults_to_the_course_mode(monkeypatch):
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("COURSE_MODE", "quick")
+    assert budget("ddpm") == get("ddpm").budgets["quick"]
+    monkeypatch.setenv("COURSE_MODE", "full")
+    assert budget("ddpm") == get("ddpm").budgets["full"]
+
+
+@pytest.mark.parametrize("stage, mode, argument", [("gan", "quick", "stage"), ("ddpm", "slow", "mode")])
+def test_budget_rejects_unknown_names(stage, mode, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        budget(stage, mode)
+
+
+def test_budget_schedule_is_the_course_schedule_at_T_300_and_keeps_the_end_noise_level_in_quick_mode():
+    full = budget("ddpm", "full").schedule()
+    assert full.num_steps == 300
+    torch.testing.assert_close(full.betas, torch.linspace(1e-4, 0.02, 300))
+    quick = budget("ddpm", "quick").schedule()
+    assert quick.num_steps == budget("ddpm", "quick").num_steps < 300
+    # x_T must still be close to pure noise: alpha_bar at the last step within 20% of the course's (about 0.05)
+    assert abs(quick.alpha_bars[-1].item() / full.alpha_bars[-1].item() - 1) < 0.2
+    assert quick.alpha_bars[-1].item() < 0.1
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_every_notebook_has_a_stage_entry_and_every_entry_a_notebook():
+    from autograder.course import SOLUTIONS_DIR
+    from course_lib.stages import NOTEBOOKS
+
+    assert sorted(path.stem for path in SOLUTIONS_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+def test_todo_cells_of_the_registry_are_the_notebooks_solution_cells_and_name_real_answers():
+    """Each stage's ``todos`` lists exactly the code cells its source notebook asks students to write, and every
+    reference it names exists in the stage's answers module."""
+    import importlib
+
+    import nbformat
+
+    from autograder.course import SOLUTIONS_DIR
+    from course_lib.stages import STAGES
+
+    for stage in STAGES:
+        notebook = nbformat.read(SOLUTIONS_DIR / f"{stage.notebook}.ipynb", as_version=4)
+        solution_cells = {cell.metadata["nbgrader"]["grade_id"] for cell in notebook.cells
+                          if cell.cell_type == "code" and cell.metadata["nbgrader"].get("solution")}
+        assert set(stage.todos) == solution_cells, stage.notebook
+        module = importlib.import_module(stage.answers_module)
+        for names in stage.todos.values():
+            for name in names:
+                assert callable(getattr(module, name)), f"{stage.answers_module}.{name}"
+
+
+def test_builds_on_names_earlier_stages_only():
+    from course_lib.stages import STAGES
+
+    seen: set[str] = set()
+    for stage in STAGES:
+        assert set(stage.builds_on) <= seen, stage.key
+        seen.add(stage.key)
+
+
+def test_get_accepts_keys_and_notebook_names_and_rejects_others():
+    assert get("ddpm") is get("03_ddpm")
+    with pytest.raises(ValueError, match="`stage`"):
+        get("gan")
+
+
+def test_stage_loss_calls_the_registered_answer_with_its_inputs():
+    """``stage_loss`` wires the registry's loss: on the same generator it equals the checked public loss."""
+    from course_lib import objectives
+    from course_lib.models import ClassConditionalUNet
+    from course_lib.noise import course_schedule
+    from course_lib.stages import stage_loss
+
+    schedule = course_schedule(10)
+    model = ClassConditionalUNet(num_hiddens=4)
+    images = torch.rand(4, 1, 28, 28) * 2 - 1
+    labels = torch.tensor([0, 3, 9, 3])
+    wired = stage_loss("cfg", schedule)(model, images, labels, torch.Generator().manual_seed(1))
+    direct = objectives.class_conditional_loss(model, images, labels, schedule, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(wired, direct)
+
+
+# ----------------------------------------------------------------------------- the answers split
+
+GIVEN_MODULES_SCRIPT = """
+import importlib, pkgutil, sys
+import course_lib
+assert course_lib.__file__.startswith(sys.argv[1]), course_lib.__file__
+names = [m.name for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.")
+         if not m.name.startswith("course_lib.answers.") and m.name not in ("course_lib.__main__",)]
+for name in names:
+    if name.startswith("course_lib.checks."):
+        continue  # a stage's checks compare against its answers (the grading side); tested below
+    importlib.import_module(name)
+from course_lib import answers
+present = [key for key in sys.argv[2].split(",") if key]
+missing = [key for key in sys.argv[3].split(",") if key]
+for key in present:
+    answers.load(key)
+for key in missing:
+    try:
+        answers.load(key)
+    except answers.AnswerNotIncluded:
+        continue
+    raise SystemExit(f"the answers of {key} are in the view")
+print(len(names))
+"""
+
+
+@pytest.mark.parametrize("stage", ["01_noising", "03_ddpm", "05_flow"])
+def test_library_view_without_a_stages_answers_imports_every_given_module(tmp_path, stage):
+    """The view for stage k leaves out the answers of k and later; every given module still imports from it,
+    earlier answers load, and asking for a left-out one raises AnswerNotIncluded (not a bare ImportError)."""
+    import subprocess
+    import sys
+
+    from autograder.library_view import left_out, write_library_view
+    from course_lib.stages import STAGES
+
+    write_library_view(tmp_path, stage)
+    missing = left_out(stage)
+    present = [entry.key for entry in STAGES if entry.key not in missing]
+    assert not any((tmp_path / "course_lib" / "answers" / f"{key}.py").exists() for key in missing)
+    result = subprocess.run([sys.executable, "-c", GIVEN_MODULES_SCRIPT, str(tmp_path), ",".join(present),
+                             ",".join(missing)], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 15, "every given module was imported"
+
+
+def test_a_left_out_answer_says_so_when_called(tmp_path):
+    import subprocess
+    import sys
+
+    from autograder.library_view import write_library_view
+
+    write_library_view(tmp_path, "01_noising")
+    script = ("import torch\nfrom course_lib.noise import add_noise\n"
+              "try:\n    add_noise(torch.zeros(2), 0.5)\nexcept ImportError as error:\n    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "leaves out the reference answers of stage 'noising'" in result.stdout, result.stderr
