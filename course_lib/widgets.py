@@ -5,6 +5,10 @@ png image. The figure is made once; a move only swaps the pixels of its image (`
 figure to png and replaces the ``Output``'s content, so redrawing is quick and never stacks figures.
 ``ImageSlider.redraw(value)`` is the callback the slider calls; tests call it directly, without a browser.
 
+Works with ipywidgets 7.7 (what Colab ships) and 8: it uses only ``VBox``, ``FloatSlider``, ``IntSlider``,
+``SelectionSlider``, ``observe`` and the ``Output.outputs`` trait, all alike in both (tests/test_colab.py runs
+the slider tests under 7.7.1 too).
+
 Builders: :func:`noise_slider` (sigma of Gaussian noising, stage 1) and :func:`forward_process_slider`
 (t of the DDPM forward process, stage 1); :func:`trajectory_scrubber` (a frame slider through a saved
 sampling trajectory, stage 3) and :func:`guidance_slider` (the classifier-free guidance scale, stage 4).
@@ -75,11 +79,21 @@ class ImageSlider(widgets.VBox):
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png")
         self.png = buffer.getvalue()
-        self.output.outputs = ({
-            "output_type": "display_data",
-            "data": {"image/png": base64.b64encode(self.png).decode("ascii"), "text/plain": self.title(value)},
-            "metadata": {},
-        },)
+        show_png(self.output, self.png, self.title(value))
+
+
+def show_png(output: widgets.Output, png: bytes, text: str) -> None:
+    """Make ``png`` (the bytes of a png file) the one thing ``output`` shows; ``text`` is its plain-text form.
+
+    ``Output.outputs`` is a synced tuple of nbformat outputs in ipywidgets 7 and 8 alike (it is what
+    ``append_display_data`` extends in both). Replacing it whole swaps the image in one message, with no
+    running kernel needed, unlike ``clear_output``, which goes through the kernel's display hooks.
+    """
+    output.outputs = ({
+        "output_type": "display_data",
+        "data": {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": text},
+        "metadata": {},
+    },)
 
 
 def noise_slider(images: torch.Tensor, max_sigma: float = 1.0, step: float = 0.05, seed: int = 0,
