@@ -67,7 +67,21 @@ class DDPMSchedule(nn.Module):
             betas = _cosine_betas(num_steps)
             alphas = 1 - betas
             alpha_bars = torch.cumprod(alphas, 0)
-        self.num_steps = num_steps
+        self._hold(betas, alphas, alpha_bars, kind)
+
+    @classmethod
+    def from_tables(cls, betas: torch.Tensor, alphas: torch.Tensor, alpha_bars: torch.Tensor) -> "DDPMSchedule":
+        """A schedule that holds the given tables, each of shape (T,): your own ``ddpm_schedule``'s, for example."""
+        for name, table in (("betas", betas), ("alphas", alphas), ("alpha_bars", alpha_bars)):
+            check_tensor(name, table, ndim=1, floating=True)
+            check_same_shape(name, table, "betas", betas)
+        schedule = cls.__new__(cls)
+        nn.Module.__init__(schedule)
+        schedule._hold(betas, alphas, alpha_bars, "tables")
+        return schedule
+
+    def _hold(self, betas: torch.Tensor, alphas: torch.Tensor, alpha_bars: torch.Tensor, kind: str) -> None:
+        self.num_steps = len(betas)
         self.kind = kind
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas", alphas.float())

@@ -1,5 +1,5 @@
 """The checks of stages 3-5 (course_lib.checks.ddpm, .cfg, .flow): correct code passes, known mistakes fail
-with the hint that names them, and calling the reference is refused.
+with the hint that names them, and every probe runs without the answers (as in a grading kernel).
 
 Each "student" function below is a small, deliberately wrong variant of the notebooks' solutions.
 """
@@ -11,12 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import objectives, sampling
 from course_lib.checks import CheckFailed, cfg, ddpm, flow
-from course_lib.models import ClassConditionalUNet, ConvBlock, DownBlock, FCBlock, Flatten, TimeConditionalUNet, \
-    Unflatten, UpBlock
-
-REFUSED = "must be written by you"
+from course_lib.models import ConvBlock, DownBlock, Flatten, Unflatten, UpBlock
 
 
 @pytest.fixture(autouse=True)
@@ -97,22 +93,31 @@ def test_fc_block_check():
     ddpm.check_fc_block(StudentFC, in_features=10, out_features=3, batch_size=2, seed=4)
     fails_with(ddpm.check_fc_block, lambda i, o: StudentFC(i, o, nn.ReLU), "GELU")
     fails_with(ddpm.check_fc_block, lambda i, o: nn.Linear(i, o), "parameters, expected")
-    fails_with(ddpm.check_fc_block, lambda i, o: nn.Sequential(FCBlock(i, o)), REFUSED)
 
 
 def test_time_conditional_unet_check():
     ddpm.check_time_conditional_unet(time_unet())
+    ddpm.check_time_conditional_unet(time_unet(), num_hiddens=5, batch_size=2, seed=21)
     fails_with(ddpm.check_time_conditional_unet, time_unet("no time"), "does not change with t")
     fails_with(ddpm.check_time_conditional_unet, time_unet("t2 late"), "FIRST UpBlock")
-    fails_with(ddpm.check_time_conditional_unet, lambda in_channels, num_hiddens: TimeConditionalUNet(), REFUSED)
 
 
 def test_class_conditional_unet_check():
     cfg.check_class_conditional_unet(class_unet())
     cfg.check_class_conditional_unet(class_unet(), num_hiddens=5, batch_size=2, seed=9)
     fails_with(cfg.check_class_conditional_unet, class_unet("shift then scale"), "scale first, then shift")
-    fails_with(cfg.check_class_conditional_unet,
-               lambda in_channels, num_classes, num_hiddens: ClassConditionalUNet(), REFUSED)
+    fails_with(cfg.check_class_conditional_unet, lambda in_channels, num_classes, num_hiddens: nn.Linear(1, 1),
+               "parameters, expected")
+
+
+def test_class_conditional_unet_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    reference = answers.load("cfg").ClassConditionalUNet
+    cfg.check_class_conditional_unet(reference)
+    cfg.check_class_conditional_unet(reference, num_hiddens=5, batch_size=2, seed=9)
+    assert "ClassConditionalUNet(num_hiddens=5)" in judge_cfg_flow_probe_without_answers(
+        monkeypatch, cfg.check_class_conditional_unet, (reference,), num_hiddens=5, batch_size=2, seed=9)
 
 
 # ----------------------------------------------------------------------------- stage 3: loss and sampling
@@ -134,7 +139,8 @@ def test_ddpm_loss_check():
     fails_with(ddpm.check_ddpm_loss, lambda *a: ddpm_loss(*a, eps_first=True), "draw t first")
     fails_with(ddpm.check_ddpm_loss, lambda *a: ddpm_loss(*a, scale_time=False), "t / T")
     fails_with(ddpm.check_ddpm_loss, lambda *a: ddpm_loss(*a).item(), "do not call .item()")
-    fails_with(ddpm.check_ddpm_loss, lambda m, x0, s, g: objectives.ddpm_loss(m, x0, s, g), REFUSED)
+    fails_with(ddpm.check_ddpm_loss, lambda *a: ddpm_loss(*a).detach(), "no gradient")
+    fails_with(ddpm.check_ddpm_loss, lambda m, x0, s, g: F.mse_loss(x0, x0 * 0), "never calls the model")
 
 
 def ddpm_step(x_t, eps, t, schedule, z=None, noise_at_zero=False, sigma_is_beta=False, typo=False):
@@ -163,7 +169,8 @@ def test_ddpm_step_check_names_the_wrong_coefficient():
     fails_with(ddpm.check_ddpm_step, lambda *a: ddpm_step(*a, noise_at_zero=True), "noise at the last step t = 0")
     fails_with(ddpm.check_ddpm_step, lambda *a: ddpm_step(*a, sigma_is_beta=True), "sigma_t = sqrt(beta_t)")
     fails_with(ddpm.check_ddpm_step, lambda *a: ddpm_step(*a, typo=True), "check the coefficient of x_t")
-    fails_with(ddpm.check_ddpm_step, lambda *a: sampling.ddpm_step(*a), REFUSED)
+    fails_with(ddpm.check_ddpm_step, lambda x_t, eps, t, s, z=None: ddpm_step(
+        x_t, eps, t, s, torch.ones_like(x_t) if z is None else z), "with z=None return the mean only")
 
 
 def ddpm_sample(model, schedule, num_samples, generator=None, stochastic=True, evaluate=True, noise_at_zero=False):
@@ -188,8 +195,81 @@ def test_ddpm_sample_check():
                          "did you add noise at the last step t = 0?")
     assert "frames first differ at x_0" in message
     fails_with(ddpm.check_ddpm_sample, lambda *a, **k: ddpm_sample(*a, **k)[0], "pair (samples, trajectory)")
-    fails_with(ddpm.check_ddpm_sample, lambda m, s, n, g, stochastic: sampling.ddpm_sample(
-        m, s, n, generator=g, return_trajectory=True, stochastic=stochastic), REFUSED)
+    fails_with(ddpm.check_ddpm_sample, lambda *a, **k: (ddpm_sample(*a, **k)[0].tolist(), ddpm_sample(*a, **k)[1]),
+               "samples should be a torch.Tensor, got list")
+    fails_with(ddpm.check_ddpm_sample, lambda m, s, n, g, stochastic: ddpm_sample(m, s, n, g), "stochastic=False")
+
+
+def stage3_answers():
+    """``{check name: the reference answers as the student's objects}`` for the checks of stage 3."""
+    from course_lib import answers
+
+    ref = answers.load("ddpm")
+    return {"check_fc_block": (ref.FCBlock,), "check_time_conditional_unet": (ref.TimeConditionalUNet,),
+            "check_ddpm_loss": (ref.ddpm_loss,), "check_ddpm_step": (ref.ddpm_step,),
+            "check_ddpm_sample": (lambda model, schedule, num_samples, generator, stochastic: ref.ddpm_sample(
+                model, schedule, num_samples, generator, stochastic, return_trajectory=True),)}
+
+
+STAGE3_OTHER_CASES = {"check_fc_block": {"in_features": 10, "out_features": 3, "batch_size": 2, "seed": 4},
+                      "check_time_conditional_unet": {"num_hiddens": 5, "batch_size": 2, "seed": 21},
+                      "check_ddpm_loss": {"batch_size": 3, "num_steps": 17, "seed": 5},
+                      "check_ddpm_step": {"batch_size": 1, "num_steps": 7, "seed": 2},
+                      "check_ddpm_sample": {"num_samples": 3, "num_steps": 6, "seed": 4}}
+
+
+@pytest.mark.parametrize("name", list(STAGE3_OTHER_CASES))
+def test_stage3_reference_answers_pass(name):
+    students = stage3_answers()[name]
+    getattr(ddpm, name)(*students)
+    getattr(ddpm, name)(*students, **STAGE3_OTHER_CASES[name])
+
+
+@pytest.mark.parametrize("name", list(STAGE3_OTHER_CASES))
+def test_stage3_probes_run_without_the_answers(name, monkeypatch):
+    import io
+
+    from course_lib import answers, models
+    from course_lib.checks.protocol import verdict
+
+    check = getattr(ddpm, name).check
+    students = stage3_answers()[name]
+    case = check.case(**STAGE3_OTHER_CASES[name])
+    inputs, expected = check.reference(**case)
+
+    def left_out(*args, **kwargs):
+        raise answers.AnswerNotIncluded("left out in this test")
+
+    monkeypatch.setattr(answers, "load", left_out)
+    monkeypatch.setattr(models, "__getattr__", left_out)
+    with pytest.raises(answers.AnswerNotIncluded):
+        models.TimeConditionalUNet
+    outputs = check.probe(*students, inputs=inputs)
+    assert "failed" not in outputs
+
+    def saved(value):  # as the grading kernel and the grader exchange them
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
+    assert verdict(check, case, saved(inputs), saved(outputs), saved(expected))
+
+
+def test_stage3_judges_reject_forged_outputs():
+    from course_lib.checks.protocol import verdict
+
+    check = ddpm.check_ddpm_sample.check
+    case = check.case()
+    inputs, expected = check.reference(**case)
+    outputs = check.probe(*stage3_answers()["check_ddpm_sample"], inputs=inputs)
+    for run in outputs["runs"]:
+        run["calls"] = run["calls"][:-1]
+    with pytest.raises(CheckFailed, match="called the model 9 times"):
+        verdict(check, case, inputs, outputs, expected)
+    for forged in ({"runs": "passed"}, {"runs": [{"samples": 1}]}, {}):
+        with pytest.raises(CheckFailed):
+            verdict(check, case, inputs, forged, expected)
 
 
 # ----------------------------------------------------------------------------- stage 4
@@ -214,7 +294,23 @@ def test_drop_labels_check():
         return c
 
     fails_with(cfg.check_drop_labels, in_place, "in place")
-    fails_with(cfg.check_drop_labels, lambda c, p, g: objectives.drop_labels(c, p, g), REFUSED)
+    fails_with(cfg.check_drop_labels, lambda c, p, g: drop_labels(c, p, g) if p > 0 else c * 0,
+               "should zero none of the rows")
+    fails_with(cfg.check_drop_labels, lambda c, p, g: c.tolist(), "should be a torch.Tensor, got list")
+
+
+def test_drop_labels_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    reference = answers.load("cfg").drop_labels
+    cfg.check_drop_labels(reference)
+    cfg.check_drop_labels(reference, batch_size=300, p_uncond=0.4, seed=3)
+    assert "300 rows" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels, (reference,),
+                                                              batch_size=300, p_uncond=0.4, seed=3)
+    judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels, (drop_labels,))
+    with pytest.raises(CheckFailed, match="one number per row"):
+        judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels,
+                                             (lambda c, p, g: c * (torch.rand(c.shape, generator=g) >= p),))
 
 
 def guided_eps(model, x_t, t, c, guidance, swap=False):
@@ -235,10 +331,31 @@ def test_guided_eps_check():
 
     fails_with(cfg.check_guided_eps, two_passes, "ONE forward pass")
 
-    def reference(model, x_t, t, c, guidance):
-        return sampling.guided_eps(model, x_t, t, c, guidance)
+    def from_cond(model, x_t, t, c, guidance):
+        eps_c, eps_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, torch.zeros_like(c)])).chunk(2)
+        return eps_c + guidance * (eps_c - eps_u)
 
-    fails_with(cfg.check_guided_eps, reference, REFUSED)
+    fails_with(cfg.check_guided_eps, from_cond, "start from the unconditional prediction")
+
+    def all_conditional(model, x_t, t, c, guidance):
+        eps_c, eps_u = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c, c])).chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    fails_with(cfg.check_guided_eps, all_conditional, "must be unconditional, with c = zeros")
+    fails_with(cfg.check_guided_eps, lambda *a: guided_eps(*a)[0], "guided eps has shape")
+
+
+def test_guided_eps_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    reference = answers.load("cfg").guided_eps
+    cfg.check_guided_eps(reference)
+    cfg.check_guided_eps(reference, batch_size=1, guidance=10.0, seed=5)
+    assert "10" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_guided_eps, (reference,),
+                                                        batch_size=1, guidance=10.0, seed=5)
+    with pytest.raises(CheckFailed, match="you swapped eps_cond and eps_uncond"):
+        judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_guided_eps,
+                                             (lambda *a: guided_eps(*a, swap=True),))
 
 
 # ----------------------------------------------------------------------------- stage 5
@@ -255,7 +372,22 @@ def test_flow_loss_check():
     flow.check_flow_loss(flow_loss)
     flow.check_flow_loss(flow_loss, batch_size=2, seed=8)
     fails_with(flow.check_flow_loss, lambda *a: flow_loss(*a, sign=-1), "eps - x0, not x0 - eps")
-    fails_with(flow.check_flow_loss, lambda m, x0, g: objectives.flow_loss(m, x0, g), REFUSED)
+    fails_with(flow.check_flow_loss, lambda *a: flow_loss(*a).item(), "do not call .item()")
+    fails_with(flow.check_flow_loss, lambda *a: flow_loss(*a).detach(), "no gradient")
+    fails_with(flow.check_flow_loss, lambda m, x0, g: (torch.randn(x0.shape, generator=g) - x0).pow(2).mean(),
+               "never calls the model")
+
+
+def test_flow_loss_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    reference = answers.load("flow").flow_loss
+    flow.check_flow_loss(reference)
+    flow.check_flow_loss(reference, batch_size=2, seed=8)
+    assert "batch 2" in judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_loss, (reference,),
+                                                             batch_size=2, seed=8)
+    with pytest.raises(CheckFailed, match="eps - x0, not x0 - eps"):
+        judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_loss, (lambda *a: flow_loss(*a, sign=-1),))
 
 
 def flow_sample(model, num_samples, num_steps, generator=None, sign=-1, shift=0):
@@ -272,4 +404,70 @@ def test_flow_sample_check():
     flow.check_flow_sample(flow_sample, num_samples=3, num_steps=1, seed=6)
     fails_with(flow.check_flow_sample, lambda *a: flow_sample(*a, sign=+1), "x <- x - dt * v")
     fails_with(flow.check_flow_sample, lambda *a: flow_sample(*a, shift=1), "t_k = 1 - k / num_steps")
-    fails_with(flow.check_flow_sample, lambda m, n, k, g: sampling.flow_sample(m, n, k, generator=g), REFUSED)
+
+    def in_train_mode(model, num_samples, num_steps, generator=None):
+        model.train()
+        with torch.no_grad():
+            return _euler_steps(model, num_samples, num_steps, generator)
+
+    fails_with(flow.check_flow_sample, in_train_mode, "model.eval()")
+    fails_with(flow.check_flow_sample, lambda m, n, k, g: _euler_steps(m.eval(), n, k, g), "torch.no_grad()")
+    fails_with(flow.check_flow_sample, lambda *a: (flow_sample(*a), []), "samples should be a torch.Tensor")
+
+
+def _euler_steps(model, num_samples, num_steps, generator):
+    x = torch.randn((num_samples, 1, 28, 28), generator=generator)
+    for k in range(num_steps):
+        x = x - model(x, torch.full((num_samples,), 1 - k / num_steps)) / num_steps
+    return x
+
+
+def test_flow_sample_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    def reference(model, num_samples, num_steps, generator):
+        return answers.load("flow").flow_sample(model, num_samples, num_steps, generator)
+
+    flow.check_flow_sample(reference)
+    flow.check_flow_sample(reference, num_samples=3, num_steps=1, seed=6)
+    answer = answers.load("flow").flow_sample
+    assert "(1 steps)" in judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_sample, (answer,),
+                                                               num_samples=3, num_steps=1, seed=6)
+    with pytest.raises(CheckFailed, match="x <- x - dt \\* v"):
+        judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_sample,
+                                             (lambda *a: flow_sample(*a, sign=+1),))
+
+
+def judge_cfg_flow_probe_without_answers(monkeypatch, check_function, students: tuple, **given) -> str:
+    """Stages 4-5: the expected values first (with the answers), then the probe with every answer unavailable
+    (``answers.load`` and ``course_lib.models`` raise AnswerNotIncluded), its outputs through the save/load of
+    grading, then the verdict."""
+    import io
+
+    import course_lib.models
+    from course_lib import answers
+    from course_lib.checks.protocol import verdict
+
+    entry = check_function.check
+    case = entry.case(**given)
+
+    def left_out(*args, **kwargs):
+        raise answers.AnswerNotIncluded("left out in this test")
+
+    def round_trip(value):  # through torch.save and torch.load(weights_only=True), as between grader and kernel
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
+    inputs, expected = entry.reference(**case)
+    inputs = round_trip(inputs)
+    with monkeypatch.context() as patched:
+        patched.setattr(answers, "load", left_out)
+        patched.setattr(course_lib.models, "__getattr__", left_out)
+        with pytest.raises(answers.AnswerNotIncluded):
+            course_lib.models.ClassConditionalUNet  # noqa: B018 - the patch is in place
+        outputs = round_trip(entry.run_probe(students, inputs))
+    with pytest.raises(CheckFailed):  # a record that is not what the probe writes never passes
+        verdict(entry, case, inputs, {}, expected)
+    return verdict(entry, case, inputs, outputs, expected)

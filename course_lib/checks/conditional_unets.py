@@ -1,5 +1,8 @@
-"""What the checks of stages 3-5 share about the conditional UNets: the reference forward with one known wiring
-mistake switched on (for hints), and a tiny seeded UNet to run samplers on."""
+"""What the checks of stages 3-4 share about the conditional UNets (and their FCBlocks).
+
+Reference side only (it runs the reference's layers, so only the checks' ``_reference`` parts call it): the
+reference UNet's forward with one known wiring mistake switched on, whose outputs go into ``expected`` for the hints.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..models import TimeConditionalUNet
-
-
-def tiny_unet(seed: int, num_hiddens: int = 4) -> nn.Module:
-    """A small seeded reference TimeConditionalUNet (in train mode, as after training)."""
-    torch.manual_seed(seed)
-    return TimeConditionalUNet(1, num_hiddens)
 
 
 def reference_unet_forward(model: nn.Module, x, t, c=None, *, skip_first: bool = False,
@@ -56,7 +52,7 @@ def reference_unet_forward(model: nn.Module, x, t, c=None, *, skip_first: bool =
 
 
 def unet_mutants(reference: nn.Module, x, t, c=None) -> dict[str, Callable[[], torch.Tensor]]:
-    """Known wiring mistakes of the conditional UNets, each with its hint."""
+    """Known wiring mistakes of the conditional UNets, each with its hint (reference side: it runs ``reference``)."""
     def run(**variant):
         return lambda: reference_unet_forward(reference, x, t, c, **variant)
 

@@ -1,37 +1,58 @@
-"""Checks for stage 3 (DDPM): the FCBlock, the time-conditioned UNet, the DDPM loss (Algorithm 1),
+"""Checks for stage 3 (``03_ddpm``): the FCBlock, the time-conditioned UNet, the DDPM loss (Algorithm 1),
 one reverse step and the sampling loop (Algorithm 2).
 
-Every ``check_*`` function runs the student's code with the course_lib reference forbidden (see
-:func:`course_lib.checks.forbid`), compares it with the reference on identical seeded inputs, and
-raises :class:`~course_lib.checks.CheckFailed` with a hint that names the likely mistake. The visible
-check cells call them with their defaults; the hidden tests call them again with other seeds and sizes.
+Each check (three parts, see :mod:`course_lib.checks.protocol`) builds seeded inputs, runs the student's code on
+them, compares with the stage's answers on identical inputs (the same weights, the same generator), and raises
+:class:`~course_lib.checks.CheckFailed` with a hint that names the likely mistake. The visible check cells call
+them with their defaults; the hidden tests call them again with other seeds and sizes.
 
-Checks run single-threaded (:func:`~course_lib.checks.harness.single_threaded`): their models are tiny.
+The probes need no answer: the student's modules get the reference's weights as tensors, and the student's loss
+and sampler run on given stand-ins (:class:`~course_lib.checks.harness.ToyModel`,
+:class:`~course_lib.checks.harness.TinyNoisePredictor`).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .. import answers, sampling
-from ..models import ClassConditionalUNet, FCBlock, TimeConditionalUNet, UNetBody
+from .. import answers
 from ..noise import DDPMSchedule
-from .conditional_unets import tiny_unet, unet_mutants
-from .harness import (IMAGE, CheckFailed, Spy, ToyModel, expect_close, expect_sampling_calls, expect_scalar_loss,
-                      expect_tensor, first_match, forbid, generator, load_reference_weights, passed, random_images,
-                      run_student, scramble_weights, single_threaded)
+from .conditional_unets import unet_mutants
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
+                      expect_sampling_calls, expect_scalar_loss, expect_tensor, generator, load_weights,
+                      random_images, reference_weights, run_student, scramble_weights)
+from .protocol import check
 
-ddpm_answers = answers.load("ddpm")
-
-IMAGE = (1, 28, 28)
+# ------------------------------------------------------------------------------------- shared by the parts
 
 
-# ------------------------------------------------------------------------------------------ the TODOs
+def _recorded(value):
+    """What a probe records of a returned value: a detached CPU tensor, or the name of the type that came instead."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    return {"not_a_tensor": type(value).__name__}
+
+
+def _returned(name: str, value, shape) -> torch.Tensor:
+    """Fail unless the recorded ``value`` is a floating tensor of ``shape`` (see :func:`_recorded`)."""
+    if isinstance(value, dict) and "not_a_tensor" in value:
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['not_a_tensor']}")
+    return expect_tensor(name, value, shape)
+
+
+def _tables(schedule: DDPMSchedule) -> dict:
+    """A schedule as the probes get it (they rebuild it with :meth:`DDPMSchedule.from_tables`)."""
+    return {name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}
+
+
+def _schedule(inputs: dict) -> DDPMSchedule:
+    return DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+
+
+# ------------------------------------------------------------------------------------------- FCBlock
 
 
 FC_HINT = "FCBlock = Linear(F_in, F_out), GELU, Linear(F_out, F_out)"
@@ -39,51 +60,85 @@ UNET_NAMES = ("name the layers as in the docstring: conv_in, down1, down2, flatt
               "head, t1 = FCBlock(1, 2D), t2 = FCBlock(1, D)")
 
 
-@single_threaded
-def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size: int = 5, seed: int = 0) -> None:
-    """``cls(in_features, out_features)`` maps (N, F_in) to (N, F_out) exactly like the reference FCBlock."""
-    torch.manual_seed(seed)
-    reference = FCBlock(in_features, out_features)
+def _fc_block_reference(in_features: int, out_features: int, batch_size: int, seed: int) -> tuple[dict, dict]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = answers.load("ddpm").FCBlock(in_features, out_features)
     x = torch.randn(batch_size, in_features, generator=generator(seed))
     with torch.no_grad():
-        expected = reference(x)
-    with forbid(FCBlock):
-        block = run_student("FCBlock", cls, in_features, out_features)
-        load_reference_weights(block, reference, "FCBlock", FC_HINT)
-        with torch.no_grad():
-            got = run_student("FCBlock.forward", block, x)
-    expect_tensor("FCBlock output", got, (batch_size, out_features))
-    relu = first_match(got, {"use GELU between the two Linear layers, not ReLU":
-                             lambda: reference[2](F.relu(reference[0](x)))})
-    expect_close("FCBlock output", got, expected, relu or f"{FC_HINT}, applied in this order")
-    passed(f"FCBlock({in_features}, {out_features}) matches the reference")
+        output = reference(x)
+        relu = reference[2](F.relu(reference[0](x)))
+    inputs = {"in_features": in_features, "out_features": out_features, "x": x, **reference_weights(reference)}
+    return inputs, {"output": output, "mistakes": [(relu, "use GELU between the two Linear layers, not ReLU")]}
 
 
-@single_threaded
-def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, seed: int = 0) -> None:
-    """``cls(in_channels=1, num_hiddens=D)`` with ``forward(x, t)`` matches the reference with the same weights."""
-    torch.manual_seed(seed)
-    reference = scramble_weights(TimeConditionalUNet(1, num_hiddens), seed).eval()
+def _fc_block_probe(cls, *, inputs: dict) -> dict:
+    block = run_student("FCBlock", cls, inputs["in_features"], inputs["out_features"])
+    load_weights(block, inputs["weights"], inputs["num_parameters"], "FCBlock", FC_HINT)
+    with torch.no_grad():
+        return {"output": _recorded(run_student("FCBlock.forward", block, inputs["x"].clone()))}
+
+
+def _fc_block_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    got = _returned("FCBlock output", outputs["output"], (case["batch_size"], case["out_features"]))
+    compare("FCBlock output", got, expected["output"], expected["mistakes"], f"{FC_HINT}, applied in this order")
+    return f"FCBlock({case['in_features']}, {case['out_features']}) matches the reference"
+
+
+@check(reference=_fc_block_reference, probe=_fc_block_probe, judge=_fc_block_judge)
+def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size: int = 5, seed: int = 0):
+    """Check ``cls(in_features, out_features)``: with the weights of a seeded reference FCBlock (matched by name,
+    else in registration order) it maps ``batch_size`` random rows (N, F_in) to the reference's (N, F_out)."""
+
+
+# ------------------------------------------------------------------------------------ TimeConditionalUNet
+
+
+def _unet_reference(num_hiddens: int, batch_size: int, seed: int) -> tuple[dict, dict]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = scramble_weights(answers.load("ddpm").TimeConditionalUNet(1, num_hiddens), seed).eval()
     g = generator(seed)
     x = torch.randn((batch_size, *IMAGE), generator=g)
     t = torch.rand(batch_size, generator=g)
     with torch.no_grad():
-        expected = reference(x, t)
-    with forbid(TimeConditionalUNet, ClassConditionalUNet, UNetBody, FCBlock):
-        model = run_student("TimeConditionalUNet", cls, in_channels=1, num_hiddens=num_hiddens)
-        load_reference_weights(model, reference, "TimeConditionalUNet", UNET_NAMES)
-        model.eval()
-        with torch.no_grad():
-            got = run_student("TimeConditionalUNet.forward", model, x, t)
-            other_t = run_student("TimeConditionalUNet.forward", model, x, 1 - t)
-    expect_tensor("predicted noise", got, (batch_size, *IMAGE))
+        noise = reference(x, t)
+        mistakes = [(compute(), hint) for hint, compute in unet_mutants(reference, x, t).items()]
+    inputs = {"num_hiddens": num_hiddens, "x": x, "t": t, **reference_weights(reference)}
+    return inputs, {"noise": noise, "mistakes": mistakes}
+
+
+def _unet_probe(cls, *, inputs: dict) -> dict:
+    model = run_student("TimeConditionalUNet", cls, in_channels=1, num_hiddens=inputs["num_hiddens"])
+    load_weights(model, inputs["weights"], inputs["num_parameters"], "TimeConditionalUNet", UNET_NAMES)
+    run_student("TimeConditionalUNet.eval", model.eval)
+    with torch.no_grad():
+        got = run_student("TimeConditionalUNet.forward", model, inputs["x"].clone(), inputs["t"].clone())
+        other_t = run_student("TimeConditionalUNet.forward", model, inputs["x"].clone(), 1 - inputs["t"])
+    return {"noise": _recorded(got), "noise_other_t": _recorded(other_t)}
+
+
+def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    shape = (case["batch_size"], *IMAGE)
+    got = _returned("predicted noise", outputs["noise"], shape)
+    other_t = _returned("predicted noise", outputs["noise_other_t"], shape)
     if torch.allclose(got, other_t):
         raise CheckFailed("your output does not change with t: add t1(t) to the Unflatten output and t2(t) to the "
                           "output of the first UpBlock (t reshaped to (N, 1) for the FCBlocks)")
-    hint = first_match(got, unet_mutants(reference, x, t))
-    expect_close("predicted noise", got, expected, hint or "compare your forward with the diagram: "
-                 "unflatten + t1, then UpBlock(cat[h, 7x7 skip]) + t2, then UpBlock(cat[h, 14x14 skip])")
-    passed(f"TimeConditionalUNet(num_hiddens={num_hiddens}) gives the reference output for {batch_size} images")
+    compare("predicted noise", got, expected["noise"], expected["mistakes"], "compare your forward with the diagram: "
+            "unflatten + t1, then UpBlock(cat[h, 7x7 skip]) + t2, then UpBlock(cat[h, 14x14 skip])")
+    return (f"TimeConditionalUNet(num_hiddens={case['num_hiddens']}) gives the reference output for "
+            f"{case['batch_size']} images")
+
+
+@check(reference=_unet_reference, probe=_unet_probe, judge=_unet_judge)
+def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, seed: int = 0):
+    """Check ``cls(in_channels=1, num_hiddens=D)`` with ``forward(x, t)``: with the weights of a seeded reference
+    (matched by name, else in registration order) it gives the reference's output in eval mode for ``batch_size``
+    random images and times, and an output that changes with ``t``."""
+
+
+# ---------------------------------------------------------------------------------------------- ddpm_loss
 
 
 def _loss_mutants(x0: torch.Tensor, schedule: DDPMSchedule, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
@@ -117,42 +172,69 @@ def _loss_mutants(x0: torch.Tensor, schedule: DDPMSchedule, seed: int) -> dict[s
     }
 
 
-@single_threaded
-def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0) -> None:
-    """``fn(model, x0, schedule, generator)`` equals the reference DDPM loss on the same generator."""
+def _loss_reference(batch_size: int, num_steps: int, seed: int) -> tuple[dict, dict]:
     schedule = DDPMSchedule(num_steps)
     x0 = random_images(batch_size, seed + 1)
-    expected = ddpm_answers.ddpm_loss(ToyModel(), x0, schedule, generator=generator(seed))
-    spy = Spy(ToyModel())
-    with forbid(ddpm_answers.ddpm_loss, answers.load("cfg").class_conditional_loss):
-        got = run_student("ddpm_loss", fn, spy, x0, schedule, generator(seed))
-    if not spy.calls:
-        raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
-    expect_scalar_loss(got)
-    hint = first_match(got, _loss_mutants(x0, schedule, seed))
-    expect_close("loss", got, expected, hint or "draw t, then eps, with `generator`; x_t by the closed form; "
-                 "loss = mean of (model(x_t, t / T) - eps)^2")
-    passed(f"ddpm_loss matches the reference (batch {batch_size}, T = {num_steps})")
+    loss = answers.load("ddpm").ddpm_loss(ToyModel(), x0, schedule, generator=generator(seed)).detach()
+    with torch.no_grad():
+        mistakes = [(compute().detach(), hint) for hint, compute in _loss_mutants(x0, schedule, seed).items()]
+    return {"x0": x0, "generator_seed": seed, **_tables(schedule)}, {"loss": loss, "mistakes": mistakes}
 
+
+def _loss_probe(ddpm_loss, *, inputs: dict) -> dict:
+    spy = Spy(ToyModel())
+    got = run_student("ddpm_loss", ddpm_loss, spy, inputs["x0"].clone(), _schedule(inputs),
+                      generator(inputs["generator_seed"]))
+    requires_grad = isinstance(got, torch.Tensor) and got.requires_grad
+    return {"loss": _recorded(got), "requires_grad": requires_grad, "model_calls": len(spy.calls)}
+
+
+def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    if outputs["model_calls"] == 0:
+        raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
+    loss = outputs["loss"]
+    if isinstance(loss, dict) and "not_a_tensor" in loss:
+        raise CheckFailed(f"your loss should be a torch.Tensor, got {loss['not_a_tensor']}: do not call .item()")
+    if isinstance(loss, torch.Tensor) and loss.is_floating_point():
+        loss = loss.detach().clone().requires_grad_(outputs["requires_grad"] is True)
+    expect_scalar_loss(loss)
+    compare("loss", loss.detach(), expected["loss"], expected["mistakes"], "draw t, then eps, with `generator`; "
+            "x_t by the closed form; loss = mean of (model(x_t, t / T) - eps)^2")
+    return f"ddpm_loss matches the reference (batch {case['batch_size']}, T = {case['num_steps']})"
+
+
+@check(reference=_loss_reference, probe=_loss_probe, judge=_loss_judge)
+def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0):
+    """Check ``fn(model, x0, schedule, generator)``: on a toy model, ``batch_size`` images in [-1, 1] and the
+    linear schedule of ``num_steps`` steps, a scalar loss with a gradient, equal to the reference DDPM loss drawn
+    from a generator seeded with ``seed``."""
+
+
+# ---------------------------------------------------------------------------------------------- ddpm_step
 
 # In float32, 1 - alpha_bar_t loses digits at small t, so the posterior form and Ho et al.'s form of the same
 # step differ by up to about 1e-4 relative (T = 1000, t = 1): both must pass.
 STEP_ATOL, STEP_RTOL = 1e-4, 1e-3
 
 
-def _step_coefficients(step, t: int, schedule: DDPMSchedule) -> tuple[float, float, float]:
-    """The coefficients (a, b, c) of x_{t-1} = a x_t + b eps + c z, read off ``step`` with unit inputs."""
+def _step_coefficients(step, t: int, schedule: DDPMSchedule) -> list[float]:
+    """The coefficients [a, b, c] of x_{t-1} = a x_t + b eps + c z, read off ``step`` with unit inputs."""
     one, zero = torch.ones(1, *IMAGE), torch.zeros(1, *IMAGE)
+    coefficients = []
     with torch.no_grad():
-        return tuple(float(step(*inputs, t, schedule, z)[0, 0, 0, 0])
-                     for *inputs, z in ((one, zero, zero), (zero, one, zero), (zero, zero, one)))
+        for *inputs, z in ((one, zero, zero), (zero, one, zero), (zero, zero, one)):
+            result = run_student("ddpm_step", step, *(v.clone() for v in inputs), t, schedule, z.clone())
+            if not isinstance(result, torch.Tensor) or tuple(result.shape) != (1, *IMAGE):
+                raise CheckFailed("ddpm_step should return a tensor shaped like x_t")
+            coefficients.append(float(result[0, 0, 0, 0]))
+    return coefficients
 
 
-def _step_hint(student, t: int, schedule: DDPMSchedule) -> str:
+def _step_hint(got: list[float] | None, want: list[float], t: int, beta: float) -> str:
     """Which coefficient of the student's reverse step is off, and what it should be."""
-    got = _step_coefficients(student, t, schedule)
-    want = _step_coefficients(ddpm_answers.ddpm_step, t, schedule)
-    beta = float(schedule.betas[t])
+    if got is None:
+        return "compare each term of your step with Algorithm 2"
+    got, want = [float(v) for v in got], [float(v) for v in want]
     if abs(got[2] - want[2]) > 1e-6:
         if t == 0:
             return "did you add noise at the last step t = 0? x_0 is the mean, with no z"
@@ -167,44 +249,104 @@ def _step_hint(student, t: int, schedule: DDPMSchedule) -> str:
             "sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)")
 
 
-@single_threaded
-def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0) -> None:
-    """``fn(x_t, eps, t, schedule, z)`` gives the reference x_{t-1} at t = T-1, T/2, 1 and 0, and with ``z=None``."""
+def _step_times(num_steps: int) -> list[int]:
+    """The steps checked: T-1, T/2, 1 and 0 (without repeats), in the order of the reverse process."""
+    return sorted({num_steps - 1, num_steps // 2, 1 % num_steps, 0}, reverse=True)
+
+
+def _step_reference(batch_size: int, num_steps: int, seed: int) -> tuple[dict, dict]:
+    ddpm_step = answers.load("ddpm").ddpm_step
     schedule = DDPMSchedule(num_steps)
     g = generator(seed)
-    cases = []
-    for t in sorted({num_steps - 1, num_steps // 2, 1 % num_steps, 0}, reverse=True):
+    cases, expected = [], []
+    for t in _step_times(num_steps):
         x_t, eps, z = (torch.randn((batch_size, *IMAGE), generator=g) for _ in range(3))
-        cases += [(x_t, eps, t, noise, ddpm_answers.ddpm_step(x_t, eps, t, schedule, noise)) for noise in (z, None)]
-    with forbid(ddpm_answers.ddpm_step):
-        results = [run_student("ddpm_step", fn, x_t, eps, t, schedule, noise) for x_t, eps, t, noise, _ in cases]
-    for (x_t, eps, t, noise, expected), got in zip(cases, results):
-        expect_tensor("x_{t-1}", got, x_t.shape)
-        if not torch.allclose(got, expected, atol=STEP_ATOL, rtol=STEP_RTOL):
-            hint = ("with z=None return the mean only (no noise term)" if noise is None and t > 0
-                    else _step_hint(fn, t, schedule))
-            expect_close("x_{t-1}", got, expected, f"(t = {t}{', z=None' if noise is None else ''}) {hint}",
+        cases.append({"t": t, "x_t": x_t, "eps": eps, "z": z})
+        expected.append({"with_z": ddpm_step(x_t, eps, t, schedule, z), "without_z": ddpm_step(x_t, eps, t, schedule),
+                         "coefficients": _step_coefficients(ddpm_step, t, schedule)})
+    return {"cases": cases, **_tables(schedule)}, {"cases": expected}
+
+
+def _step_probe(ddpm_step, *, inputs: dict) -> dict:
+    schedule = _schedule(inputs)
+    results = []
+    for case in inputs["cases"]:
+        t, x_t, eps = int(case["t"]), case["x_t"].clone(), case["eps"].clone()  # both calls get the same tensors
+        result = {name: _recorded(run_student("ddpm_step", ddpm_step, x_t, eps, t, schedule, noise))
+                  for name, noise in (("with_z", case["z"].clone()), ("without_z", None))}
+        try:  # read only for a hint when the step is wrong
+            result["coefficients"] = _step_coefficients(ddpm_step, t, schedule)
+        except CheckFailed:
+            result["coefficients"] = None
+        results.append(result)
+    return {"cases": results}
+
+
+def _step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    num_steps, shape = case["num_steps"], (case["batch_size"], *IMAGE)
+    times = _step_times(num_steps)
+    if len(outputs["cases"]) != len(times):
+        raise CheckFailed("ddpm_step: the recorded result is incomplete")
+    for t, got, want in zip(times, outputs["cases"], expected["cases"]):
+        for name, noise in (("with_z", True), ("without_z", False)):
+            result = _returned("x_{t-1}", got[name], shape)
+            if close(result, want[name], STEP_ATOL, STEP_RTOL):
+                continue
+            hint = ("with z=None return the mean only (no noise term)" if not noise and t > 0
+                    else _step_hint(got["coefficients"], want["coefficients"], t, float(inputs["betas"][t])))
+            expect_close("x_{t-1}", result, want[name], f"(t = {t}{'' if noise else ', z=None'}) {hint}",
                          atol=STEP_ATOL, rtol=STEP_RTOL)
-    passed(f"ddpm_step matches Algorithm 2 at t = {num_steps - 1}, {num_steps // 2}, 1 and 0, with and without z")
+    return f"ddpm_step matches Algorithm 2 at t = {num_steps - 1}, {num_steps // 2}, 1 and 0, with and without z"
 
 
-@single_threaded
-def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0) -> None:
-    """``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to the
-    reference Algorithm 2 on the same generator, with and without the z term."""
+@check(reference=_step_reference, probe=_step_probe, judge=_step_judge)
+def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0):
+    """Check ``fn(x_t, eps, t, schedule, z)``: the reference x_{t-1} at t = T-1, T/2, 1 and 0 on the linear
+    schedule of ``num_steps`` steps, for ``batch_size`` random x_t, eps and z, and with ``z=None``. A wrong step is
+    told which coefficient (of x_t, eps or z) is off, read from its outputs on unit inputs."""
+
+
+# ---------------------------------------------------------------------------------------------- ddpm_sample
+
+SAMPLE_MODES = (True, False)  # stochastic, then deterministic
+
+
+def _sample_reference(num_samples: int, num_steps: int, seed: int) -> tuple[dict, dict]:
+    ddpm_sample = answers.load("ddpm").ddpm_sample
     schedule = DDPMSchedule(num_steps)
-    for stochastic in (True, False):
-        expected, expected_path = ddpm_answers.ddpm_sample(tiny_unet(seed), schedule, num_samples, generator(seed),
-                                                        stochastic, return_trajectory=True)
-        spy = Spy(tiny_unet(seed))
-        with forbid(ddpm_answers.ddpm_sample, ddpm_answers.reverse_chain, sampling.ddim_sample):
-            result = run_student("ddpm_sample", fn, spy, schedule, num_samples, generator(seed), stochastic=stochastic)
+    runs = []
+    for stochastic in SAMPLE_MODES:
+        samples, trajectory = ddpm_sample(TinyNoisePredictor(seed), schedule, num_samples, generator(seed),
+                                          stochastic, return_trajectory=True)
+        runs.append({"samples": samples.clone(), "trajectory": trajectory.clone()})
+    inputs = {"num_samples": num_samples, "model_seed": seed, "generator_seed": seed, **_tables(schedule)}
+    return inputs, {"runs": runs}
+
+
+def _sample_probe(ddpm_sample, *, inputs: dict) -> dict:
+    schedule = _schedule(inputs)
+    runs = []
+    for stochastic in SAMPLE_MODES:
+        spy = Spy(TinyNoisePredictor(inputs["model_seed"]))
+        result = run_student("ddpm_sample", ddpm_sample, spy, schedule, inputs["num_samples"],
+                             generator(inputs["generator_seed"]), stochastic=stochastic)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise CheckFailed("ddpm_sample should return a pair (samples, trajectory)")
-        samples, path = result
-        expect_tensor("samples", samples, expected.shape)
-        expect_tensor("trajectory", path, expected_path.shape)
-        expect_sampling_calls(spy, [t / num_steps for t in reversed(range(num_steps))], "ddpm_sample")
+        calls = [{"x": call["x"].clone(), "t": call["t"].clone(), "training": bool(call["training"]),
+                  "grad": bool(call["grad"])} for call in spy.calls]
+        runs.append({"samples": _recorded(result[0]), "trajectory": _recorded(result[1]), "calls": calls})
+    return {"runs": runs}
+
+
+def _sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    num_steps = case["num_steps"]
+    if len(outputs["runs"]) != len(SAMPLE_MODES):
+        raise CheckFailed("ddpm_sample: the recorded result is incomplete")
+    for stochastic, run, want in zip(SAMPLE_MODES, outputs["runs"], expected["runs"]):
+        samples = _returned("samples", run["samples"], want["samples"].shape)
+        path = _returned("trajectory", run["trajectory"], want["trajectory"].shape)
+        expect_sampling_calls(run["calls"], [t / num_steps for t in reversed(range(num_steps))], "ddpm_sample")
+        expected_path = want["trajectory"]
         expect_close("trajectory[0] (x_T)", path[0], expected_path[0],
                      "draw x_T = torch.randn((N, 1, 28, 28), generator=generator) before anything else")
         expect_close("samples", samples, path[-1], "return the last frame of the trajectory as the samples")
@@ -216,4 +358,12 @@ def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int =
                      "draw one z per step t > 0 with torch.randn(..., generator=generator), and check that "
                      "ddpm_step passes its check"))
             expect_close(f"trajectory[{k}]", path[k], expected_path[k], hint, atol=1e-4)
-    passed(f"ddpm_sample reproduces Algorithm 2 ({num_steps} steps, with and without z)")
+    return f"ddpm_sample reproduces Algorithm 2 ({num_steps} steps, with and without z)"
+
+
+@check(reference=_sample_reference, probe=_sample_probe, judge=_sample_judge)
+def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0):
+    """Check ``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to
+    the reference Algorithm 2 run on the same small seeded noise predictor (``TinyNoisePredictor(seed)``) and the
+    same generator, with and without the z term; and that it calls the model once per step, in eval mode, without
+    autograd, at t / T."""

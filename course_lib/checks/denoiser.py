@@ -1,11 +1,15 @@
 """Checks for stage 2 (``02_denoiser``): the UNet operations and blocks, the UnconditionalUNet, and the
 denoising loss and training step.
 
-A network check builds the student's module (inside :func:`~course_lib.checks.forbid`, so subclassing or
-calling the reference does not pass), checks the output shape with a hint for the usual padding, stride
-and kernel slips, compares the parameter shapes with the reference's, copies the reference's weights into
-it and compares the outputs on the same seeded input. Hidden tests call the same checks with other
-channel counts, sizes and seeds.
+Each check has three parts (see :mod:`course_lib.checks.protocol`). A network check's reference builds the
+seeded reference module and ships its parameters and buffers (in registration order, with their names) as
+inputs, with its outputs in train and eval mode as expected values. The probe builds the student's module,
+runs it once (its output shape), copies the reference's tensors into it in registration order, and runs it
+again in train and eval mode. The judge checks the output shape with a hint for the usual padding, stride and
+kernel slips, explains a parameter whose shape differs from the reference's, and compares the outputs. The
+training-step check runs the student's loss and one ``train_step`` on a tiny given model (:func:`_tiny_model`)
+and compares with the reference's loss, known mistakes and weights after one Adam step. Hidden tests call the
+same checks with other channel counts, sizes and seeds.
 """
 
 from __future__ import annotations
@@ -17,29 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import answers
-from .. import models as reference
-from .harness import CheckFailed, close, copy_weights, expect_close, expect_tensor, forbid, passed, run_student
+from .harness import (CheckFailed, close, expect_close, expect_tensor, generator, layer_list, module_tensors,
+                      run_student)
+from .protocol import check
 
-denoiser_answers = answers.load("denoiser")
-reference_loss = denoiser_answers.denoising_loss
+# ------------------------------------------------------------------------------------ shared by the module checks
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
     """:func:`~course_lib.checks.harness.close` at the tolerance of module outputs (BatchNorm in float32)."""
     return close(a, b, atol=1e-4, rtol=1e-3)
-
-
-def _build(what: str, cls, references: tuple, *args, **kwargs) -> nn.Module:
-    with forbid(*references):
-        module = run_student(what, cls, *args, **kwargs)
-    if not isinstance(module, nn.Module):
-        raise CheckFailed(f"{what} should be an nn.Module, got {type(module).__name__}")
-    return module
-
-
-def _forward(what: str, module: nn.Module, x: torch.Tensor, references: tuple) -> torch.Tensor:
-    with forbid(*references):
-        return run_student(f"{what}.forward", module, x)
 
 
 def _activation_hint(student_out: torch.Tensor, pre_activation: torch.Tensor) -> str:
@@ -51,6 +42,20 @@ def _activation_hint(student_out: torch.Tensor, pre_activation: torch.Tensor) ->
     return "check the order: convolution, then BatchNorm2d, then GELU, with the kernel, stride and padding given"
 
 
+def _returned(value):
+    """What a probe records of a value the student's code returned: a plain CPU tensor, or the type's name."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone().as_subclass(torch.Tensor)
+    return {"type": type(value).__name__}
+
+
+def _tensor(name: str, value, shape: tuple) -> torch.Tensor:
+    """:func:`expect_tensor` on a recorded value (see :func:`_returned`)."""
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['type']}")
+    return expect_tensor(name, value, shape)
+
+
 def _check_shape(what: str, out, input_shape: tuple, expected_shape: tuple,
                  shape_hints: dict[tuple, str] | None = None) -> torch.Tensor:
     """Fail unless ``out`` is a finite float tensor of ``expected_shape``; hint at the usual shape slips."""
@@ -58,29 +63,169 @@ def _check_shape(what: str, out, input_shape: tuple, expected_shape: tuple,
         hint = (shape_hints or {}).get(tuple(out.shape), "")
         message = f"{what} maps {tuple(input_shape)} to {tuple(out.shape)}, expected {tuple(expected_shape)}"
         raise CheckFailed(f"{message}: {hint}" if hint else message)
-    return expect_tensor(f"{what}(x)", out, expected_shape)
+    return _tensor(f"{what}(x)", out, expected_shape)
 
 
-def _check_module(what: str, student_cls, reference_cls, args: tuple, input_shape: tuple, expected_shape: tuple,
-                  seed: int, shape_hints: dict[tuple, str] | None = None, hints: dict[str, str] | None = None) -> None:
-    """Build, shape-check, copy the reference's weights into, and compare one module with its reference."""
-    label = f"{what}({', '.join(map(str, args))})"
-    student = _build(label, student_cls, (reference_cls,), *args)
-    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
-    _check_shape(label, _forward(label, student, x, (reference_cls,)), input_shape, expected_shape, shape_hints)
-    torch.manual_seed(seed)
-    ref = reference_cls(*args)
-    copy_weights(ref, student, label, hints)
-    for mode in ("train", "eval"):
-        student.train(mode == "train")
-        ref.train(mode == "train")
+def _weights_problem(what: str, reference: dict, student: dict, hints: dict[str, str] | None = None) -> str | None:
+    """Why the reference's tensors cannot be copied into the student's module, or None when they can.
+
+    The logic of copying weights in registration order, on shapes: ``reference`` holds ``names``,
+    ``tensors`` (parameters then buffers, in registration order), ``num_parameters`` and ``layers``; ``student``
+    the ``shapes`` of its tensors in the same order, its ``num_parameters`` and ``layers``. ``hints`` maps a
+    prefix of the reference's tensor names to the hint for that submodule.
+    """
+    source = [tuple(t.shape) for t in reference["tensors"]]
+    target = [tuple(int(n) for n in shape) for shape in student["shapes"]]
+    p, q = int(reference["num_parameters"]), int(student["num_parameters"])
+    if sorted(source[:p]) == sorted(target[:q]) and source[:p] != target[:q]:
+        return (f"{what} has the right layers, created in a different order: create them in __init__ in the order "
+                "of the diagram, so that the check can compare them with the reference")
+    for index, (name, s, d) in enumerate(zip(reference["names"], source, target)):
+        if s != d:
+            hint = next((h for prefix, h in (hints or {}).items() if name.startswith(prefix)), "")
+            message = f"{what}: your tensor #{index} has shape {d} where the reference's `{name}` has shape {s}"
+            return f"{message}: {hint}" if hint else message
+    if len(source) != len(target):
+        return f"{what} has the layers [{student['layers']}], expected [{reference['layers']}]"
+    return None
+
+
+def _spec(name: str, args: tuple, input_shape: tuple, output_shape: tuple, seed: int,
+          shape_hints: dict[tuple, str] | None = None, weight_hints: dict[str, str] | None = None,
+          kwargs: dict | None = None) -> dict:
+    """One module of a check: the answers' class ``name`` built with ``args``/``kwargs``, its seeded input of
+    ``input_shape`` and the hints for a wrong output shape and for a parameter of a wrong shape."""
+    kwargs = kwargs or {}
+    label = f"{name}({', '.join([*map(str, args), *(f'{k}={v}' for k, v in kwargs.items())])})"
+    return {"name": name, "label": label, "args": tuple(args), "kwargs": kwargs, "input_shape": tuple(input_shape),
+            "output_shape": tuple(output_shape), "seed": seed, "shape_hints": shape_hints or {},
+            "weight_hints": weight_hints or {}}
+
+
+def _modules_reference(specs: list[dict]) -> tuple[dict, dict]:
+    """Inputs (the seeded input and the reference's tensors) and expected outputs of each module of ``specs``."""
+    stage = answers.load("denoiser")
+    inputs, expected = [], []
+    for spec in specs:
+        x = torch.randn(spec["input_shape"], generator=generator(spec["seed"]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec["seed"])
+            ref = getattr(stage, spec["name"])(*spec["args"], **spec["kwargs"])
+        tensors = module_tensors(ref)
+        inputs.append({"label": spec["label"], "args": spec["args"], "kwargs": spec["kwargs"], "x": x,
+                       "names": [name for name, _ in tensors], "tensors": [t.detach().clone() for _, t in tensors],
+                       "num_parameters": len(list(ref.parameters())), "layers": layer_list(ref)})
+        outputs = {}
+        for mode in ("train", "eval"):
+            ref.train(mode == "train")
+            with torch.no_grad():
+                if isinstance(ref, nn.Sequential) and isinstance(ref[-1], nn.GELU):
+                    pre = nn.Sequential(*list(ref)[:-1])(x)  # one pass, as ref(x): BatchNorm updates once
+                    outputs[mode], outputs[f"{mode}_pre"] = ref[-1](pre), pre
+                else:
+                    outputs[mode], outputs[f"{mode}_pre"] = ref(x), None
+        expected.append(outputs)
+    return {"modules": inputs}, {"modules": expected}
+
+
+_FORWARD_CRASH_HINT = ("a block received the wrong number of channels; follow the diagram's channel counts "
+                       "(each concatenation adds the skip's channels)")
+
+
+def _probe_module(student_cls, spec: dict, backward: bool = False) -> dict:
+    """Build the student's module, run it, load the reference's tensors, run it in train and eval mode.
+
+    Returns what it got as far as it went: ``out`` (the first output), ``unused`` (with ``backward``: the
+    parameters without a gradient after a backward pass of ``out.square().mean()``), ``shapes``,
+    ``num_parameters`` and ``layers`` of the student's tensors, then ``train`` and ``eval`` (the outputs with
+    the reference's tensors loaded); and ``failed``, the message of the step where the student's code failed.
+    """
+    result: dict = {}
+    label = spec["label"]
+    try:
+        module = run_student(label, student_cls, *spec["args"], **spec["kwargs"])
+        if not isinstance(module, nn.Module):
+            raise CheckFailed(f"{label} should be an nn.Module, got {type(module).__name__}")
+        try:
+            out = run_student(f"{label}.forward", module, spec["x"].clone())
+        except CheckFailed as error:
+            if backward and ("channels" in str(error) or "size" in str(error)):
+                raise CheckFailed(f"{error}. Hint: {_FORWARD_CRASH_HINT}") from None
+            raise
+        result["out"] = _returned(out)
+        if backward:
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                run_student(f"{label} (backward pass)", lambda: out.square().mean().backward())
+            result["unused"] = [name for name, p in module.named_parameters() if p.grad is None]
+        tensors = module_tensors(module)
+        result.update(shapes=[tuple(t.shape) for _, t in tensors], num_parameters=len(list(module.parameters())),
+                      layers=layer_list(module))
+        if _weights_problem(label, spec, result) is not None:
+            return result
         with torch.no_grad():
-            got = _forward(label, student, x, (reference_cls,))
-            expected = ref(x)
-        if not _near(got, expected):
-            pre = nn.Sequential(*list(ref)[:-1])(x) if isinstance(ref[-1], nn.GELU) else None
-            hint = _activation_hint(got, pre) if pre is not None else "compare your layers with the description"
-            expect_close(f"{label}(x) in {mode} mode", got, expected, hint, atol=1e-4, rtol=1e-3)
+            for (_, mine), theirs in zip(tensors, spec["tensors"]):
+                mine.copy_(theirs)
+        for mode in ("train", "eval"):
+            run_student(f"{label}.train", module.train, mode == "train")
+            with torch.no_grad():
+                result[mode] = _returned(run_student(f"{label}.forward", module, spec["x"].clone()))
+    except CheckFailed as failure:
+        result["failed"] = str(failure)
+    except Exception as error:  # noqa: BLE001 - a module that breaks the harness is the student's failure
+        result["failed"] = f"{label}: {type(error).__name__}: {error}"
+    return result
+
+
+def _judge_module(spec: dict, inputs: dict, result: dict, expected: dict, unused_check: bool = False,
+                  output_name: str | None = None, output_hint: str | None = None) -> None:
+    """Judge one module's recorded ``result``, step by step in the order the probe ran them."""
+    label = spec["label"]
+    if not isinstance(result, dict):
+        raise CheckFailed(f"{label}: no usable result was recorded")
+
+    def step(key: str):
+        if key in result:
+            return result[key]
+        raise CheckFailed(str(result.get("failed", f"{label}: no result was recorded")))
+
+    _check_shape(label, step("out"), spec["input_shape"], spec["output_shape"], spec["shape_hints"])
+    if unused_check:
+        unused = [str(name) for name in step("unused")]
+        if unused:
+            raise CheckFailed(f"{label}: these layers are never used in forward: {', '.join(unused[:4])}"
+                              f"{' ...' if len(unused) > 4 else ''}")
+    problem = _weights_problem(label, inputs, {key: step(key) for key in ("shapes", "num_parameters", "layers")},
+                               spec["weight_hints"])
+    if problem:
+        raise CheckFailed(problem)
+    for mode in ("train", "eval"):
+        name = f"{output_name or f'{label}(x)'} in {mode} mode"
+        want = expected[mode]
+        got = _tensor(name, step(mode), tuple(want.shape))
+        if _near(got, want):
+            continue
+        if output_hint is not None:
+            hint = output_hint
+        elif expected[f"{mode}_pre"] is not None:
+            hint = _activation_hint(got, expected[f"{mode}_pre"])
+        else:
+            hint = "compare your layers with the description"
+        expect_close(name, got, want, hint, atol=1e-4, rtol=1e-3)
+
+
+def _probe_modules(students: tuple, inputs: dict, backward: bool = False) -> dict:
+    return {"modules": [_probe_module(cls, spec, backward) for cls, spec in zip(students, inputs["modules"])]}
+
+
+def _judge_modules(specs: list[dict], inputs: dict, outputs: dict, expected: dict, **options) -> None:
+    results = outputs["modules"]
+    if not isinstance(results, (list, tuple)) or len(results) != len(specs):
+        raise CheckFailed("the recorded result does not hold one entry per module")
+    for spec, module_inputs, result, module_expected in zip(specs, inputs["modules"], results, expected["modules"]):
+        _judge_module(spec, module_inputs, result, module_expected, **options)
+
+
+# ----------------------------------------------------------------------------------------------- the operations
 
 
 _LAYER_HINTS = {
@@ -90,60 +235,105 @@ _LAYER_HINTS = {
 }
 
 
+def _operation_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
+    n, c_in, c_out, h = batch_size, in_channels, out_channels, size
+    return [
+        _spec("Conv", (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h), seed, {
+            (n, c_out, h - 2, h - 2): "padding=1 keeps H and W (a 3x3 kernel without padding loses a pixel per side)",
+            (n, c_out, h // 2, h // 2): "Conv keeps H and W: stride=1 (DownConv is the one with stride 2)",
+        }, _LAYER_HINTS),
+        _spec("DownConv", (c_in, c_out), (n, c_in, h, h), (n, c_out, h // 2, h // 2), seed + 1, {
+            (n, c_out, h, h): "DownConv halves H and W: stride=2",
+            (n, c_out, (h - 3) // 2 + 1, (h - 3) // 2 + 1): "padding=1 is missing",
+        }, _LAYER_HINTS),
+        _spec("UpConv", (c_in, c_out), (n, c_in, h, h), (n, c_out, 2 * h, 2 * h), seed + 2, {
+            (n, c_out, 2 * h + 2, 2 * h + 2): "padding=1 is missing: ConvTranspose2d(kernel_size=4, stride=2, "
+                                              "padding=1) gives exactly 2H",
+            (n, c_out, 2 * h - 1, 2 * h - 1): "kernel_size=4, not 3: ConvTranspose2d(kernel_size=4, stride=2, "
+                                              "padding=1) gives exactly 2H",
+            (n, c_out, h, h): "UpConv doubles H and W: nn.ConvTranspose2d with stride=2",
+            (n, c_out, h - 2, h - 2): "UpConv doubles H and W: nn.ConvTranspose2d, not nn.Conv2d",
+        }, _LAYER_HINTS),
+        _spec("Flatten", (), (n, c_out, 7, 7), (n, c_out, 1, 1), seed + 3, {
+            (n, c_out * 49): "this Flatten is not nn.Flatten: nn.AvgPool2d(7) keeps the shape (N, C, 1, 1)",
+            (n, c_out): "keep the shape (N, C, 1, 1): nn.AvgPool2d(7) then nn.GELU()",
+        }),
+        _spec("Unflatten", (c_out,), (n, c_out, 1, 1), (n, c_out, 7, 7), seed + 4, {
+            (n, c_out, 1, 1): "Unflatten goes from 1x1 to 7x7: nn.ConvTranspose2d(C, C, 7, stride=7, padding=0)",
+        }, _LAYER_HINTS),
+    ]
+
+
+def _operations_reference(in_channels: int, out_channels: int, size: int, batch_size: int,
+                          seed: int) -> tuple[dict, dict]:
+    return _modules_reference(_operation_specs(in_channels, out_channels, size, batch_size, seed))
+
+
+def _operations_probe(Conv, DownConv, UpConv, Flatten, Unflatten, *, inputs: dict) -> dict:
+    return _probe_modules((Conv, DownConv, UpConv, Flatten, Unflatten), inputs)
+
+
+def _operations_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    specs = _operation_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"],
+                             case["seed"])
+    _judge_modules(specs, inputs, outputs, expected)
+    h = case["size"]
+    return (f"Conv, DownConv, UpConv, Flatten, Unflatten: shapes and outputs match the reference "
+            f"({case['in_channels']} -> {case['out_channels']} channels, {h}x{h} inputs)")
+
+
+@check(reference=_operations_reference, probe=_operations_probe, judge=_operations_judge)
 def check_operations(Conv, DownConv, UpConv, Flatten, Unflatten, in_channels: int = 3, out_channels: int = 5,
-                     size: int = 8, batch_size: int = 4, seed: int = 0) -> None:
-    """Check the five UNet operations against :mod:`course_lib.models.operations`.
+                     size: int = 8, batch_size: int = 4, seed: int = 0):
+    """Check the five UNet operations against the reference operations.
 
     Conv, DownConv and UpConv map ``in_channels`` to ``out_channels`` on ``size`` x ``size`` inputs
-    (``size`` even); Flatten takes (N, C, 7, 7) and Unflatten (N, C, 1, 1) with C = ``out_channels``.
+    (``size`` even); Flatten takes (N, C, 7, 7) and Unflatten (N, C, 1, 1) with C = ``out_channels``. Each is
+    run with the reference's weights, in train and eval mode, on a seeded input of ``batch_size`` images.
     """
+
+
+# ----------------------------------------------------------------------------------------------- the blocks
+
+
+def _block_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
     n, c_in, c_out, h = batch_size, in_channels, out_channels, size
-    _check_module("Conv", Conv, reference.Conv, (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h), seed, {
-        (n, c_out, h - 2, h - 2): "padding=1 keeps H and W (a 3x3 kernel without padding loses a pixel per side)",
-        (n, c_out, h // 2, h // 2): "Conv keeps H and W: stride=1 (DownConv is the one with stride 2)",
-    }, _LAYER_HINTS)
-    _check_module("DownConv", DownConv, reference.DownConv, (c_in, c_out), (n, c_in, h, h),
-                  (n, c_out, h // 2, h // 2), seed + 1, {
-                      (n, c_out, h, h): "DownConv halves H and W: stride=2",
-                      (n, c_out, (h - 3) // 2 + 1, (h - 3) // 2 + 1): "padding=1 is missing",
-                  }, _LAYER_HINTS)
-    _check_module("UpConv", UpConv, reference.UpConv, (c_in, c_out), (n, c_in, h, h), (n, c_out, 2 * h, 2 * h),
-                  seed + 2, {
-                      (n, c_out, 2 * h + 2, 2 * h + 2): "padding=1 is missing: ConvTranspose2d(kernel_size=4, "
-                                                        "stride=2, padding=1) gives exactly 2H",
-                      (n, c_out, 2 * h - 1, 2 * h - 1): "kernel_size=4, not 3: ConvTranspose2d(kernel_size=4, "
-                                                        "stride=2, padding=1) gives exactly 2H",
-                      (n, c_out, h, h): "UpConv doubles H and W: nn.ConvTranspose2d with stride=2",
-                      (n, c_out, h - 2, h - 2): "UpConv doubles H and W: nn.ConvTranspose2d, not nn.Conv2d",
-                  }, _LAYER_HINTS)
-    _check_module("Flatten", Flatten, reference.Flatten, (), (n, c_out, 7, 7), (n, c_out, 1, 1), seed + 3, {
-        (n, c_out * 49): "this Flatten is not nn.Flatten: nn.AvgPool2d(7) keeps the shape (N, C, 1, 1)",
-        (n, c_out): "keep the shape (N, C, 1, 1): nn.AvgPool2d(7) then nn.GELU()",
-    })
-    _check_module("Unflatten", Unflatten, reference.Unflatten, (c_out,), (n, c_out, 1, 1), (n, c_out, 7, 7),
-                  seed + 4, {
-                      (n, c_out, 1, 1): "Unflatten goes from 1x1 to 7x7: nn.ConvTranspose2d(C, C, 7, stride=7, "
-                                        "padding=0)",
-                  }, _LAYER_HINTS)
-    passed(f"Conv, DownConv, UpConv, Flatten, Unflatten: shapes and outputs match the reference "
-           f"({c_in} -> {c_out} channels, {h}x{h} inputs)")
+    return [
+        _spec("ConvBlock", (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h), seed,
+              weight_hints={"1.": "the second Conv maps out_channels to out_channels"}),
+        _spec("DownBlock", (c_in, c_out), (n, c_in, h, h), (n, c_out, h // 2, h // 2), seed + 1,
+              {(n, c_out, h, h): "a DownBlock starts with a DownConv, which halves H and W"},
+              {"1.": "after the DownConv(in, out) comes a ConvBlock(out, out)"}),
+        _spec("UpBlock", (c_in, c_out), (n, c_in, h, h), (n, c_out, 2 * h, 2 * h), seed + 2,
+              {(n, c_out, h, h): "an UpBlock starts with an UpConv, which doubles H and W"},
+              {"1.": "after the UpConv(in, out) comes a ConvBlock(out, out)"}),
+    ]
 
 
+def _blocks_reference(in_channels: int, out_channels: int, size: int, batch_size: int,
+                      seed: int) -> tuple[dict, dict]:
+    return _modules_reference(_block_specs(in_channels, out_channels, size, batch_size, seed))
+
+
+def _blocks_probe(ConvBlock, DownBlock, UpBlock, *, inputs: dict) -> dict:
+    return _probe_modules((ConvBlock, DownBlock, UpBlock), inputs)
+
+
+def _blocks_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    specs = _block_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"], case["seed"])
+    _judge_modules(specs, inputs, outputs, expected)
+    return (f"ConvBlock, DownBlock, UpBlock: shapes and outputs match the reference "
+            f"({case['in_channels']} -> {case['out_channels']} channels)")
+
+
+@check(reference=_blocks_reference, probe=_blocks_probe, judge=_blocks_judge)
 def check_blocks(ConvBlock, DownBlock, UpBlock, in_channels: int = 3, out_channels: int = 5, size: int = 8,
-                 batch_size: int = 4, seed: int = 0) -> None:
-    """Check ConvBlock, DownBlock and UpBlock against :mod:`course_lib.models.blocks`."""
-    n, c_in, c_out, h = batch_size, in_channels, out_channels, size
-    _check_module("ConvBlock", ConvBlock, reference.ConvBlock, (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h),
-                  seed, hints={"1.": "the second Conv maps out_channels to out_channels"})
-    _check_module("DownBlock", DownBlock, reference.DownBlock, (c_in, c_out), (n, c_in, h, h),
-                  (n, c_out, h // 2, h // 2), seed + 1,
-                  {(n, c_out, h, h): "a DownBlock starts with a DownConv, which halves H and W"},
-                  {"1.": "after the DownConv(in, out) comes a ConvBlock(out, out)"})
-    _check_module("UpBlock", UpBlock, reference.UpBlock, (c_in, c_out), (n, c_in, h, h),
-                  (n, c_out, 2 * h, 2 * h), seed + 2,
-                  {(n, c_out, h, h): "an UpBlock starts with an UpConv, which doubles H and W"},
-                  {"1.": "after the UpConv(in, out) comes a ConvBlock(out, out)"})
-    passed(f"ConvBlock, DownBlock, UpBlock: shapes and outputs match the reference ({c_in} -> {c_out} channels)")
+                 batch_size: int = 4, seed: int = 0):
+    """Check ConvBlock, DownBlock and UpBlock against the reference blocks (same arguments as
+    :func:`check_operations`), with the reference's weights, in train and eval mode."""
+
+
+# ----------------------------------------------------------------------------------------------- the UNet
 
 
 _UNET_HINTS = {
@@ -156,122 +346,162 @@ _UNET_HINTS = {
     "body.conv_out": "conv_out = ConvBlock(2D, D): its input is torch.cat([up2 output, conv_in features], dim=1)",
     "body.head": "head = nn.Conv2d(D, in_channels, 3, padding=1), a plain convolution (no BatchNorm, no GELU)",
 }
+_UNET_OUTPUT_HINT = ("same layers, different result: follow the diagram in forward. Each skip is "
+                     "torch.cat([decoder features, encoder features], dim=1); Flatten then Unflatten at the "
+                     "bottleneck; the head comes last")
 
 
-def check_unet(UnconditionalUNet, num_hiddens: int = 8, batch_size: int = 3, in_channels: int = 1,
-               seed: int = 0) -> None:
+def _unet_spec(num_hiddens: int, batch_size: int, in_channels: int, seed: int) -> dict:
+    shape = (batch_size, in_channels, 28, 28)
+    return _spec("UnconditionalUNet", (), shape, shape, seed, weight_hints=_UNET_HINTS,
+                 kwargs={"in_channels": in_channels, "num_hiddens": num_hiddens})
+
+
+def _unet_reference(num_hiddens: int, batch_size: int, in_channels: int, seed: int) -> tuple[dict, dict]:
+    return _modules_reference([_unet_spec(num_hiddens, batch_size, in_channels, seed)])
+
+
+def _unet_probe(UnconditionalUNet, *, inputs: dict) -> dict:
+    return _probe_modules((UnconditionalUNet,), inputs, backward=True)
+
+
+def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    spec = _unet_spec(case["num_hiddens"], case["batch_size"], case["in_channels"], case["seed"])
+    _judge_modules([spec], inputs, outputs, expected, unused_check=True, output_name="output",
+                   output_hint=_UNET_OUTPUT_HINT)
+    return (f"{spec['label']}: output shape {spec['input_shape']}, every layer used, same outputs as the reference "
+            "with its weights")
+
+
+@check(reference=_unet_reference, probe=_unet_probe, judge=_unet_judge)
+def check_unet(UnconditionalUNet, num_hiddens: int = 8, batch_size: int = 3, in_channels: int = 1, seed: int = 0):
     """Check the student's ``UnconditionalUNet(in_channels, num_hiddens)`` against the reference.
 
     Input (batch_size, in_channels, 28, 28); every parameter must be used; with the reference's weights
     the outputs must match (skip connections concatenated as ``torch.cat([decoder, encoder], dim=1)``).
     """
-    label = f"UnconditionalUNet(in_channels={in_channels}, num_hiddens={num_hiddens})"
-    forbidden = (reference.UnconditionalUNet, reference.UNetBody)
-    student = _build(label, UnconditionalUNet, forbidden, in_channels=in_channels, num_hiddens=num_hiddens)
-    shape = (batch_size, in_channels, 28, 28)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    try:
-        out = _forward(label, student, x, forbidden)
-    except CheckFailed as error:
-        if "channels" in str(error) or "size" in str(error):
-            raise CheckFailed(f"{error}. Hint: a block received the wrong number of channels; follow the "
-                              "diagram's channel counts (each concatenation adds the skip's channels)") from None
-        raise
-    _check_shape(label, out, shape, shape)
-    out.square().mean().backward()
-    unused = [name for name, p in student.named_parameters() if p.grad is None]
-    if unused:
-        raise CheckFailed(f"{label}: these layers are never used in forward: {', '.join(unused[:4])}"
-                          f"{' ...' if len(unused) > 4 else ''}")
-    torch.manual_seed(seed)
-    ref = reference.UnconditionalUNet(in_channels, num_hiddens)
-    copy_weights(ref, student, label, _UNET_HINTS)
-    for mode in ("train", "eval"):
-        student.train(mode == "train")
-        ref.train(mode == "train")
-        with torch.no_grad():
-            got = _forward(label, student, x, forbidden)
-            expected = ref(x)
-        expect_close(f"output in {mode} mode", got, expected,
-                     "same layers, different result: follow the diagram in forward. Each skip is "
-                     "torch.cat([decoder features, encoder features], dim=1); Flatten then Unflatten at the "
-                     "bottleneck; the head comes last", atol=1e-4, rtol=1e-3)
-    passed(f"{label}: output shape {shape}, every layer used, same outputs as the reference with its weights")
+
+
+# ----------------------------------------------------------------------------------------------- loss and step
 
 
 def _tiny_model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 1, 3, padding=1))
+    """The seeded model the loss and the step run on: given code, not an answer (the probe builds it too)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 1, 3, padding=1))
 
 
-def check_training_step(denoising_loss: Callable, train_step: Callable, batch_size: int = 8, size: int = 12,
-                        sigma: float = 0.5, seed: int = 0) -> None:
-    """Check ``denoising_loss(model, x, sigma, generator)`` and ``train_step(model, optimizer, x, generator)``.
+def _flat_weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
 
-    The loss must equal :func:`course_lib.objectives.denoising_loss` on the same generator; one
-    ``train_step`` must return that loss as a float and leave the weights where one Adam step of the
-    reference leaves them (starting from stale gradients, which ``optimizer.zero_grad()`` must clear).
-    """
-    x = torch.rand(batch_size, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
-    def g(offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed + offset)
+_LEARNING_RATE = 1e-2
 
+
+def _stale_gradients(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # left over from an earlier step
+
+
+def _training_step_reference(batch_size: int, size: int, sigma: float, seed: int) -> tuple[dict, dict]:
+    stage = answers.load("denoiser")
+    reference_loss = stage.denoising_loss
+    x = torch.rand(batch_size, 1, size, size, generator=generator(seed))
     model = _tiny_model(seed)
-    with forbid(reference_loss):
-        loss = run_student("denoising_loss", denoising_loss, model, x, sigma=sigma, generator=g(1))
-        again = run_student("denoising_loss", denoising_loss, model, x, sigma=sigma, generator=g(1))
-    loss = expect_tensor("denoising_loss(...)", loss, ())
-    if not loss.requires_grad:
-        raise CheckFailed("the loss does not depend on the model's weights: compute it from model(z) "
-                          "without torch.no_grad() or .detach()")
-    if not torch.equal(loss, again):
-        raise CheckFailed("denoising_loss gave different values for the same generator seed: draw the noise with "
-                          "generator=generator (e.g. add_noise(x, sigma, generator))")
     with torch.no_grad():
-        eps = torch.randn(x.shape, generator=g(1))
+        eps = torch.randn(x.shape, generator=generator(seed + 1))
         z = x + sigma * eps
-        expected = reference_loss(model, x, sigma, g(1))
+        loss = reference_loss(model, x, sigma, generator(seed + 1))
         mistakes = [
             (F.mse_loss(model(z), eps), "the denoiser predicts the clean image x, not the noise"),
             (F.mse_loss(model(x), x), "feed the noisy z = x + sigma * eps to the model, not the clean x"),
             (F.mse_loss(model(z), x, reduction="sum"), "use the mean of the squared errors (F.mse_loss), not the sum"),
             (F.mse_loss(model(x + eps), x), "the noise is not scaled: z = x + sigma * eps"),
         ]
-    for wrong, hint in mistakes:
-        if _near(loss, wrong) and not _near(loss, expected):
-            expect_close("loss", loss, expected, hint)
-    expect_close("loss", loss, expected, "L = mean((model(x + sigma * eps) - x) ** 2)")
-
-    student_model, reference_model, stale_model = (_tiny_model(seed) for _ in range(3))
-    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (student_model, reference_model, stale_model)]
-    for stale in (student_model, stale_model):
-        for p in stale.parameters():
-            p.grad = torch.ones_like(p)  # left over from an earlier step
-    with forbid(reference_loss, denoiser_answers.train_step):
-        returned = run_student("train_step", train_step, student_model, optimizers[0], x, generator=g(2))
-    reference_value = reference_loss(reference_model, x, generator=g(2))
-    optimizers[1].zero_grad()
-    reference_value.backward()
-    optimizers[1].step()
-    stale_loss = reference_loss(stale_model, x, generator=g(2))
+    reference_model, stale_model = _tiny_model(seed), _tiny_model(seed)
+    _stale_gradients(stale_model)
+    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=_LEARNING_RATE)
+    stale_optimizer = torch.optim.Adam(stale_model.parameters(), lr=_LEARNING_RATE)
+    value = reference_loss(reference_model, x, generator=generator(seed + 2))
+    reference_optimizer.zero_grad()
+    value.backward()
+    reference_optimizer.step()
+    stale_loss = reference_loss(stale_model, x, generator=generator(seed + 2))
     stale_loss.backward()
-    optimizers[2].step()
+    stale_optimizer.step()
+    inputs = {"x": x, "sigma": sigma, "model_seed": seed, "loss_seed": seed + 1, "step_seed": seed + 2,
+              "learning_rate": _LEARNING_RATE}
+    return inputs, {"loss": loss, "mistakes": mistakes, "value": value.item(),
+                    "weights": _flat_weights(reference_model), "stale_weights": _flat_weights(stale_model),
+                    "initial_weights": _flat_weights(_tiny_model(seed))}
+
+
+def _training_step_probe(denoising_loss: Callable, train_step: Callable, *, inputs: dict) -> dict:
+    x, sigma = inputs["x"], inputs["sigma"]
+    model = _tiny_model(inputs["model_seed"])
+    loss = run_student("denoising_loss", denoising_loss, model, x.clone(), sigma=sigma,
+                       generator=generator(inputs["loss_seed"]))
+    again = run_student("denoising_loss", denoising_loss, model, x.clone(), sigma=sigma,
+                        generator=generator(inputs["loss_seed"]))
+    outputs = {"loss": _returned(loss), "again": _returned(again),
+               "requires_grad": bool(isinstance(loss, torch.Tensor) and loss.requires_grad)}
+    student_model = _tiny_model(inputs["model_seed"])
+    optimizer = torch.optim.Adam(student_model.parameters(), lr=inputs["learning_rate"])
+    _stale_gradients(student_model)
+    try:
+        returned = run_student("train_step", train_step, student_model, optimizer, x.clone(),
+                               generator=generator(inputs["step_seed"]))
+    except CheckFailed as failure:
+        return {**outputs, "step_failed": str(failure)}
+    return {**outputs, "returned_type": type(returned).__name__,
+            "returned": float(returned) if isinstance(returned, float) else None,
+            "weights": _flat_weights(student_model)}
+
+
+def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    loss = _tensor("denoising_loss(...)", outputs["loss"], ())
+    if outputs["requires_grad"] is not True:
+        raise CheckFailed("the loss does not depend on the model's weights: compute it from model(z) "
+                          "without torch.no_grad() or .detach()")
+    again = outputs["again"]
+    if not (isinstance(again, torch.Tensor) and torch.equal(loss, again)):
+        raise CheckFailed("denoising_loss gave different values for the same generator seed: draw the noise with "
+                          "generator=generator (e.g. add_noise(x, sigma, generator))")
+    want = expected["loss"]
+    for wrong, hint in expected["mistakes"]:
+        if _near(loss, wrong) and not _near(loss, want):
+            expect_close("loss", loss, want, hint)
+    expect_close("loss", loss, want, "L = mean((model(x + sigma * eps) - x) ** 2)")
+
+    if "step_failed" in outputs:
+        raise CheckFailed(str(outputs["step_failed"]))
+    returned, value = outputs["returned"], expected["value"]
     if not isinstance(returned, float):
         raise CheckFailed(f"train_step should return the loss as a Python float (loss.item()), "
-                          f"got {type(returned).__name__}")
-    if abs(returned - reference_value.item()) > 1e-4 * max(1.0, abs(reference_value.item())):
+                          f"got {outputs['returned_type']}")
+    if not abs(returned - value) <= 1e-4 * max(1.0, abs(value)):
         raise CheckFailed(f"train_step returned {returned:.5g}, expected the batch's loss before the step, "
-                          f"{reference_value.item():.5g}")
-    got, expected, stale = (torch.cat([p.detach().flatten() for p in m.parameters()])
-                            for m in (student_model, reference_model, stale_model))
-    if torch.equal(got, torch.cat([p.detach().flatten() for p in _tiny_model(seed).parameters()])):
+                          f"{value:.5g}")
+    got = _tensor("weights after train_step", outputs["weights"], tuple(expected["weights"].shape))
+    if torch.equal(got, expected["initial_weights"]):
         raise CheckFailed("train_step did not change the weights: call loss.backward() and then optimizer.step()")
-    if _near(got, stale) and not _near(got, expected):
+    if _near(got, expected["stale_weights"]) and not _near(got, expected["weights"]):
         raise CheckFailed("the gradients of the previous step were added to this one: call optimizer.zero_grad() "
                           "before loss.backward()")
-    expect_close("weights after train_step", got, expected,
+    expect_close("weights after train_step", got, expected["weights"],
                  "one step is: optimizer.zero_grad(), loss = denoising_loss(model, x, generator=generator), "
                  "loss.backward(), optimizer.step()", atol=1e-5, rtol=1e-4)
-    passed(f"denoising_loss and train_step: same loss ({returned:.4f}) and same weights after one Adam step "
-           "as the reference")
+    return (f"denoising_loss and train_step: same loss ({returned:.4f}) and same weights after one Adam step "
+            "as the reference")
+
+
+@check(reference=_training_step_reference, probe=_training_step_probe, judge=_training_step_judge)
+def check_training_step(denoising_loss, train_step, batch_size: int = 8, size: int = 12, sigma: float = 0.5,
+                        seed: int = 0):
+    """Check ``denoising_loss(model, x, sigma, generator)`` and ``train_step(model, optimizer, x, generator)``.
+
+    On a tiny seeded model, the loss must equal the reference's on the same generator; one ``train_step``
+    must return that loss as a float and leave the weights where one Adam step of the reference leaves them
+    (starting from stale gradients, which ``optimizer.zero_grad()`` must clear).
+    """

@@ -1,7 +1,10 @@
 """Checks for stage 5 (rectified flow): the flow-matching loss and the Euler sampler.
 
-Every check runs the student's code with the reference forbidden,
-compares it with :mod:`course_lib` on identical seeded inputs and names the likely mistake.
+Each check (three parts, see :mod:`course_lib.checks.protocol`) builds seeded inputs, runs the student's code on
+them, compares with the stage's answers on identical inputs and names the likely mistake. The student's loss and
+sampler run on given seeded models (:class:`~course_lib.checks.harness.ToyModel`,
+:class:`~course_lib.checks.harness.TinyNoisePredictor`), so that the student's side never needs a reference
+network.
 """
 
 from __future__ import annotations
@@ -12,11 +15,24 @@ import torch
 import torch.nn.functional as F
 
 from .. import answers
-from .conditional_unets import tiny_unet
-from .harness import (IMAGE, Spy, ToyModel, expect_close, expect_sampling_calls, expect_scalar_loss, expect_tensor,
-                      first_match, forbid, generator, passed, random_images, run_student, single_threaded)
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, expect_close,
+                      expect_sampling_calls, expect_tensor, generator, random_images, run_student)
+from .protocol import check
 
-flow_answers = answers.load("flow")
+
+def _recorded(value):
+    """What a probe records of a returned value: a detached tensor, or the name of the type that came instead."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return {"not_a_tensor": type(value).__name__}
+
+
+def _matching_hint(got: torch.Tensor, mistakes) -> str | None:
+    """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
+    return next((hint for wrong, hint in mistakes if close(got, wrong)), None)
+
+
+# ---------------------------------------------------------------------------------------------- flow_loss
 
 
 def _loss_mutants(x0: torch.Tensor, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
@@ -41,45 +57,56 @@ def _loss_mutants(x0: torch.Tensor, seed: int) -> dict[str, Callable[[], torch.T
         "the velocity points from the data to the noise: the target is eps - x0, not x0 - eps":
             loss(target=lambda eps: x0 - eps),
         "the network predicts the velocity eps - x0, not the noise eps": loss(target=lambda eps: eps),
-        "x_t = (1 - t) x0 + t eps: t = 0 is the data, t = 1 the noise": loss(path=lambda t, eps: t * x0 + (1 - t) * eps),
+        "x_t = (1 - t) x0 + t eps: t = 0 is the data, t = 1 the noise":
+            loss(path=lambda t, eps: t * x0 + (1 - t) * eps),
         "use the mean squared error over all pixels (F.mse_loss), not the sum": loss(reduce="sum"),
     }
 
 
-@single_threaded
-def check_flow_loss(fn, batch_size: int = 8, seed: int = 0) -> None:
-    """``fn(model, x0, generator)`` equals the reference rectified-flow loss on the same generator."""
+def _flow_loss_reference(batch_size: int, seed: int) -> tuple[dict, dict]:
     x0 = random_images(batch_size, seed + 1)
-    expected = flow_answers.flow_loss(ToyModel(), x0, generator=generator(seed))
+    with torch.no_grad():
+        loss = answers.load("flow").flow_loss(ToyModel(), x0, generator=generator(seed))
+        mistakes = [(compute(), hint) for hint, compute in _loss_mutants(x0, seed).items()]
+    return {"x0": x0, "seed": seed}, {"loss": loss, "mistakes": mistakes}
+
+
+def _flow_loss_probe(flow_loss, *, inputs: dict) -> dict:
     spy = Spy(ToyModel())
-    with forbid(flow_answers.flow_loss, flow_answers.flow_interpolate):
-        got = run_student("flow_loss", fn, spy, x0, generator(seed))
-    if not spy.calls:
+    got = run_student("flow_loss", flow_loss, spy, inputs["x0"].clone(), generator(inputs["seed"]))
+    return {"loss": _recorded(got), "requires_grad": bool(isinstance(got, torch.Tensor) and got.requires_grad),
+            "model_calls": len(spy.calls)}
+
+
+def _flow_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    if not outputs["model_calls"]:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
-    expect_scalar_loss(got)
-    hint = first_match(got, _loss_mutants(x0, seed))
-    expect_close("loss", got, expected, hint or "draw t, then eps, with `generator`; x_t = (1 - t) x0 + t eps with t "
-                 "reshaped to (N, 1, 1, 1); loss = mean of (model(x_t, t) - (eps - x0))^2")
-    passed(f"flow_loss matches the reference (batch {batch_size})")
+    got = outputs["loss"]
+    if isinstance(got, dict) and "not_a_tensor" in got:  # what expect_scalar_loss says, from the record
+        raise CheckFailed(f"your loss should be a torch.Tensor, got {got['not_a_tensor']}: do not call .item()")
+    if not isinstance(got, torch.Tensor):
+        raise CheckFailed(f"your loss should be a torch.Tensor, got {type(got).__name__}: do not call .item()")
+    if got.dim() != 0:
+        raise CheckFailed(f"your loss has shape {tuple(got.shape)}, expected a scalar: take the mean over all pixels")
+    if not outputs["requires_grad"]:
+        raise CheckFailed("your loss has no gradient: compute it from the model's output, outside torch.no_grad()")
+    hint = _matching_hint(got, expected["mistakes"])
+    expect_close("loss", got, expected["loss"], hint or "draw t, then eps, with `generator`; x_t = (1 - t) x0 + t eps "
+                 "with t reshaped to (N, 1, 1, 1); loss = mean of (model(x_t, t) - (eps - x0))^2")
+    return f"flow_loss matches the reference (batch {case['batch_size']})"
 
 
-@single_threaded
-def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 0) -> None:
-    """``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like the reference."""
-    expected = flow_answers.flow_sample(tiny_unet(seed), num_samples, num_steps, generator(seed))
-    spy = Spy(tiny_unet(seed))
-    with forbid(flow_answers.flow_sample):
-        got = run_student("flow_sample", fn, spy, num_samples, num_steps, generator(seed))
-    expect_tensor("samples", got, (num_samples, *IMAGE))
-    expect_sampling_calls(spy, [1 - k / num_steps for k in range(num_steps)], "flow_sample",
-                          "start at t = 1 and evaluate v at the start of each step: t_k = 1 - k / num_steps")
-    x_start = torch.randn((num_samples, *IMAGE), generator=generator(seed))
-    expect_close("first model input (x at t = 1)", spy.calls[0]["x"], x_start,
-                 "start from pure noise x = torch.randn((N, 1, 28, 28), generator=generator)")
-    hint = first_match(got, {"integrate towards the data: x <- x - dt * v (the velocity points towards the noise)":
-                             lambda: _euler(tiny_unet(seed).eval(), x_start, num_steps, sign=+1)})
-    expect_close("samples", got, expected, hint or "each Euler step is x <- x - v(x, t) / num_steps", atol=1e-4)
-    passed(f"flow_sample matches the reference Euler sampler ({num_steps} steps)")
+@check(reference=_flow_loss_reference, probe=_flow_loss_probe, judge=_flow_loss_judge)
+def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
+    """Check that ``fn(model, x0, generator)`` equals the reference rectified-flow loss on the same generator.
+
+    ``x0`` holds ``batch_size`` images in [-1, 1]; ``model`` is a small given model (``0.5 x + t``) that records
+    its calls; both losses draw t, then eps, from a generator seeded with ``seed``. The loss must be a scalar
+    tensor with a gradient.
+    """
+
+
+# -------------------------------------------------------------------------------------------- flow_sample
 
 
 def _euler(model, x: torch.Tensor, num_steps: int, sign: int) -> torch.Tensor:
@@ -87,3 +114,50 @@ def _euler(model, x: torch.Tensor, num_steps: int, sign: int) -> torch.Tensor:
     for k in range(num_steps):
         x = x + sign * model(x, torch.full((len(x),), 1 - k / num_steps)) / num_steps
     return x
+
+
+def _flow_sample_reference(num_samples: int, num_steps: int, seed: int) -> tuple[dict, dict]:
+    samples = answers.load("flow").flow_sample(TinyNoisePredictor(seed), num_samples, num_steps, generator(seed))
+    x_start = torch.randn((num_samples, *IMAGE), generator=generator(seed))
+    with torch.no_grad():
+        wrong_sign = _euler(TinyNoisePredictor(seed).eval(), x_start, num_steps, sign=+1)
+    return {"num_samples": num_samples, "num_steps": num_steps, "seed": seed}, {
+        "samples": samples, "x_start": x_start, "times": [1 - k / num_steps for k in range(num_steps)],
+        "mistakes": [(wrong_sign, "integrate towards the data: x <- x - dt * v (the velocity points towards the "
+                                  "noise)")]}
+
+
+def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
+    spy = Spy(TinyNoisePredictor(inputs["seed"]))
+    got = run_student("flow_sample", flow_sample, spy, inputs["num_samples"], inputs["num_steps"],
+                      generator(inputs["seed"]))
+    return {"samples": _recorded(got),
+            "calls": [{"t": call["t"], "training": bool(call["training"]), "grad": bool(call["grad"])}
+                      for call in spy.calls],
+            "first_x": spy.calls[0]["x"] if spy.calls else None}
+
+
+def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    got = outputs["samples"]
+    if isinstance(got, dict) and "not_a_tensor" in got:
+        raise CheckFailed(f"samples should be a torch.Tensor, got {got['not_a_tensor']}")
+    got = expect_tensor("samples", got, (case["num_samples"], *IMAGE))
+    expect_sampling_calls(outputs["calls"], expected["times"], "flow_sample",
+                          "start at t = 1 and evaluate v at the start of each step: t_k = 1 - k / num_steps")
+    expect_close("first model input (x at t = 1)", outputs["first_x"], expected["x_start"],
+                 "start from pure noise x = torch.randn((N, 1, 28, 28), generator=generator)")
+    hint = _matching_hint(got, expected["mistakes"])
+    expect_close("samples", got, expected["samples"], hint or "each Euler step is x <- x - v(x, t) / num_steps",
+                 atol=1e-4)
+    return f"flow_sample matches the reference Euler sampler ({case['num_steps']} steps)"
+
+
+@check(reference=_flow_sample_reference, probe=_flow_sample_probe, judge=_flow_sample_judge)
+def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 0):
+    """Check that ``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like
+    the reference.
+
+    ``model`` is a small seeded velocity predictor (given code, in train mode as after training, wrapped to record
+    its calls); the check expects one call per step, in eval mode and without autograd, at t_k = 1 - k / num_steps,
+    starting from torch.randn((num_samples, 1, 28, 28), generator=generator) with the generator seeded by ``seed``.
+    """

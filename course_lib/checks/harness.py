@@ -1,16 +1,17 @@
 """The check harness: what every stage's checks are built from.
 
 Feedback (:class:`CheckFailed`, :func:`passed`, :func:`run_student`), comparisons that explain a difference
-(:func:`expect_tensor`, :func:`expect_close`, :func:`compare` against known mistakes, :func:`first_match`),
-refusing the reference inside a check (:func:`forbid`), seeded inputs, a :class:`Spy` that records a model's
-calls, and copying weights between a student's module and the reference (:func:`copy_weights`,
-:func:`load_reference_weights`, :func:`scramble_weights`). The stage modules hold only their cases.
+with enough digits to see it (:func:`expect_tensor`, :func:`expect_close`, :func:`compare` against known
+mistakes), refusing the reference inside a block (:func:`forbid`), seeded inputs and given stand-in models
+(:class:`TinyNoisePredictor`, :class:`ToyModel`), a :class:`Spy` that records a model's calls, and moving
+weights between the reference and a student's module (:func:`module_tensors`, :func:`layer_list`,
+:func:`reference_weights`, :func:`load_weights`, :func:`scramble_weights`). The stage modules hold only their cases;
+:mod:`course_lib.checks.protocol` splits each into reference, probe and judge.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Callable, Sequence
 
 import torch
@@ -82,16 +83,6 @@ def compare(name: str, got: torch.Tensor, expected: torch.Tensor, mistakes: Sequ
     expect_close(name, got, expected, hint, atol, rtol)
 
 
-def first_match(got: torch.Tensor, mutants: dict[str, Callable[[], torch.Tensor]]) -> str | None:
-    """The hint of the first mutant (a known mistake, computed by its callable) that reproduces ``got``."""
-    for hint, compute in mutants.items():
-        with torch.no_grad():
-            value = compute()
-        if close(got, value):
-            return hint
-    return None
-
-
 def expect_close(name: str, got: torch.Tensor, expected: torch.Tensor, hint: str = "",
                  atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """Fail unless ``got`` matches ``expected``; the message names the worst entry and adds ``hint``."""
@@ -147,19 +138,6 @@ def forbid(*references):
         yield
 
 
-def single_threaded(check):
-    """Run ``check`` with one torch thread: its models are tiny, and on a busy CPU extra threads only wait."""
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return check(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return run
-
-
 def generator(seed: int) -> torch.Generator:
     """A fresh CPU generator: the student's function and the reference each get their own, same seed."""
     return torch.Generator().manual_seed(seed)
@@ -185,24 +163,35 @@ class Spy(nn.Module):
         return self.model(x, t, *rest)
 
 
-def load_reference_weights(student: nn.Module, reference: nn.Module, name: str, names_hint: str) -> None:
-    """Copy the reference's parameters and buffers into the student's module.
+def reference_weights(reference: nn.Module) -> dict:
+    """What a probe needs to load ``reference``'s weights with :func:`load_weights`: ``weights`` (its state dict,
+    cloned) and ``num_parameters``."""
+    return {"weights": {key: value.detach().clone() for key, value in reference.state_dict().items()},
+            "num_parameters": sum(p.numel() for p in reference.parameters())}
 
-    Matched by name (the reference's ``body.`` prefix ignored), else in registration order when
-    every shape agrees. Fails with the parameter counts and ``names_hint`` when neither works.
+
+def load_weights(student: nn.Module, weights: dict[str, torch.Tensor], num_parameters: int, name: str,
+                 names_hint: str) -> None:
+    """Copy a reference's state dict ``weights`` into the student's module (a probe has the reference's tensors,
+    not the reference).
+
+    Matched by name (the reference's ``body.`` prefix ignored), else in registration order when every shape
+    agrees. Fails with the parameter counts (``num_parameters``: the reference's) and ``names_hint`` when neither
+    works.
     """
-    wanted = {key.removeprefix("body."): value for key, value in reference.state_dict().items()}
-    own = student.state_dict()
+    if not isinstance(student, nn.Module):
+        raise CheckFailed(f"your {name} should be a torch.nn.Module, got {type(student).__name__}")
+    wanted = {key.removeprefix("body."): value for key, value in weights.items()}
+    own = run_student(f"{name}.state_dict", student.state_dict)
     if set(own) == set(wanted) and all(own[k].shape == wanted[k].shape for k in own):
-        student.load_state_dict(wanted)
+        run_student(f"{name}.load_state_dict", student.load_state_dict, wanted)
         return
     if [v.shape for v in own.values()] == [v.shape for v in wanted.values()]:
-        student.load_state_dict(dict(zip(own, wanted.values())))
+        run_student(f"{name}.load_state_dict", student.load_state_dict, dict(zip(own, wanted.values())))
         return
     count = sum(p.numel() for p in student.parameters())
-    expected = sum(p.numel() for p in reference.parameters())
-    if count != expected:
-        raise CheckFailed(f"your {name} has {count} parameters, expected {expected}: {names_hint}")
+    if count != num_parameters:
+        raise CheckFailed(f"your {name} has {count} parameters, expected {num_parameters}: {names_hint}")
     missing = sorted(set(wanted) - set(own))[:3]
     raise CheckFailed(f"your {name} has the right number of parameters but its layers do not match the reference "
                       f"(e.g. no {', '.join(missing)}): {names_hint}")
@@ -230,6 +219,34 @@ def scramble_weights(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+class TinyNoisePredictor(nn.Module):
+    """A small seeded stand-in for a trained noise (or velocity) predictor, for the sampler checks.
+
+    ``forward(x, t)``, or ``forward(x, t, c)`` when built with ``num_classes``: x (N, 1, H, W), t floats (N,),
+    c one-hot (N, num_classes) (a zero row: no class). Returns (N, 1, H, W). It has BatchNorm, so running it in
+    train mode gives other numbers than in eval mode, as with the course's UNets. Built in train mode, as after
+    training. Given code, not an answer: a grading kernel without the stage's answers can still build it.
+    """
+
+    def __init__(self, seed: int, num_classes: int = 0, channels: int = 4):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.conv_in = nn.Conv2d(1, channels, 3, padding=1)
+            self.norm = nn.BatchNorm2d(channels)
+            self.time = nn.Linear(1, channels)
+            self.label = nn.Linear(num_classes, channels) if num_classes else None
+            self.conv_out = nn.Conv2d(channels, 1, 3, padding=1)
+            self.norm.running_mean.normal_(0, 0.1)
+            self.norm.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv_in(x) + self.time(t.view(-1, 1).to(x.dtype))[:, :, None, None]
+        if self.label is not None:
+            h = h * (1 + self.label(c.to(x.dtype))[:, :, None, None])
+        return self.conv_out(nn.functional.gelu(self.norm(h)))
+
+
 class ToyModel(nn.Module):
     """A tiny deterministic stand-in for a noise predictor, ``0.5 x + t`` (with a weight so losses have gradients).
 
@@ -255,57 +272,42 @@ def expect_scalar_loss(got) -> None:
         raise CheckFailed("your loss has no gradient: compute it from the model's output, outside torch.no_grad()")
 
 
-def expect_sampling_calls(spy: Spy, times: list[float], what: str,
+def expect_sampling_calls(calls: Spy | Sequence[dict], times: list[float], what: str,
                           time_hint: str = "count t down from T-1 to 0 and pass t / T") -> None:
-    """Fail unless the sampler called the model once per step, in eval mode, without autograd, at ``times``."""
-    if len(spy.calls) != len(times):
-        raise CheckFailed(f"your {what} called the model {len(spy.calls)} times, expected once per step "
+    """Fail unless the sampler called the model once per step, in eval mode, without autograd, at ``times``.
+
+    ``calls`` is a :class:`Spy` or its record ``spy.calls`` (one dict per call with ``t``, ``training`` and
+    ``grad``; the judge gets it from a probe, so it is checked as untrusted data).
+    """
+    calls = calls.calls if isinstance(calls, Spy) else calls
+    if not isinstance(calls, (list, tuple)) or not all(isinstance(call, dict) for call in calls):
+        raise CheckFailed(f"your {what}: the record of its model calls is malformed")
+    if len(calls) != len(times):
+        raise CheckFailed(f"your {what} called the model {len(calls)} times, expected once per step "
                           f"({len(times)} steps)")
-    if any(call["training"] for call in spy.calls):
+    if any(call["training"] is not False for call in calls):
         raise CheckFailed(f"your {what} runs the model in training mode: call model.eval() before sampling "
                           "(BatchNorm must use its running statistics)")
-    if any(call["grad"] for call in spy.calls):
+    if any(call["grad"] is not False for call in calls):
         raise CheckFailed(f"your {what} tracks gradients: wrap the loop in torch.no_grad() "
                           "(otherwise memory grows with every step)")
-    for k, (call, want) in enumerate(zip(spy.calls, times)):
+    for k, (call, want) in enumerate(zip(calls, times)):
         got = call["t"]
+        if not isinstance(got, torch.Tensor) or got.numel() == 0:
+            raise CheckFailed(f"at step {k + 1} your {what} gave the model a time that is not a tensor of shape (N,), "
+                              f"expected {want:.4g} for every image: {time_hint}")
         if got.dim() != 1 or not torch.allclose(got.float(), torch.full_like(got.float(), want), atol=1e-6):
             raise CheckFailed(f"at step {k + 1} your {what} gave the model time {got.flatten()[0].item():.4g}, "
                               f"expected {want:.4g} for every image (a float tensor of shape (N,)): {time_hint}")
 
 
-def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+def module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Parameters then buffers, in registration order, with their names."""
     return list(module.named_parameters()) + list(module.named_buffers())
 
 
-def _layer_list(module: nn.Module) -> str:
+def layer_list(module: nn.Module) -> str:
     """"Conv2d.weight (5, 3, 3, 3), ..." for every parameter of ``module``."""
     owners = {id(p): type(m).__name__ for m in module.modules() for p in m.parameters(recurse=False)}
     return ", ".join(f"{owners[id(p)]}.{name.rsplit('.', 1)[-1]} {tuple(p.shape)}"
                      for name, p in module.named_parameters()) or "none"
-
-
-def copy_weights(source: nn.Module, target: nn.Module, what: str, hints: dict[str, str] | None = None) -> None:
-    """Copy every parameter and buffer of ``source`` into ``target``, pairing them in registration order.
-
-    Fails with a :class:`CheckFailed` naming the first pair whose shapes differ (and the hint for the
-    source submodule whose name starts with a key of ``hints``).
-    """
-    src, dst = _tensors(source), _tensors(target)
-    src_params, dst_params = list(source.parameters()), list(target.parameters())
-    if sorted(tuple(p.shape) for p in src_params) == sorted(tuple(p.shape) for p in dst_params) and \
-            [p.shape for p in src_params] != [p.shape for p in dst_params]:
-        raise CheckFailed(f"{what} has the right layers, created in a different order: create them in __init__ in "
-                          "the order of the diagram, so that the check can compare them with the reference")
-    for index, ((name, s), (_, d)) in enumerate(zip(src, dst)):
-        if s.shape != d.shape:
-            hint = next((h for prefix, h in (hints or {}).items() if name.startswith(prefix)), "")
-            message = (f"{what}: your tensor #{index} has shape {tuple(d.shape)} where the reference's "
-                       f"`{name}` has shape {tuple(s.shape)}")
-            raise CheckFailed(f"{message}: {hint}" if hint else message)
-    if len(src) != len(dst):
-        raise CheckFailed(f"{what} has the layers [{_layer_list(target)}], expected [{_layer_list(source)}]")
-    with torch.no_grad():
-        for (_, s), (_, d) in zip(src, dst):
-            d.copy_(s)

@@ -1,0 +1,374 @@
+"""The checks of stage 2 (course_lib.checks.denoiser): the reference answers pass, known mistakes fail with the
+hint that names them, and the probes run without the answers (as in a grading kernel).
+
+Each "student" below is a small, deliberately wrong variant of the notebook's solutions.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import course_lib.answers
+import course_lib.models
+from course_lib.answers import denoiser as answer
+from course_lib.checks import CheckFailed, denoiser
+from course_lib.checks.protocol import verdict
+
+OPERATIONS = (answer.Conv, answer.DownConv, answer.UpConv, answer.Flatten, answer.Unflatten)
+BLOCKS = (answer.ConvBlock, answer.DownBlock, answer.UpBlock)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fails_with(check, students: tuple, hint: str, **kwargs) -> str:
+    with pytest.raises(CheckFailed) as failure:
+        check(*students, **kwargs)
+    assert hint in str(failure.value), str(failure.value)
+    return str(failure.value)
+
+
+def operations(**replaced) -> tuple:
+    """The reference operations with some replaced by a student's, by name."""
+    return tuple(replaced.get(cls.__name__, cls) for cls in OPERATIONS)
+
+
+def blocks(**replaced) -> tuple:
+    return tuple(replaced.get(cls.__name__, cls) for cls in BLOCKS)
+
+
+def conv_layer(conv=None, norm=True, activation=nn.GELU):
+    """A student's operation class: ``conv(in, out)``, then BatchNorm2d (unless ``norm`` is False), then
+    ``activation`` (unless None)."""
+    class Operation(nn.Sequential):
+        def __init__(self, in_channels, out_channels):
+            layers = [conv(in_channels, out_channels)]
+            if norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            if activation is not None:
+                layers.append(activation())
+            super().__init__(*layers)
+    return Operation
+
+
+class NormFirstConv(nn.Module):
+    """Right layers, right forward, but the BatchNorm is created before the convolution."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        return F.gelu(self.norm(self.conv(x)))
+
+
+# ----------------------------------------------------------------------------------------------- operations
+
+
+def test_operations_check_passes_the_reference():
+    denoiser.check_operations(*OPERATIONS)
+    denoiser.check_operations(*OPERATIONS, in_channels=6, out_channels=2, size=4, batch_size=3, seed=17)
+
+
+@pytest.mark.parametrize("replaced, hint", [
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3))}, "padding=1 keeps H and W"),
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, stride=2, padding=1))}, "Conv keeps H and W: stride=1"),
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, padding=1), activation=None)},
+     "the GELU at the end is missing"),
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, padding=1), activation=nn.ReLU)},
+     "that is a ReLU: the course uses nn.GELU()"),
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 5, padding=2))},
+     "the convolution's kernel or channels differ"),
+    ({"Conv": NormFirstConv}, "created in a different order"),
+    ({"Conv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, padding=1), norm=False)}, "has the layers [Conv2d.weight"),
+    ({"DownConv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, padding=1))}, "DownConv halves H and W: stride=2"),
+    ({"DownConv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3, stride=2))}, "padding=1 is missing"),
+    ({"UpConv": conv_layer(lambda i, o: nn.ConvTranspose2d(i, o, 3, stride=2, padding=1))},
+     "kernel_size=4, not 3"),
+    ({"UpConv": conv_layer(lambda i, o: nn.ConvTranspose2d(i, o, 4, stride=2))}, "padding=1 is missing: "),
+    ({"UpConv": conv_layer(lambda i, o: nn.Conv2d(i, o, 3))}, "nn.ConvTranspose2d, not nn.Conv2d"),
+    ({"Flatten": lambda: nn.Flatten()}, "this Flatten is not nn.Flatten"),
+    ({"Unflatten": lambda c: nn.Sequential(nn.Identity())}, "Unflatten goes from 1x1 to 7x7"),
+])
+def test_operations_check_explains_the_usual_mistakes(replaced, hint):
+    fails_with(denoiser.check_operations, operations(**replaced), hint)
+
+
+def test_operations_check_names_the_shape_and_the_mistaken_operation():
+    message = fails_with(denoiser.check_operations, operations(DownConv=conv_layer(
+        lambda i, o: nn.Conv2d(i, o, 3, padding=1))), "stride=2")
+    assert message.startswith("DownConv(3, 5) maps (4, 3, 8, 8) to (4, 5, 8, 8), expected (4, 5, 4, 4)"), message
+    message = fails_with(denoiser.check_operations, operations(Conv=conv_layer(
+        lambda i, o: nn.Conv2d(i, o, 3, padding=1), activation=None)), "GELU", in_channels=1, out_channels=4,
+        size=14, batch_size=2, seed=5)
+    assert message.startswith("your Conv(1, 4)(x) in train mode"), message
+
+
+def test_operations_check_reports_the_first_failing_operation_first():
+    def crash(*args):
+        raise RuntimeError("boom")
+    fails_with(denoiser.check_operations, operations(Conv=conv_layer(lambda i, o: nn.Conv2d(i, o, 3)),
+                                                     DownConv=crash), "padding=1 keeps H and W")
+    fails_with(denoiser.check_operations, operations(DownConv=crash), "`DownConv(3, 5)` raised RuntimeError: boom")
+
+
+def test_operations_check_feedback_for_unwritten_or_non_module_operations():
+    def unwritten(*args):
+        raise NotImplementedError()
+    fails_with(denoiser.check_operations, operations(Conv=unwritten), "`Conv(3, 5)` is not implemented yet")
+    fails_with(denoiser.check_operations, operations(Flatten=lambda: "pool"), "Flatten() should be an nn.Module")
+    fails_with(denoiser.check_operations, operations(Flatten=lambda: lambda x: x.mean()),
+               "Flatten() should be an nn.Module, got function")
+
+    class ListOut(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+
+        def forward(self, x):
+            return [x]
+    fails_with(denoiser.check_operations, operations(Unflatten=ListOut), "should be a torch.Tensor, got list")
+
+
+# ----------------------------------------------------------------------------------------------- blocks
+
+
+def test_blocks_check_passes_the_reference():
+    denoiser.check_blocks(*BLOCKS)
+    denoiser.check_blocks(*BLOCKS, in_channels=4, out_channels=4, size=6, batch_size=5, seed=12)
+
+
+def block(first, second):
+    class Block(nn.Sequential):
+        def __init__(self, in_channels, out_channels):
+            super().__init__(first(in_channels, out_channels), second(out_channels, out_channels))
+    return Block
+
+
+BIG_KERNEL_CONV = conv_layer(lambda i, o: nn.Conv2d(i, o, 5, padding=2))
+
+
+@pytest.mark.parametrize("replaced, hint", [
+    ({"ConvBlock": block(answer.Conv, BIG_KERNEL_CONV)}, "the second Conv maps out_channels to out_channels"),
+    ({"ConvBlock": block(answer.Conv, conv_layer(lambda i, o: nn.Conv2d(i, o, 3, padding=1), activation=nn.ReLU))},
+     "compare your layers with the description"),
+    ({"DownBlock": block(answer.Conv, answer.ConvBlock)}, "a DownBlock starts with a DownConv"),
+    ({"DownBlock": block(answer.DownConv, block(answer.Conv, BIG_KERNEL_CONV))},
+     "after the DownConv(in, out) comes a ConvBlock(out, out)"),
+    ({"UpBlock": block(answer.Conv, answer.ConvBlock)}, "an UpBlock starts with an UpConv"),
+    ({"UpBlock": block(answer.UpConv, block(answer.Conv, BIG_KERNEL_CONV))},
+     "after the UpConv(in, out) comes a ConvBlock(out, out)"),
+])
+def test_blocks_check_explains_the_usual_mistakes(replaced, hint):
+    fails_with(denoiser.check_blocks, blocks(**replaced), hint)
+
+
+# ----------------------------------------------------------------------------------------------- the UNet
+
+
+class StudentUNet(nn.Module):
+    """The notebook's UnconditionalUNet; ``mistake`` switches on one error."""
+
+    def __init__(self, in_channels=1, num_hiddens=128, mistake=None):
+        super().__init__()
+        d = num_hiddens
+        self.mistake = mistake
+        self.conv_in = answer.ConvBlock(in_channels, d)
+        self.down1 = answer.DownBlock(d, d)
+        self.down2 = answer.DownBlock(d, 2 * d)
+        self.flatten = answer.Flatten()
+        self.unflatten = answer.Unflatten(2 * d)
+        self.up1 = answer.UpBlock(2 * d if mistake == "up1 channels" else 4 * d, d)
+        self.up2 = answer.UpBlock(2 * d, d)
+        self.conv_out = answer.ConvBlock(2 * d, d)
+        self.head = nn.Conv2d(d, in_channels, 1) if mistake == "head kernel" else nn.Conv2d(d, in_channels, 3,
+                                                                                             padding=1)
+        if mistake == "unused":
+            self.extra = nn.Conv2d(d, d, 1)
+
+    def forward(self, x):
+        first = self.conv_in(x)
+        skip14 = self.down1(first)
+        skip7 = self.down2(skip14)
+        h = self.unflatten(self.flatten(skip7))
+        h = self.up1(torch.cat([skip7, h] if self.mistake == "skip order" else [h, skip7], dim=1))
+        h = self.up2(torch.cat([h, skip14], dim=1))
+        h = self.conv_out(torch.cat([h, first], dim=1))
+        out = self.head(h)
+        return out.detach() if self.mistake == "detached" else out
+
+
+def unet(mistake=None):
+    return lambda in_channels=1, num_hiddens=128: StudentUNet(in_channels, num_hiddens, mistake)
+
+
+def test_unet_check_passes_the_reference_and_a_student():
+    denoiser.check_unet(answer.UnconditionalUNet)
+    denoiser.check_unet(answer.UnconditionalUNet, num_hiddens=4, batch_size=2, in_channels=2, seed=3)
+    denoiser.check_unet(unet(), num_hiddens=4, batch_size=2)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ("unused", "these layers are never used in forward: extra.weight, extra.bias"),
+    ("detached", "these layers are never used in forward: conv_in.0.0.weight"),
+    ("skip order", "same layers, different result: follow the diagram in forward"),
+    ("up1 channels", "Hint: a block received the wrong number of channels"),
+    ("head kernel", "head = nn.Conv2d(D, in_channels, 3, padding=1)"),
+])
+def test_unet_check_explains_the_usual_mistakes(mistake, hint):
+    fails_with(denoiser.check_unet, (unet(mistake),), hint, num_hiddens=4, batch_size=2)
+
+
+def test_unet_check_names_the_output_and_the_mode():
+    message = fails_with(denoiser.check_unet, (unet("skip order"),), "same layers", num_hiddens=4)
+    assert message.startswith("your output in train mode"), message
+
+
+# ----------------------------------------------------------------------------------------------- loss and step
+
+
+def noisy(x, sigma, generator):
+    return x + sigma * torch.randn(x.shape, generator=generator)
+
+
+def loss_predicting_noise(model, x, sigma=0.5, generator=None):
+    eps = torch.randn(x.shape, generator=generator)
+    return F.mse_loss(model(x + sigma * eps), eps)
+
+
+def loss_on_clean(model, x, sigma=0.5, generator=None):
+    return F.mse_loss(model(x), x)
+
+
+def loss_summed(model, x, sigma=0.5, generator=None):
+    return F.mse_loss(model(noisy(x, sigma, generator)), x, reduction="sum")
+
+
+def loss_unscaled(model, x, sigma=0.5, generator=None):
+    return F.mse_loss(model(noisy(x, 1.0, generator)), x)
+
+
+def loss_item(model, x, sigma=0.5, generator=None):
+    return answer.denoising_loss(model, x, sigma, generator).item()
+
+
+def loss_without_grad(model, x, sigma=0.5, generator=None):
+    with torch.no_grad():
+        return answer.denoising_loss(model, x, sigma, generator)
+
+
+def loss_randn_like(model, x, sigma=0.5, generator=None):
+    return F.mse_loss(model(x + sigma * torch.randn_like(x)), x)
+
+
+def step(zero_grad=True, backward=True, returns="item"):
+    def train_step(model, optimizer, x, generator=None):
+        if zero_grad:
+            optimizer.zero_grad()
+        loss = answer.denoising_loss(model, x, generator=generator)
+        if backward:
+            loss.backward()
+            optimizer.step()
+        if returns == "after":
+            return answer.denoising_loss(model, x, generator=torch.Generator().manual_seed(0)).item()
+        return loss if returns == "tensor" else loss.item()
+    return train_step
+
+
+def test_training_step_check_passes_the_reference():
+    denoiser.check_training_step(answer.denoising_loss, answer.train_step)
+    denoiser.check_training_step(answer.denoising_loss, answer.train_step, batch_size=5, size=28, sigma=0.3, seed=9)
+
+
+@pytest.mark.parametrize("loss, hint", [
+    (loss_predicting_noise, "the denoiser predicts the clean image x, not the noise"),
+    (loss_on_clean, "feed the noisy z = x + sigma * eps to the model, not the clean x"),
+    (loss_summed, "use the mean of the squared errors (F.mse_loss), not the sum"),
+    (loss_unscaled, "the noise is not scaled: z = x + sigma * eps"),
+    (loss_item, "should be a torch.Tensor, got float"),
+    (loss_without_grad, "the loss does not depend on the model's weights"),
+    (loss_randn_like, "different values for the same generator seed"),
+])
+def test_training_step_check_explains_loss_mistakes(loss, hint):
+    fails_with(denoiser.check_training_step, (loss, answer.train_step), hint)
+
+
+@pytest.mark.parametrize("train_step, hint", [
+    (step(zero_grad=False), "call optimizer.zero_grad() before loss.backward()"),
+    (step(backward=False), "train_step did not change the weights"),
+    (step(returns="tensor"), "should return the loss as a Python float (loss.item()), got Tensor"),
+    (step(returns="after"), "expected the batch's loss before the step"),
+])
+def test_training_step_check_explains_step_mistakes(train_step, hint):
+    fails_with(denoiser.check_training_step, (answer.denoising_loss, train_step), hint, batch_size=3, size=10,
+               sigma=1.0, seed=21)
+
+
+def test_training_step_check_judges_the_loss_before_a_crashing_step():
+    def crash(model, optimizer, x, generator=None):
+        raise ValueError("no step")
+    fails_with(denoiser.check_training_step, (loss_summed, crash), "not the sum")
+    fails_with(denoiser.check_training_step, (answer.denoising_loss, crash), "`train_step` raised ValueError")
+
+
+# ----------------------------------------------------------------------------------------------- without the answers
+
+
+def _no_answers(stage_key):
+    raise course_lib.answers.AnswerNotIncluded(f"no answers of {stage_key!r} here")
+
+
+def _no_models(name):
+    raise course_lib.answers.AnswerNotIncluded(f"no {name} here")
+
+
+def _round_trip(value):
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("check, students, given", [
+    (denoiser.check_operations, OPERATIONS, {}),
+    (denoiser.check_operations, OPERATIONS, {"in_channels": 1, "out_channels": 4, "size": 14, "batch_size": 2,
+                                             "seed": 5}),
+    (denoiser.check_blocks, BLOCKS, {}),
+    (denoiser.check_blocks, BLOCKS, {"in_channels": 1, "out_channels": 6, "size": 14, "batch_size": 2, "seed": 3}),
+    (denoiser.check_unet, (answer.UnconditionalUNet,), {}),
+    (denoiser.check_unet, (answer.UnconditionalUNet,), {"num_hiddens": 16, "batch_size": 1, "seed": 8}),
+    (denoiser.check_training_step, (answer.denoising_loss, answer.train_step), {}),
+    (denoiser.check_training_step, (answer.denoising_loss, answer.train_step),
+     {"batch_size": 3, "size": 10, "sigma": 1.0, "seed": 21}),
+])
+def test_probes_run_without_the_answers(monkeypatch, check, students, given):
+    entry = check.check
+    case = entry.case(**given)
+    inputs, expected = _round_trip(entry.reference(**case))
+    monkeypatch.setattr(course_lib.answers, "load", _no_answers)
+    monkeypatch.setattr(course_lib.models, "__getattr__", _no_models)
+    with pytest.raises(course_lib.answers.AnswerNotIncluded):
+        entry.reference(**case)
+    outputs = _round_trip(entry.run_probe(students, inputs))
+    monkeypatch.undo()
+    assert "failed" not in outputs, outputs
+    assert verdict(entry, case, inputs, outputs, expected)
+
+
+def test_a_malformed_record_is_a_failure_not_a_crash():
+    entry = denoiser.check_blocks.check
+    case = entry.case()
+    inputs, expected = entry.reference(**case)
+    for outputs in ({"modules": ["forged"] * 3}, {"modules": []}, {"modules": [{"out": "x"}] * 3}):
+        with pytest.raises(CheckFailed):
+            verdict(entry, case, inputs, outputs, expected)

@@ -1,0 +1,154 @@
+"""autograder.verdicts: test cells become probes in the kernel and verdicts in the grader.
+
+The kernel is simulated here by running the probe cell's source in a namespace, in the notebook's folder, as the
+real kernel would; tests/test_autograder.py grades real submissions through the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import pickle
+
+import nbformat
+import pytest
+import torch
+from nbformat.v4 import new_code_cell, new_notebook
+
+from autograder.course import SOLUTIONS_DIR
+from autograder.preprocessors import is_test_cell
+from autograder.verdicts import JudgeTestCells, ProbeTestCells, check_calls, earliest_stage
+from course_lib.answers import noising
+from course_lib.checks import protocol
+from course_lib.checks.protocol import RECORD_MIME
+
+TEST_SOURCE = """# Checks your add_noise (graded: 2 points).
+check_add_noise(add_noise)
+### BEGIN HIDDEN TESTS
+check_add_noise(add_noise, shape=(3, 2, 5, 7), sigma=0.3, seed=2024)
+### END HIDDEN TESTS
+"""
+
+
+def _notebook() -> nbformat.NotebookNode:
+    test = new_code_cell(TEST_SOURCE, metadata={"nbgrader": {"grade": True, "solution": False, "locked": True,
+                                                             "grade_id": "test_add_noise", "points": 2}})
+    return new_notebook(cells=[test])
+
+
+def _display(payload: str) -> nbformat.NotebookNode:
+    return nbformat.from_dict({"output_type": "display_data", "metadata": {}, "data": {RECORD_MIME: payload}})
+
+
+def _payload(value) -> str:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _grade(tmp_path, monkeypatch, kernel_namespace: dict, forge=None) -> nbformat.NotebookNode:
+    """Probe; 'execute' the probe cell in ``kernel_namespace`` from the notebook's folder, its displays becoming
+    the cell's outputs (``forge`` may rewrite them, as a student's code could); judge."""
+    nb, resources = ProbeTestCells().preprocess(_notebook(), {"metadata": {"path": str(tmp_path)}})
+    probe = nb.cells[0].source
+    assert "check_add_noise(" not in probe and "expected" not in probe
+    shown: list[str] = []
+    monkeypatch.setattr(protocol, "show_record", shown.append)
+    monkeypatch.chdir(tmp_path)
+    exec(probe, kernel_namespace)
+    outputs = [_display(payload) for payload in shown]
+    nb.cells[0].outputs = forge(outputs) if forge else outputs
+    nb, _ = JudgeTestCells().preprocess(nb, resources)
+    return nb.cells[0]
+
+
+def test_right_code_passes_every_call_and_the_cell_gets_its_source_back(tmp_path, monkeypatch):
+    cell = _grade(tmp_path, monkeypatch, {"add_noise": noising.add_noise})
+    assert cell.source == TEST_SOURCE
+    assert [output.output_type for output in cell.outputs] == ["stream"]
+    assert cell.outputs[0].text.count("✓ add_noise") == 2
+    assert not (tmp_path / ".checks").exists(), "no probe file is left in the graded copy"
+
+
+def test_wrong_code_fails_with_the_hint(tmp_path, monkeypatch):
+    def add_noise(x, sigma, generator=None):
+        return x + sigma**2 * torch.randn(x.shape, generator=generator)
+
+    cell = _grade(tmp_path, monkeypatch, {"add_noise": add_noise})
+    assert cell.outputs[-1].output_type == "error" and cell.outputs[-1].ename == "CheckFailed"
+    assert "sigma**2 (the variance)" in cell.outputs[-1].evalue
+
+
+def test_the_inputs_file_holds_no_expected_values(tmp_path, monkeypatch):
+    seen = {}
+
+    def look(outputs):
+        seen.update(torch.load(tmp_path / ".checks" / "test_add_noise.inputs.pt", weights_only=True)[0])
+        return outputs
+
+    _grade(tmp_path, monkeypatch, {"add_noise": noising.add_noise}, forge=look)
+    assert set(seen) == {"x", "sigma", "noise_seed"}
+
+
+def test_rebinding_the_checks_or_silencing_the_recorder_earns_nothing(tmp_path, monkeypatch):
+    """A student whose code makes the recorder show nothing, or who rebinds the check, gets no point."""
+    def silent(cell, calls):
+        return None
+
+    monkeypatch.setattr(protocol, "record", silent)
+    cell = _grade(tmp_path, monkeypatch, {"add_noise": lambda x, sigma, generator=None: x,
+                                          "check_add_noise": lambda *args, **kwargs: None})
+    assert cell.outputs[-1].ename == "CheckFailed" and "did not finish" in cell.outputs[-1].evalue
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("forgery", ["zeros", "pickle", "wrong_count", "two_records", "not_base64"])
+def test_forged_records_are_refused(tmp_path, monkeypatch, forgery):
+    """A student who shows a record of their own: wrong numbers fail, a pickle that runs code is refused unread,
+    and a record of another shape, a second record, or garbage is refused."""
+    ran = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    def forge(outputs):
+        zeros = {"z": torch.zeros(4, 1, 28, 28), "again": torch.zeros(4, 1, 28, 28),
+                 "x_after": torch.zeros(4, 1, 28, 28)}
+        return {"zeros": [_display(_payload([zeros, zeros]))],
+                "pickle": [_display(base64.b64encode(pickle.dumps([Exploit(), Exploit()])).decode())],
+                "wrong_count": [_display(_payload([{}] * 5))],
+                "two_records": outputs + outputs,
+                "not_base64": [_display("this is not base64 !")]}[forgery]
+
+    cell = _grade(tmp_path, monkeypatch, {"add_noise": noising.add_noise}, forge=forge)
+    assert cell.outputs[-1].ename == "CheckFailed"
+    assert not ran.exists(), "the forged pickle was never unpickled"
+
+
+def test_a_missing_student_function_fails_that_cell_only(tmp_path, monkeypatch):
+    cell = _grade(tmp_path, monkeypatch, {})
+    assert cell.outputs[-1].ename == "CheckFailed" and "add_noise" in cell.outputs[-1].evalue
+
+
+def test_check_calls_accepts_only_check_calls_with_literal_cases():
+    assert [call.case for call in check_calls(TEST_SOURCE)] == [{}, {"shape": (3, 2, 5, 7), "sigma": 0.3, "seed": 2024}]
+    for source, message in [("assert add_noise(1, 2) == 3", "not a call of a course check"),
+                            ("check_add_noise(add_noise, seed=SEED)", "literals"),
+                            ("check_add_noise(add_noise, colour=3)", "unexpected arguments"),
+                            ("check_add_noise(lambda x: x)", "by name")]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            check_calls(source)
+
+
+@pytest.mark.parametrize("path", sorted(SOLUTIONS_DIR.glob("*.ipynb")), ids=lambda path: path.stem)
+def test_every_test_cell_of_the_course_is_made_of_check_calls(path):
+    """The grader can only judge check calls: every autograded test cell of every source notebook parses, and the
+    notebook's earliest check stage is its own stage."""
+    from course_lib.stages import get
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if is_test_cell(cell):
+            assert check_calls(cell.source, cell.metadata["nbgrader"]["grade_id"])
+    assert earliest_stage(notebook) == get(path.stem).key
