@@ -6,15 +6,19 @@ times a slice of a training epoch in two ways, in one run on one machine:
   handout    torchvision MNIST through a DataLoader with ToTensor, fp32, noise drawn per batch
   course_lib the split resident on the device (course_lib.data.DeviceImages), the mixed-precision policy
              of course_lib.training (fp16 + GradScaler below compute capability 8, bf16 from 8 up, fp32
-             on the CPU), channels_last and cudnn.benchmark on CUDA, optionally torch.compile (its
-             compile time reported apart from its steady-state speed)
+             on the CPU), channels_last and cudnn.benchmark on CUDA, Adam of course_lib.training (fused on
+             CUDA), optionally torch.compile of the model (--compile) and the captured step of
+             course_lib.training.train (--capture, on by default on CUDA: the loss compiled with
+             mode="reduce-overhead", i.e. CUDA graphs; compile times reported apart from the steady state)
 
 and prints images/s of both (steady state), their ratio, the seconds before the timed steps (warm-up,
 and compilation with --compile), the time of one 60,000-image epoch at that rate including them, the
 FLOPs per training image (torch.utils.flop_counter), the achieved TFLOP/s and its fraction of the
 device's peak, and the projected time of the assignment's full budget (5 + 20 + 20 epochs of 60,000
-images) on a T4. Then it times sampling 40 digits with
-300 DDPM steps (unguided and guided).
+images) on a T4; and, to show whether the GPU waits for Python, the host syncs per step (operations that make
+the host wait for the GPU, counted by course_lib.host_syncs on any device) and the GPU busy fraction (GPU time
+per step from torch.profiler over the wall time per step of the timed loop; "n/a" off CUDA). Then it times
+sampling 40 digits with 300 DDPM steps (unguided and guided).
 
     python benchmarks/train_speed.py                          # on a GPU: the real widths and batches
     python benchmarks/train_speed.py --compile                # also with torch.compile
@@ -24,6 +28,7 @@ images) on a T4. Then it times sampling 40 digits with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
@@ -35,10 +40,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib import sampling
 from course_lib.data import DeviceImages, load_mnist
+from course_lib.host_syncs import HostSyncCounter, host_only
 from course_lib.noise import DDPMSchedule
 from course_lib.runtime import autocast_dtype, pick_device
 from course_lib.stages import budget, build_model, stage_loss, value_range
-from course_lib.training import optimizer_step
+from course_lib.training import TrainStep, make_optimizer
 
 STAGES = ("denoiser", "ddpm", "cfg")
 TRAIN_IMAGES = 60_000
@@ -51,10 +57,13 @@ GPU_PEAKS = {"T4": (8.1, 65.0), "L40S": (91.6, 362.0), "L4": (30.3, 121.0), "V10
 
 @dataclass
 class Timing:
-    """One timed loop: images per second over the timed steps, and the seconds before them (warm-up, compile)."""
+    """One timed loop: images per second over the timed steps, the seconds before them (warm-up, compile), host
+    syncs per step (``None``: not counted) and the GPU busy fraction in [0, 1] (``None``: off CUDA)."""
 
     images_per_second: float
     startup_seconds: float
+    syncs_per_step: float | None = None
+    gpu_busy: float | None = None
 
 
 def synchronize(device: torch.device) -> None:
@@ -116,7 +125,52 @@ def _timed(step, batch_size: int, warmup: int, steps: int, device: torch.device)
     for _ in range(steps):
         step()
     synchronize(device)
-    return Timing(steps * batch_size / (time.perf_counter() - started), startup)
+    seconds_per_step = (time.perf_counter() - started) / steps
+    gpu_seconds = gpu_seconds_per_step(step, device, min(steps, 10))
+    busy = None if gpu_seconds is None else min(1.0, gpu_seconds / seconds_per_step)
+    return Timing(batch_size / seconds_per_step, startup, syncs_per_step(step, device), busy)
+
+
+def syncs_per_step(step, device: torch.device, steps: int = 3) -> float | None:
+    """Host syncs per call of ``step()`` (:class:`course_lib.host_syncs.HostSyncCounter` watching ``device``; on
+    the CPU every would-be sync counts), compiled code run eagerly (``torch.compiler.set_stance("force_eager")``,
+    where it exists) so that its Python-level syncs show."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    try:
+        with stance("force_eager") if stance else contextlib.nullcontext(), HostSyncCounter(device) as syncs:
+            for _ in range(steps):
+                step()
+    except Exception as error:  # counting must not stop the benchmark
+        print(f"  (host syncs not counted: {type(error).__name__}: {error})")
+        return None
+    return syncs.count / steps
+
+
+def gpu_seconds_per_step(step, device: torch.device, steps: int = 10) -> float | None:
+    """Seconds per call of ``step()`` during which the GPU runs something: the union of the intervals of the
+    kernels, copies and sets that torch.profiler records on CUDA, over ``steps`` calls. ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    intervals = [(event.time_range.start, event.time_range.end) for event in profiler.events()
+                 if event.device_type == torch.autograd.DeviceType.CUDA]
+    return union_length(intervals) / 1e6 / steps
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by the ``(start, end)`` intervals, overlaps counted once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: int, device: torch.device,
@@ -136,12 +190,13 @@ def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: in
 
     def step():
         nonlocal loader
-        try:
-            images, labels = next(loader)
-        except StopIteration:
-            loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                     num_workers=workers))
-            images, labels = next(loader)
+        with host_only():  # the DataLoader works on CPU tensors by design: its .item() calls wait for no GPU
+            try:
+                images, labels = next(loader)
+            except StopIteration:
+                loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         num_workers=workers))
+                images, labels = next(loader)
         images, labels = images.to(device), labels.to(device)
         loss = loss_fn(model, images * 2 - 1 if signed else images, labels, None)
         optimizer.zero_grad()
@@ -152,8 +207,9 @@ def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: in
 
 
 def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps: int, device: torch.device,
-                    compile_model: bool, channels_last: bool) -> Timing:
-    """course_lib's path: resident data, course_lib.training's precision policy, channels_last, optional compile."""
+                    compile_model: bool, channels_last: bool, capture: bool = False) -> Timing:
+    """course_lib's path: resident data, course_lib.training's precision policy and Adam, channels_last, optional
+    compile of the model, optional capture of the step (course_lib.training.TrainStep, as train() does)."""
     stage_budget = budget(stage, "full")
     data = DeviceImages.from_dataset(load_mnist(train=True), device, value_range(stage))
     model = build_model(stage, _with_width(stage_budget, width)).to(device).train()
@@ -162,9 +218,10 @@ def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps:
     schedule = stage_budget.schedule().to(device)
     loss_fn = stage_loss(stage, schedule)
     forward_model = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=stage_budget.learning_rate)
+    optimizer = make_optimizer(model.parameters(), stage_budget.learning_rate, device)
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    train_step = TrainStep(forward_model, loss_fn, optimizer, scaler, dtype, capture=capture)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = data.batches(batch_size, generator)
 
@@ -177,7 +234,7 @@ def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps:
             images, labels = next(batches)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        optimizer_step(forward_model, loss_fn, images, labels, generator, optimizer, scaler, dtype)
+        train_step(images, labels, generator)
 
     return _timed(step, batch_size, warmup, steps, device)
 
@@ -209,6 +266,10 @@ def sampling_seconds(width: int, num_steps: int, device: torch.device, compile_m
     return results
 
 
+def _maybe(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
@@ -217,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, help="D for every stage (default: the assignment's, 128 / 64)")
     parser.add_argument("--batch", type=int, help="batch size for every stage (default: the assignment's)")
     parser.add_argument("--compile", action="store_true", help="also time course_lib's path with torch.compile")
+    parser.add_argument("--capture", choices=("auto", "on", "off"), default="auto",
+                        help="also time course_lib's captured step, as train() runs it (auto: on CUDA only)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last memory format in course_lib's path (auto: on CUDA only)")
     parser.add_argument("--workers", type=int, default=0,
@@ -235,9 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Device: {name}; course_lib precision: {dtype or 'fp32'}; channels_last: {channels_last}; "
           f"torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up steps")
 
-    variants = [("course_lib", False)] + ([("course_lib+compile", True)] if args.compile else [])
+    capture = args.capture == "on" or (args.capture == "auto" and device.type == "cuda")
+    variants = ([("course_lib", False, False)] + ([("course_lib+compile", True, False)] if args.compile else [])
+                + ([("course_lib+capture", False, True)] if capture else []))
     header = (f"{'stage':<9}{'D':>4}{'batch':>6}  {'path':<19}{'images/s':>10}{'ratio':>7}{'startup s':>10}"
-              f"{'GFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'epoch s':>9}")
+              f"{'GFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'epoch s':>9}{'syncs/step':>11}{'GPU busy':>9}")
     print(header)
     total_flops = 0.0
     for stage in args.stages:
@@ -248,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         total_flops += training_flops_per_image(stage, stage_budget.num_hiddens) * stage_budget.epochs * TRAIN_IMAGES
         rows = [("handout", handout_loop(stage, width, batch_size, args.warmup, args.steps, device, args.workers),
                  peak_fp32)]
-        for label, compile_model in variants:
+        for label, compile_model, capture_step in variants:
             rows.append((label, course_lib_loop(stage, width, batch_size, args.warmup, args.steps, device,
-                                                compile_model, channels_last), course_peak))
+                                                compile_model, channels_last, capture_step), course_peak))
         baseline = rows[0][1].images_per_second
         for label, timing, peak in rows:
             tflops = flops * timing.images_per_second / 1e12
@@ -258,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stage:<9}{width:>4}{batch_size:>6}  {label:<19}{timing.images_per_second:>10.0f}"
                   f"{timing.images_per_second / baseline:>7.2f}{timing.startup_seconds:>10.1f}"
                   f"{flops / 1e9:>10.3f}{tflops:>9.3f}{fraction:>8}"
-                  f"{timing.startup_seconds + TRAIN_IMAGES / timing.images_per_second:>9.0f}", flush=True)
+                  f"{timing.startup_seconds + TRAIN_IMAGES / timing.images_per_second:>9.0f}"
+                  f"{_maybe(timing.syncs_per_step, '.1f'):>11}{_maybe(timing.gpu_busy, '.0%'):>9}", flush=True)
 
     print(f"\nFull budget ({' + '.join(str(budget(s, 'full').epochs) for s in args.stages)} epochs of "
           f"{TRAIN_IMAGES:,} images, at the assignment's widths): {total_flops / 1e15:.2f} PFLOP of training")

@@ -152,22 +152,36 @@ def ddim_timesteps(num_steps: int, num_sampling_steps: int) -> torch.Tensor:
     return torch.linspace(num_steps - 1, 0, num_sampling_steps).round().long()
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor,
-              alpha_bar_next: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) from a timestep with ``alpha_bar`` to the next one with ``alpha_bar_next``:
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_next: torch.Tensor,
+              eta: float = 0.0, z: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM step (Song et al. 2021, eq. 12) from a timestep with ``alpha_bar`` to the next with ``alpha_bar_next``:
 
         x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)
-        x_next = sqrt(alpha_bar_next) x0_hat + sqrt(1 - alpha_bar_next) eps
+        sigma  = eta sqrt((1 - alpha_bar_next) / (1 - alpha_bar)) sqrt(1 - alpha_bar / alpha_bar_next)
+        x_next = sqrt(alpha_bar_next) x0_hat + sqrt(1 - alpha_bar_next - sigma^2) eps + sigma z
+
+    ``eta = 0`` is deterministic; ``eta = 1`` gives DDPM's posterior variance. ``z``: noise shaped like ``x_t``
+    (needed when ``eta > 0``).
     """
     x0_hat = (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-    return alpha_bar_next.sqrt() * x0_hat + (1 - alpha_bar_next).sqrt() * eps
+    sigma = eta * ((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next)).sqrt()
+    x_next = alpha_bar_next.sqrt() * x0_hat + (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() * eps
+    return x_next + sigma * z if eta > 0 else x_next
 
 
 def ddim_sample(model, schedule, num_samples: int = 40, num_sampling_steps: int = 50,
-                generator: torch.Generator | None = None, *, return_trajectory: bool = False, device=None,
-                image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    """Deterministic DDIM over ``num_sampling_steps`` timesteps of :func:`ddim_timesteps` (alpha_bar = 1 after the
-    last), with :func:`ddim_step`. Only x_T is random. Other arguments as in :func:`ddpm_sample`."""
+                generator: torch.Generator | None = None, *, eta: float = 0.0, return_trajectory: bool = False,
+                device=None, image_shape: tuple[int, int, int] = IMAGE_SHAPE):
+    """DDIM over ``num_sampling_steps`` timesteps of :func:`ddim_timesteps` (alpha_bar = 1 after the last), with
+    :func:`ddim_step`. With ``eta = 0`` only x_T is random; ``eta = 1`` approaches DDPM. Other arguments as in
+    :func:`ddpm_sample`.
+
+    On the course's schedule (alpha_bar at the last step 0.048, not 0) x_T ~ N(0, I) is not quite the distribution
+    the model saw at that step. DDPM's noise makes it forget its start; deterministic DDIM carries the mismatch to
+    its output, so more steps stop helping (tests/test_ddim_gaussian.py measures it with an exact predictor).
+    """
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0 <= eta <= 1:
+        raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}")
     device = device_of(model, device)
     timesteps = ddim_timesteps(schedule.num_steps, num_sampling_steps).tolist()
     alpha_bars = torch.cat([schedule.alpha_bars[timesteps], schedule.alpha_bars.new_ones(1)])
@@ -176,7 +190,8 @@ def ddim_sample(model, schedule, num_samples: int = 40, num_sampling_steps: int 
     def step(x_t: torch.Tensor, i: int) -> torch.Tensor:
         t_batch = torch.full((num_samples,), timesteps[i], device=device, dtype=torch.long)
         eps = model(x_t, schedule.model_time(t_batch)).float()
-        return ddim_step(x_t, eps, alpha_bars[i], alpha_bars[i + 1])
+        z = torch.randn(x_t.shape, device=device, generator=generator) if eta > 0 else None
+        return ddim_step(x_t, eps, alpha_bars[i], alpha_bars[i + 1], eta, z)
 
     with sampling_mode(model, device):
         return run_chain(x, range(len(timesteps)), step, return_trajectory)

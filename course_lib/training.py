@@ -1,14 +1,22 @@
 """One plain training loop for every stage.
 
-``train`` runs Adam with an optional per-epoch exponential learning-rate decay, mixed precision where
-the device supports it (see :func:`course_lib.runtime.autocast_dtype`), a progress bar, and a
-checkpoint after every epoch from which it resumes. All randomness of training (batch order, noise,
-timesteps, label dropout) comes from one generator whose state is checkpointed too, so training
-2 epochs straight and 1 + resume + 1 give the same weights on the CPU.
+``train`` runs Adam (:func:`make_optimizer`: fused on CUDA, foreach elsewhere) with an optional per-epoch
+exponential learning-rate decay, mixed precision where the device supports it (see
+:func:`course_lib.runtime.autocast_dtype`), an optional EMA of the weights (:mod:`course_lib.ema`), a
+progress bar, and a checkpoint after every epoch from which it resumes. All randomness of training
+(batch order, noise, timesteps, label dropout) comes from one generator whose state is checkpointed too,
+so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU.
+
+A step never waits for the GPU on its own: the losses stay on the device until the end of the epoch
+(one copy to the host per epoch). On CUDA the loss is captured by default (:class:`TrainStep`):
+compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels replay as CUDA graphs, so the
+GPU is not left waiting for Python to launch a hundred small kernels per step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 from typing import Callable
 
@@ -18,20 +26,50 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from .data import DeviceImages
+from .ema import EMA
 from .runtime import autocast_dtype
 from .validation import check_in_range, check_positive_int
 
 LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 EpochCallback = Callable[[int, nn.Module, list], None]
+Compiler = Callable[[LossFunction], LossFunction]
+CAPTURE_TRIAL_STEPS = 3  # compiling and CUDA-graph recording happen in the first steps; a failure there falls back
+
+
+def adam_implementation(device: torch.device | str) -> dict:
+    """Adam's kernel choice for ``device``, made here only: one fused kernel on CUDA (no host sync, even with
+    a GradScaler), the grouped ``foreach`` kernels elsewhere (same arithmetic as the per-tensor loop)."""
+    if torch.device(device).type == "cuda":
+        return {"fused": True, "foreach": None}
+    return {"fused": None, "foreach": True}
+
+
+def make_optimizer(parameters, learning_rate: float, device: torch.device | str) -> torch.optim.Adam:
+    """``torch.optim.Adam(parameters, lr=learning_rate)`` with :func:`adam_implementation` of ``device``."""
+    return torch.optim.Adam(parameters, lr=learning_rate, **adam_implementation(device))
+
+
+def _use_implementation(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Re-apply :func:`adam_implementation` after ``load_state_dict`` (which restores the saved flags, e.g. of a
+    checkpoint written on another device) and put each ``step`` counter where that choice wants it."""
+    for group in optimizer.param_groups:
+        group.update(adam_implementation(device))
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                fused = bool(group["fused"])
+                where = parameter.device if fused or group.get("capturable") else torch.device("cpu")
+                state["step"] = state["step"].to(where, torch.float32 if fused else state["step"].dtype)
 
 
 def optimizer_step(model: nn.Module, loss_fn: LossFunction, images: torch.Tensor, labels: torch.Tensor,
                    generator: torch.Generator, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   dtype: torch.dtype | None) -> torch.Tensor:
-    """One gradient step on a batch under autocast ``dtype`` (``None``: fp32); returns the detached loss.
+                   dtype: torch.dtype | None, ema: EMA | None = None) -> torch.Tensor:
+    """One gradient step on a batch under autocast ``dtype`` (``None``: fp32); returns the detached loss (a 0-dim
+    tensor on the device).
 
-    ``scaler`` scales the loss for fp16 (it is a no-op when disabled). The loss stays on the device, so
-    the step does not wait for the GPU.
+    ``scaler`` scales the loss for fp16 (it is a no-op when disabled); ``ema`` (optional) is updated after the
+    step. Nothing here reads a value back from the device, so the step does not wait for the GPU.
     """
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         loss = loss_fn(model, images, labels, generator)
@@ -39,38 +77,153 @@ def optimizer_step(model: nn.Module, loss_fn: LossFunction, images: torch.Tensor
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+    if ema is not None:
+        ema.update(model)
     return loss.detach()
+
+
+def compile_for_capture(loss_fn: LossFunction) -> LossFunction:
+    """``torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)``: inductor kernels for the forward and
+    backward passes, replayed as CUDA graphs, for one fixed batch shape.
+
+    Draws with a ``torch.Generator`` (and a student's ``.item()``) are graph breaks: they run eagerly between
+    the captured pieces, so the random stream is the eager one.
+    """
+    return torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)
+
+
+def _mark_step_begin() -> None:
+    """Tell CUDA-graph trees that a new training step begins (absent before torch 2.2: then a no-op)."""
+    getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)()
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    device = generator.device
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(generator: torch.Generator, state: dict) -> None:
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch"])
+    if generator.device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], generator.device)
+
+
+class TrainStep:
+    """``step(images, labels, generator) -> loss``: :func:`optimizer_step`, with the loss captured when asked.
+
+    Args:
+        model, loss_fn, optimizer, scaler, dtype, ema: as in :func:`optimizer_step`.
+        capture: compile ``loss_fn`` with ``compiler`` (default :func:`compile_for_capture`).
+        compiler: ``compiler(loss_fn) -> compiled loss_fn``.
+
+    If compiling, or running the compiled loss, raises during the first ``CAPTURE_TRIAL_STEPS`` steps, the
+    state the step changes (weights, buffers, optimizer, scaler, EMA, random generators) is restored, one
+    line is printed, and that step and all later ones run eagerly: the loss trajectory is the eager one.
+    The loss returned is a fresh 0-dim tensor on the device (captured outputs are overwritten by the next replay).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFunction, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, dtype: torch.dtype | None, *, ema: EMA | None = None,
+                 capture: bool = False, compiler: Compiler | None = None):
+        self.model, self.loss_fn, self.optimizer, self.scaler, self.dtype, self.ema = \
+            model, loss_fn, optimizer, scaler, dtype, ema
+        self.captured_loss: LossFunction | None = None
+        self.trials_left = CAPTURE_TRIAL_STEPS
+        if capture:
+            try:
+                self.captured_loss = (compiler or compile_for_capture)(loss_fn)
+            except Exception as error:  # e.g. torch.compile unsupported on this Python or platform
+                self._give_up(error)
+
+    @property
+    def captured(self) -> bool:
+        return self.captured_loss is not None
+
+    def _run(self, loss_fn, images, labels, generator) -> torch.Tensor:
+        return optimizer_step(self.model, loss_fn, images, labels, generator, self.optimizer, self.scaler,
+                              self.dtype, self.ema)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.captured_loss is None:
+            return self._run(self.loss_fn, images, labels, generator)
+        if self.trials_left == 0:
+            _mark_step_begin()
+            return self._run(self.captured_loss, images, labels, generator).clone()
+        saved = self._snapshot(generator)
+        try:
+            _mark_step_begin()
+            loss = self._run(self.captured_loss, images, labels, generator).clone()
+        except Exception as error:
+            self._restore(saved, generator)
+            self._give_up(error)
+            return self._run(self.loss_fn, images, labels, generator)
+        self.trials_left -= 1
+        return loss
+
+    def _give_up(self, error: Exception) -> None:
+        self.captured_loss = None
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        print(f"Note: could not capture the training step ({type(error).__name__}: {reason}); training eagerly.")
+
+    def _snapshot(self, generator: torch.Generator) -> dict:
+        return {"model": {name: value.clone() for name, value in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scaler": copy.deepcopy(self.scaler.state_dict()),
+                "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
+                "rng": _rng_state(generator)}
+
+    def _restore(self, saved: dict, generator: torch.Generator) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        _set_rng_state(generator, saved["rng"])
 
 
 def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs: int, batch_size: int,
           learning_rate: float, lr_gamma: float = 1.0, seed: int = 0,
           checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
-          on_epoch_end: EpochCallback | None = None) -> list[float]:
+          on_epoch_end: EpochCallback | None = None, ema_decay: float | None = None,
+          capture: bool | None = None, compiler: Compiler | None = None) -> list[float]:
     """Train ``model`` in place and return the loss of every optimizer step, over all epochs.
+
+    Every step sees a full batch: each epoch is ``len(data) // batch_size`` steps over a fresh shuffle, and
+    the ``len(data) % batch_size`` images left over (different ones each epoch) are skipped. So the loss
+    history has that many entries per epoch, and the captured step keeps one shape (no recompiles).
 
     Args:
         model: an ``nn.Module`` already on ``data.device``.
         loss_fn: ``loss_fn(model, images, labels, generator) -> scalar loss``; images come in the
             data's value range, (B, 1, 28, 28); it must draw its noise with ``generator``.
         data: the training images on the training device.
-        epochs, batch_size, learning_rate: the budget (see :func:`course_lib.runtime.budget`).
+        epochs, batch_size, learning_rate: the budget (see :func:`course_lib.stages.budget`).
         lr_gamma: ExponentialLR factor applied after each epoch (1.0: constant rate).
         seed: seeds the training generator (batch order and noise).
         checkpoint_dir: a folder to checkpoint to after every epoch and to resume from (``None``: no checkpoints).
         progress: show a progress bar.
         on_epoch_end: ``callback(epoch, model, losses)`` after each epoch (epochs count from 1),
             e.g. to draw samples after epochs 1 and 5; the model is back in train mode afterwards.
+        ema_decay: keep an EMA of the weights with this decay in (0, 1), e.g. 0.999 (``None``: no EMA). It is
+            checkpointed and resumed with the rest; callbacks see the EMA weights (swapped in, then back), and the
+            model ends with the EMA weights (the last trained ones stay in the checkpoint's ``"model"``).
+        capture: compile the loss for CUDA graphs (:class:`TrainStep`); default: on CUDA only.
+        compiler: how to compile it (default :func:`compile_for_capture`).
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_in_range("learning_rate", learning_rate, 0.0, 1.0)
     check_in_range("lr_gamma", lr_gamma, 0.0, 1.0)
+    if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
+        raise ValueError(f"`ema_decay` must be None or a float in (0, 1), got {ema_decay!r}")
     device = data.device
     if any(p.device != device for p in model.parameters()):
         raise ValueError(f"`model` must be on the data's device ({device}); call model.to({str(device)!r}) first")
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = make_optimizer(model.parameters(), learning_rate, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_gamma)
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -79,38 +232,43 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
 
     losses: list[float] = []
     start_epoch = 0
-    if checkpoint_dir is not None and (state := checkpoints.load_latest(checkpoint_dir, map_location=device)):
+    state = checkpoints.load_latest(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        _use_implementation(optimizer, device)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["rng"]["generator"].cpu())
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        _set_rng_state(generator, state["rng"])
         start_epoch, losses = state["epoch"], list(state["losses"])
+    ema = EMA(model, ema_decay) if ema_decay is not None else None
+    if ema is not None and state and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    step = TrainStep(model, loss_fn, optimizer, scaler, dtype, ema=ema,
+                     capture=device.type == "cuda" if capture is None else capture, compiler=compiler)
 
     steps_per_epoch = data.num_batches(batch_size)
     model.train()
     for epoch in range(start_epoch + 1, epochs + 1):
-        epoch_losses = []
+        epoch_losses = torch.empty(steps_per_epoch, device=device)
         bar = tqdm(data.batches(batch_size, generator), total=steps_per_epoch, disable=not progress,
                    desc=f"epoch {epoch}/{epochs}", leave=False)
-        for images, labels in bar:
-            epoch_losses.append(optimizer_step(model, loss_fn, images, labels, generator, optimizer, scaler, dtype))
+        for index, (images, labels) in enumerate(bar):
+            epoch_losses[index] = step(images, labels, generator)
         scheduler.step()
-        losses.extend(torch.stack(epoch_losses).float().tolist())
+        losses.extend(epoch_losses.tolist())
         if progress:
             tqdm.write(f"epoch {epoch}/{epochs}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}")
         if checkpoint_dir is not None:
             checkpoints.save_checkpoint(checkpoint_dir, epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "losses": losses,
-                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            })
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch, "losses": losses, "rng": _rng_state(generator)})
         if on_epoch_end is not None:
-            on_epoch_end(epoch, model, losses)
+            with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
+                on_epoch_end(epoch, model, losses)
             model.train()
+    if ema is not None:
+        ema.copy_to(model)
     return losses

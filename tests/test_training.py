@@ -1,6 +1,7 @@
-"""course_lib.training on real MNIST: every objective learns, and a resumed run is the same run.
+"""course_lib.training: every objective learns on real MNIST, a resumed run is the same run (with or without an
+EMA), Adam is chosen in one place, and a step that cannot be captured falls back to the eager one.
 
-Kept small for a shared CPU: UNets of width 8, batches of 8, 120 optimizer steps per objective.
+Kept small for a shared CPU: UNets of width 4 or 8, batches of 8 or 16, at most 120 optimizer steps per run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def every_tenth(dataset, stage: str, count: int) -> DeviceImages:
 def build(stage: str, seed: int = 0, num_hiddens: int = 8):
     torch.manual_seed(seed)
     return MODELS[stage](num_hiddens=num_hiddens)
+
+
+def random_digits(count: int, seed: int = 0) -> DeviceImages:
+    """``count`` random uint8 "digits" with random labels, the same for a given seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return DeviceImages(torch.randint(0, 256, (count, 1, 28, 28), dtype=torch.uint8, generator=generator),
+                        torch.randint(0, 10, (count,), generator=generator))
 
 
 @pytest.mark.parametrize("stage", list(MODELS))
@@ -103,7 +111,7 @@ def test_a_finished_run_resumes_to_nothing_and_callbacks_see_every_epoch(mnist_t
 
 @pytest.mark.parametrize("kwargs, argument", [
     ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"learning_rate": 2.0}, "learning_rate"),
-    ({"lr_gamma": 1.5}, "lr_gamma"),
+    ({"lr_gamma": 1.5}, "lr_gamma"), ({"ema_decay": 1.0}, "ema_decay"), ({"ema_decay": 1}, "ema_decay"),
 ])
 def test_train_rejects_bad_budgets(kwargs, argument):
     data = DeviceImages(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
@@ -120,3 +128,188 @@ def test_checkpoint_folder_keeps_the_newest_two(tmp_path):
     assert checkpoints.load_latest(tmp_path) == {"epoch": 4}
     assert not list(tmp_path.glob("*.partial"))
     assert checkpoints.load_latest(tmp_path / "missing") is None
+
+
+# ------------------------------------------------------------------------------ the optimizer: chosen in one place
+
+
+def test_adam_is_fused_on_cuda_and_foreach_elsewhere():
+    from course_lib.training import adam_implementation, make_optimizer
+
+    assert adam_implementation("cuda") == {"fused": True, "foreach": None}
+    assert adam_implementation("cpu") == {"fused": None, "foreach": True}
+    group = make_optimizer(build("ddpm", num_hiddens=4).parameters(), 1e-3, "cpu").param_groups[0]
+    assert group["foreach"] is True and not group["fused"] and group["lr"] == 1e-3
+
+
+def test_foreach_adam_gives_the_results_of_the_default_adam_on_the_cpu():
+    """Ten steps of the class-conditional UNet: today's per-tensor Adam against make_optimizer's, same draws."""
+    from course_lib.training import make_optimizer, optimizer_step
+
+    loss_fn = stage_loss("cfg", DDPMSchedule(50))
+    runs = []
+    for make in (lambda p: torch.optim.Adam(p, lr=1e-2), lambda p: make_optimizer(p, 1e-2, "cpu")):
+        model = build("cfg", num_hiddens=4)
+        optimizer, generator = make(model.parameters()), torch.Generator().manual_seed(0)
+        images, labels = torch.rand(8, 1, 28, 28, generator=generator) * 2 - 1, torch.arange(8)
+        losses = [float(optimizer_step(model, loss_fn, images, labels, generator, optimizer,
+                                       torch.amp.GradScaler("cpu", enabled=False), None)) for _ in range(10)]
+        runs.append((losses, model.state_dict()))
+    (losses, weights), (other_losses, other_weights) = runs
+    assert losses == pytest.approx(other_losses, rel=1e-5)
+    for name in weights:
+        torch.testing.assert_close(weights[name], other_weights[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_applies_this_devices_adam_to_a_checkpoint_from_another(tmp_path):
+    """A checkpoint whose optimizer was fused (as on CUDA) resumes on the CPU with foreach Adam: the choice is
+    re-applied after loading (``load_state_dict`` alone would keep the checkpoint's flags)."""
+    data = random_digits(32)
+    loss_fn = stage_loss("ddpm", DDPMSchedule(50))
+    model = build("ddpm", num_hiddens=4)
+    train(model, loss_fn, data, epochs=1, batch_size=16, learning_rate=1e-3, progress=False, checkpoint_dir=tmp_path)
+    state = checkpoints.load_latest(tmp_path)
+    fused = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # the CPU has a fused Adam kernel too
+    model(torch.zeros(2, 1, 28, 28), torch.zeros(2)).mean().backward()
+    fused.step()
+    state["optimizer"] = fused.state_dict()
+    assert state["optimizer"]["param_groups"][0]["fused"] is True
+    checkpoints.save_checkpoint(tmp_path, 1, state)
+
+    train(model, loss_fn, data, epochs=2, batch_size=16, learning_rate=1e-3, progress=False, checkpoint_dir=tmp_path)
+    saved = checkpoints.load_latest(tmp_path)["optimizer"]
+    assert saved["param_groups"][0]["foreach"] is True and not saved["param_groups"][0]["fused"]
+    assert all(entry["step"].device.type == "cpu" and float(entry["step"]) == 3 for entry in saved["state"].values())
+
+
+# ------------------------------------------------------------------------------ capture, and its fallback
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Forget what torch.compile compiled (or failed to) in this test."""
+    yield
+    torch._dynamo.reset()
+
+
+def _capture_run(compiler, stage: str = "flow", epochs: int = 2, **kwargs):
+    data = random_digits(40)
+    model = build(stage, num_hiddens=4)
+    losses = train(model, stage_loss(stage, DDPMSchedule(50)), data, epochs=epochs, batch_size=16, learning_rate=1e-3,
+                   progress=False, capture=compiler is not None, compiler=compiler, **kwargs)
+    return losses, model.state_dict()
+
+
+def test_capture_is_off_on_the_cpu_by_default(capsys):
+    def compiler(loss_fn):
+        raise AssertionError("compiled on the CPU")
+
+    data = random_digits(16)
+    train(build("flow", num_hiddens=4), stage_loss("flow", DDPMSchedule(50)), data, epochs=1, batch_size=8,
+          learning_rate=1e-3, progress=False, compiler=compiler)
+    assert capsys.readouterr().out == ""
+
+
+def _unavailable(loss_fn):
+    raise RuntimeError("torch.compile is not supported on this Python\nsecond line")
+
+
+def _fails_after_drawing(loss_fn):
+    """A compiled loss that has already drawn noise (and run BatchNorm) when capture fails: state must be restored."""
+    def compiled(model, images, labels, generator):
+        loss_fn(model, images, labels, generator)
+        raise RuntimeError("CUDA graph capture failed: operation not permitted when stream is capturing")
+    return compiled
+
+
+def _broken_backend(graph_module, example_inputs):
+    raise RuntimeError("no compiler for this device")
+
+
+@pytest.mark.parametrize("compiler", [
+    _unavailable, _fails_after_drawing, lambda loss_fn: torch.compile(loss_fn, backend=_broken_backend),
+], ids=["compile-unavailable", "capture-fails-mid-step", "dynamo-backend-fails"])
+def test_a_step_that_cannot_be_captured_falls_back_to_the_eager_run(compiler, capsys, fresh_dynamo):
+    """One line of note, then training completes with the eager loss trajectory and weights, bit for bit."""
+    eager_losses, eager_weights = _capture_run(None)
+    assert capsys.readouterr().out == ""
+    losses, weights = _capture_run(compiler)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("Note: could not capture the training step (") and "eagerly" in out[0]
+    assert losses == eager_losses
+    assert not states_equal(weights, eager_weights)
+
+
+def test_a_compiled_step_with_data_dependent_control_flow_trains_like_the_eager_one(capsys, fresh_dynamo):
+    """The compile path for real (torch.compile with the aot_eager backend on the CPU): a student's `.item()`
+    is a graph break, not a failure; same losses as eager."""
+    flow = stage_loss("flow", DDPMSchedule(50))
+
+    def student_loss(model, images, labels, generator):
+        loss = flow(model, images, labels, generator)
+        return loss * 0.5 if loss.item() > 1e6 else loss
+
+    data = random_digits(32)
+    runs = []
+    for compiler in (None, lambda loss_fn: torch.compile(loss_fn, backend="aot_eager", dynamic=False)):
+        model = build("flow", num_hiddens=4)
+        runs.append(train(model, student_loss, data, epochs=1, batch_size=8, learning_rate=1e-3, progress=False,
+                          capture=compiler is not None, compiler=compiler))
+    assert runs[0] == runs[1]
+    assert "could not capture" not in capsys.readouterr().out
+
+
+def test_every_step_sees_a_full_batch_so_the_captured_step_has_one_shape():
+    """20 images in batches of 8: 2 steps of 8 per epoch, the 4 left over skipped (different ones each epoch)."""
+    shapes, seen = [], []
+    flow = stage_loss("flow", DDPMSchedule(50))
+
+    def loss_fn(model, images, labels, generator):
+        shapes.append(tuple(images.shape))
+        seen.append(labels.clone())
+        return flow(model, images, labels, generator)
+
+    data = DeviceImages(torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8), torch.arange(20))
+    losses = train(build("flow", num_hiddens=4), loss_fn, data, epochs=3, batch_size=8, learning_rate=1e-3,
+                   progress=False)
+    assert len(losses) == 6 and set(shapes) == {(8, 1, 28, 28)}
+    used = [set(torch.cat(seen[i:i + 2]).tolist()) for i in (0, 2, 4)]
+    assert all(len(epoch) == 16 for epoch in used) and len(set(map(frozenset, used))) > 1
+
+
+# ------------------------------------------------------------------------------ EMA in training
+
+
+def test_resuming_with_an_ema_gives_the_same_run_and_the_same_average(mnist_train, tmp_path):
+    """2 epochs straight == 1 + resume + 1 with an EMA: the EMA (which the model ends with) is equal bit for bit."""
+    data = every_tenth(mnist_train, "cfg", 64)
+    loss_fn = stage_loss("cfg", DDPMSchedule(50))
+    budget = dict(batch_size=16, learning_rate=1e-3, seed=3, progress=False, ema_decay=0.9)
+    straight = build("cfg", num_hiddens=4)
+    straight_losses = train(straight, loss_fn, data, epochs=2, **budget)
+
+    train(build("cfg", num_hiddens=4), loss_fn, data, epochs=1, checkpoint_dir=tmp_path, **budget)
+    resumed = build("cfg", seed=7, num_hiddens=4)
+    assert train(resumed, loss_fn, data, epochs=2, checkpoint_dir=tmp_path, **budget) == straight_losses
+    assert not states_equal(straight.state_dict(), resumed.state_dict())
+    saved = checkpoints.load_latest(tmp_path)
+    assert saved["ema"]["num_updates"] == 8
+    assert not states_equal(saved["ema"]["shadow"], straight.state_dict())  # the model ends with the EMA weights
+    assert states_equal(saved["model"], straight.state_dict())  # ... and the trained ones stay in the checkpoint
+
+
+def test_callbacks_see_the_ema_weights_and_training_continues_from_the_trained_ones():
+    data = random_digits(32)
+    loss_fn = stage_loss("flow", DDPMSchedule(50))
+    seen = {}
+
+    def on_epoch_end(epoch, model, losses):
+        seen[epoch] = {name: value.clone() for name, value in model.state_dict().items()}
+
+    with_ema = build("flow", num_hiddens=4)
+    losses = train(with_ema, loss_fn, data, epochs=2, batch_size=8, learning_rate=1e-3, progress=False,
+                   ema_decay=0.5, on_epoch_end=on_epoch_end)
+    without = build("flow", num_hiddens=4)
+    assert train(without, loss_fn, data, epochs=2, batch_size=8, learning_rate=1e-3, progress=False) == losses
+    assert not states_equal(seen[2], with_ema.state_dict())
+    assert states_equal(seen[2], without.state_dict())
