@@ -1,8 +1,8 @@
 """One plain training loop for every stage.
 
 ``train`` runs Adam (:func:`make_optimizer`: fused on CUDA, foreach elsewhere) with an optional per-epoch
-exponential learning-rate decay, mixed precision where the device supports it (see
-:func:`course_lib.runtime.autocast_dtype`), an optional EMA of the weights (:mod:`course_lib.ema`), a
+exponential learning-rate decay, mixed precision where it is faster (on a GPU, measured on the first batch by
+:func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU), an optional EMA of the weights (:mod:`course_lib.ema`), a
 progress bar, and a checkpoint after every epoch from which it resumes. All randomness of training
 (batch order, noise, timesteps, label dropout) comes from one generator whose state is checkpointed too,
 so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU.
@@ -183,6 +183,25 @@ class TrainStep:
         _set_rng_state(generator, saved["rng"])
 
 
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _training_dtype(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, batch_size: int,
+                    state: dict | None) -> torch.dtype | None:
+    """The autocast dtype to train with (``None``: fp32). A resumed run keeps its checkpoint's; on a GPU a new run
+    times a few steps of the first batch in each precision (:func:`course_lib.precision.fastest_autocast_dtype`);
+    on the CPU it is fp32."""
+    if state is not None and state.get("precision"):
+        return None if state["precision"] == "fp32" else getattr(torch, state["precision"])
+    if data.device.type != "cuda":
+        return autocast_dtype(data.device)
+    from .precision import fastest_autocast_dtype  # it builds training steps itself
+
+    images, labels = data.first(batch_size)
+    return fastest_autocast_dtype(model, loss_fn, images, labels)
+
+
 def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs: int, batch_size: int,
           learning_rate: float, lr_gamma: float = 1.0, seed: int = 0,
           checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -225,14 +244,13 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), learning_rate, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_gamma)
-    dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
     losses: list[float] = []
     start_epoch = 0
     state = checkpoints.load_latest(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
+    dtype = _training_dtype(model, loss_fn, data, batch_size, state)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +281,7 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
             checkpoints.save_checkpoint(checkpoint_dir, epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
+                "ema": ema.state_dict() if ema is not None else None, "precision": _dtype_name(dtype),
                 "epoch": epoch, "losses": losses, "rng": _rng_state(generator)})
         if on_epoch_end is not None:
             with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():

@@ -313,3 +313,15 @@ def test_callbacks_see_the_ema_weights_and_training_continues_from_the_trained_o
     assert train(without, loss_fn, data, epochs=2, batch_size=8, learning_rate=1e-3, progress=False) == losses
     assert not states_equal(seen[2], with_ema.state_dict())
     assert states_equal(seen[2], without.state_dict())
+
+
+def test_the_precision_is_checkpointed_and_a_resumed_run_keeps_it(tmp_path):
+    """On the CPU training runs in fp32 and says so in its checkpoints; a resumed run takes the checkpoint's."""
+    from course_lib.training import _training_dtype
+
+    data = random_digits(32)
+    train(build("ddpm", num_hiddens=4), stage_loss("ddpm", DDPMSchedule(10)), data, epochs=1, batch_size=16,
+          learning_rate=1e-3, progress=False, checkpoint_dir=tmp_path)
+    state = checkpoints.load_latest(tmp_path)
+    assert state["precision"] == "fp32"
+    assert _training_dtype(None, None, data, 16, {**state, "precision": "bfloat16"}) == torch.bfloat16
