@@ -17,7 +17,8 @@ LIBRARY_DIR = Path(course_lib.__file__).resolve().parent
 
 
 def left_out(stage: str) -> tuple[str, ...]:
-    """The answers modules (stage keys) a view for ``stage`` (key or notebook name) leaves out: it and every later one."""
+    """The answers modules (stage keys) that a view for ``stage`` (key or notebook name) leaves out: its own and
+    every later stage's."""
     first = stages.STAGES.index(stages.get(stage))
     return tuple(entry.key for entry in stages.STAGES[first:])
 

@@ -99,7 +99,8 @@ def reverse_chain(predict_eps: EpsPredictor, schedule, x: torch.Tensor, generato
     """Algorithm 2's loop from ``x = x_T``: for t = T-1 .. 0, ``x <- ddpm_step(x, predict_eps(x, t), t, z)``.
 
     ``predict_eps(x_t, t)`` takes integer timesteps (N,); one ``z`` per step t > 0 comes from ``generator``
-    (none when ``stochastic`` is False). Returns x_0, or ``(x_0, trajectory)`` as :func:`~course_lib.sampling.run_chain`.
+    (none when ``stochastic`` is False). Returns x_0, or ``(x_0, trajectory)`` as
+    :func:`~course_lib.sampling.run_chain` does.
     """
     def step(x_t: torch.Tensor, t: int) -> torch.Tensor:
         eps = predict_eps(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)).float()
@@ -112,7 +113,8 @@ def reverse_chain(predict_eps: EpsPredictor, schedule, x: torch.Tensor, generato
 def ddpm_sample(model, schedule, num_samples: int = 40, generator: torch.Generator | None = None,
                 stochastic: bool = True, *, return_trajectory: bool = False, device=None,
                 image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    """Algorithm 2 with a time-conditional noise predictor ``model(x_t, t / T)``: samples (N, C, 28, 28) about in [-1, 1].
+    """Algorithm 2 with a time-conditional noise predictor ``model(x_t, t / T)``: samples (N, C, 28, 28), about in
+    [-1, 1].
 
     x_T and every z come from ``generator``; ``stochastic=False`` drops the z terms; ``return_trajectory`` also
     returns every intermediate image (T + 1, N, C, 28, 28) on the CPU. Runs on ``device`` (default: the model's).
