@@ -1,6 +1,6 @@
 """Figures: image grids, loss curves, the noising and forward-process figures, 4 samples per digit,
-and a GIF of a sampling trajectory. Every function returns its matplotlib ``Figure`` (or the GIF's path)
-and never calls ``plt.show()``, so notebooks display it and the command line saves it.
+and a sampling trajectory as a strip of frames or a GIF. Every function returns its matplotlib ``Figure``
+(or the GIF's path) and never calls ``plt.show()``, so notebooks display it and the command line saves it.
 
 Images are tensors (N, 1, H, W); pass ``value_range="signed"`` for images in [-1, 1].
 """
@@ -114,7 +114,7 @@ def plot_forward_process(x0: torch.Tensor, schedule: DDPMSchedule, timesteps: Se
 
 
 def plot_schedules(schedules: dict[str, DDPMSchedule], title: str = "alpha_bar_t of the noise schedules") -> plt.Figure:
-    """``alpha_bar_t`` against t for several named schedules."""
+    """``alpha_bar_t`` against t for several named schedules (anything with an ``alpha_bars`` tensor)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, schedule in schedules.items():
         ax.plot(schedule.alpha_bars.cpu(), label=name)
@@ -134,7 +134,11 @@ def plot_digit_samples(samples: torch.Tensor, labels: torch.Tensor, title: str,
     per_digit = min(int((labels == d).sum()) for d in digits)
     columns = [samples[labels.cpu() == d][:per_digit] for d in digits]
     grid = torch.stack(columns, 1).flatten(0, 1)  # row-major: sample i of every digit on row i
-    return show_images(grid, title, ncols=len(digits), value_range=value_range, col_labels=[str(d) for d in digits])
+    fig = show_images(grid, title, ncols=len(digits), value_range=value_range, col_labels=[str(d) for d in digits])
+    fig.axes[0].set_xlabel("digit asked for")
+    fig.axes[0].set_ylabel("sample")
+    fig.tight_layout()
+    return fig
 
 
 def plot_paths(times: torch.Tensor, paths: torch.Tensor, title: str) -> plt.Figure:
@@ -144,6 +148,26 @@ def plot_paths(times: torch.Tensor, paths: torch.Tensor, title: str) -> plt.Figu
     ax.set_xlabel("time t")
     ax.set_ylabel("x(t)")
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_trajectory(trajectory: torch.Tensor, title: str, num_frames: int = 8, num_samples: int = 4,
+                    frame_label=str, xlabel: str = "steps done", value_range: str = "signed") -> plt.Figure:
+    """A sampling trajectory (steps + 1, N, 1, H, W) as a strip: one row per sample (the first ``num_samples``),
+    ``num_frames`` columns spread evenly from the first frame (the starting noise, left) to the last (the samples).
+
+    ``frame_label(k)`` labels the column of frame ``k`` (frames count from 0); ``xlabel`` says what the columns are.
+    """
+    check_tensor("trajectory", trajectory, ndim=5)
+    steps = len(trajectory) - 1
+    picks = torch.linspace(0, steps, min(num_frames, steps + 1)).round().long()
+    frames = trajectory[picks, :num_samples].transpose(0, 1).flatten(0, 1)
+    fig = show_images(frames, title, ncols=len(picks), value_range=value_range,
+                      col_labels=[frame_label(int(k)) for k in picks])
+    ax = fig.axes[0]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sample")
     fig.tight_layout()
     return fig
 

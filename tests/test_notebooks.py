@@ -8,7 +8,11 @@ temporary working folder (checkpoints land there), with the repository on ``PYTH
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +31,10 @@ CELL_TIMEOUT_S = 300
 # (which is what a check, or a figure built on an unfinished function, turns it into).
 STUDENT_ERRORS = {"NotImplementedError", "CheckFailed"}
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+# The line of the set-up cell that `python -m autograder publish` fills in.
+PACKAGE_URL_LINE = 'PACKAGE_URL = ""  # set by "python -m autograder publish": this stage\'s course_lib package'
+# A call of the training loop (course_lib.training.train, or course_lib.runs.train_stage), not model.train().
+TRAINING_CALL = re.compile(r"(?<![.\w])(train|train_stage)\(")
 
 
 def nbgrader_meta(cell) -> dict:
@@ -105,6 +113,120 @@ def test_solution_notebook_structure(path):
             assert not cell.outputs and cell.execution_count is None, f"{grade_id(cell)} is stored with outputs"
     assert kinds == {(False, False, True), (False, True, False), (True, False, True), (True, True, False)}, \
         "a notebook has read-only, solution, autograded-test and written-answer cells"
+
+
+def writes_checkpoints(notebook) -> bool:
+    return any("default_checkpoint_dir(" in cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
+def setup_cells() -> dict[bool, set[str]]:
+    """The set-up cells' sources, keyed by whether the stage writes checkpoints."""
+    found: dict[bool, set[str]] = {}
+    for path in SOLUTIONS:
+        notebook = nbformat.read(path, as_version=4)
+        found.setdefault(writes_checkpoints(notebook), set()).add(notebook.cells[1].source)
+    return found
+
+
+def test_setup_cells_agree():
+    """Two set-up cells: stages that write checkpoints ask about Google Drive, the others (01) do not; each stage's
+    cell installs the package that publishing writes into it, and no other."""
+    for path in SOLUTIONS:
+        notebook = nbformat.read(path, as_version=4)
+        setup = notebook.cells[1].source
+        assert PACKAGE_URL_LINE in setup.splitlines(), f"{path.name}: the set-up cell lacks the PACKAGE_URL line"
+        assert "github.com" not in setup, f"{path.name}: the set-up cell installs from a fixed URL"
+        assert ("drive.mount(" in setup) == writes_checkpoints(notebook), \
+            f"{path.name}: ask about Google Drive exactly when the notebook writes checkpoints"
+    for asks_drive, sources in setup_cells().items():
+        assert len(sources) == 1, f"set-up cells {'with' if asks_drive else 'without'} the Drive question differ"
+
+
+SETUP_PROBE = r"""
+import builtins, contextlib, io, json, os, subprocess, sys, types
+
+source = sys.stdin.read()
+results = []
+for scenario in json.loads(sys.argv[1]):
+    for name in [name for name in sys.modules if name == "course_lib" or name.startswith("course_lib.")]:
+        del sys.modules[name]
+    for name in ("google", "google.colab", "google.colab.drive"):
+        sys.modules.pop(name, None)
+    os.environ.pop("COURSE_MOUNT_DRIVE", None)
+    calls = {"pip": [], "prompts": 0, "mounts": 0}
+    os.path.isdir = (lambda real: lambda path: calls["mounts"] > 0 if path == "/content/drive/MyDrive"
+                     else real(path))(os.path.isdir)
+    subprocess.run = lambda args, **kwargs: calls["pip"].append(list(args))
+    builtins.input = lambda prompt="": calls.__setitem__("prompts", calls["prompts"] + 1) or scenario["answer"]
+    if scenario["colab"]:
+        google, colab, drive = (types.ModuleType(name) for name in ("google", "google.colab", "google.colab.drive"))
+        drive.mount = lambda path: calls.__setitem__("mounts", calls["mounts"] + 1)
+        colab.drive = drive
+        sys.modules.update({"google": google, "google.colab": colab, "google.colab.drive": drive})
+    cell = source.replace('PACKAGE_URL = ""', f"PACKAGE_URL = {scenario['url']!r}", 1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for _ in range(scenario["runs"]):
+            exec(cell, {"__name__": "__main__"})
+    results.append({**calls, "printed": printed.getvalue()})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("asks_drive", [True, False], ids=["with_drive", "without_drive"])
+def test_setup_cell_in_colab_installs_once_and_asks_once(asks_drive, monkeypatch):
+    """The set-up cell run twice in a stand-in for Colab (fake google.colab, pip and input): it installs the published
+    package once, asks the Drive question once whatever the answer (only in stages that write checkpoints), says so
+    when the notebook was not published, and outside Colab neither installs nor asks."""
+    sources = setup_cells().get(asks_drive)
+    if not sources:
+        pytest.skip(f"no stage has a set-up cell {'with' if asks_drive else 'without'} the Drive question")
+    url = "https://example.org/course_lib-03_ddpm.whl"
+    scenarios = [{"colab": True, "url": url, "runs": 2, "answer": "y"},   # published, Drive wanted
+                 {"colab": True, "url": "", "runs": 2, "answer": "y"},    # not published
+                 {"colab": True, "url": url, "runs": 2, "answer": "n"},   # Drive declined
+                 {"colab": False, "url": url, "runs": 1, "answer": "y"}]  # not in Colab
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("COURSE_MODE", "quick")
+    done = subprocess.run([sys.executable, "-c", SETUP_PROBE, json.dumps(scenarios)], input=next(iter(sources)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    published, unpublished, declined, local = json.loads(done.stdout.splitlines()[-1])
+    asked = 1 if asks_drive else 0
+    assert [args[-1] for args in published["pip"]] == [url] and "-q" in published["pip"][0]
+    assert (published["prompts"], published["mounts"]) == (asked, asked)
+    assert "not been published" not in published["printed"]
+    assert unpublished["pip"] == [] and unpublished["printed"].count("has not been published") == 1
+    assert (unpublished["prompts"], unpublished["mounts"]) == (asked, asked)
+    assert (declined["prompts"], declined["mounts"]) == (asked, 0), "answering no must not bring the question back"
+    assert (local["pip"], local["prompts"], local["mounts"]) == ([], 0, 0)
+    assert "Running on" in local["printed"] and "not been published" not in local["printed"]
+
+
+def test_coverage_names_cells_that_exist():
+    """solutions/COVERAGE.md names cells as `01 `grade_id``: every cell it names exists in that notebook."""
+    grade_ids = {path.stem[:2]: {grade_id(cell) for cell in nbformat.read(path, as_version=4).cells}
+                 for path in SOLUTIONS}
+    missing = []
+    for row in (REPO / "solutions" / "COVERAGE.md").read_text().splitlines():
+        for where in row.split("|")[1:-1]:
+            notebook = None
+            for number, name in re.findall(r"\b(0[1-9])\b|`([a-z][a-z0-9_]*)`", where):
+                notebook = number or notebook
+                if name and notebook in grade_ids and name not in grade_ids[notebook]:
+                    missing.append(f"{notebook} {name}")
+    assert not missing, f"solutions/COVERAGE.md names cells that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=STAGES)
+def test_training_cells_say_how_long_they_take(path):
+    """The prose above every training cell gives its time on a T4 and in quick mode."""
+    notebook = nbformat.read(path, as_version=4)
+    for position, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and TRAINING_CALL.search(cell.source):
+            prose = next(c.source for c in reversed(notebook.cells[:position]) if c.cell_type == "markdown")
+            assert "on a T4" in prose and "quick mode" in prose, \
+                f"{grade_id(cell)} trains: the markdown above it must say how long on a T4 and in quick mode"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=STAGES)

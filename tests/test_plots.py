@@ -81,7 +81,7 @@ def test_digit_samples_figure_has_one_column_per_digit():
     labels = torch.arange(10).repeat(4)
     fig = plots.plot_digit_samples(random_images(40) * 2 - 1, labels, "Guided samples")
     ax, = fig.axes
-    assert ax.get_title() == "Guided samples"
+    assert ax.get_title() == "Guided samples" and ax.get_xlabel() == "digit asked for" and ax.get_ylabel() == "sample"
     assert tick_labels(ax.xaxis) == [str(d) for d in range(10)]
     assert ax.images[0].get_array().shape == (4 * 30 - 2, 10 * 30 - 2)
 
@@ -139,6 +139,29 @@ def test_sde_paths_plot():
     title, xlabel, ylabel = axis_labels(fig)
     assert title == "Ornstein-Uhlenbeck paths" and xlabel and ylabel
     assert len(fig.axes[0].lines) == 4
+
+
+def test_trajectory_strip_has_a_row_per_sample_and_a_column_per_frame():
+    """Frame k of the trajectory is uniformly grey level k / 10 (after the signed-to-unit map): read the grid."""
+    trajectory = torch.linspace(-1, 1, 11).view(11, 1, 1, 1, 1).expand(11, 5, 1, 28, 28)
+    fig = plots.show_trajectory(trajectory, "Reverse process", num_frames=3, num_samples=2,
+                                frame_label=lambda k: f"{k} steps", xlabel="reverse steps done")
+    ax, = fig.axes
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Reverse process", "reverse steps done", "sample")
+    assert tick_labels(ax.xaxis) == ["0 steps", "5 steps", "10 steps"]
+    grid = ax.images[0].get_array()
+    assert grid.shape == (2 * 30 - 2, 3 * 30 - 2)
+    for column, frame in enumerate([0, 5, 10]):
+        for row in range(2):
+            assert float(grid[row * 30 + 5, column * 30 + 5]) == pytest.approx(frame / 10)
+
+
+def test_trajectory_strip_of_a_short_trajectory_shows_each_frame_once():
+    trajectory = torch.zeros(3, 2, 1, 8, 8)
+    ax, = plots.show_trajectory(trajectory, "Two steps").axes
+    assert tick_labels(ax.xaxis) == ["0", "1", "2"] and ax.get_xlabel() and ax.get_ylabel() == "sample"
+    with pytest.raises(ValueError, match="`trajectory`"):
+        plots.show_trajectory(trajectory[0], "bad")
 
 
 # ----------------------------------------------------------------------------- GIF
