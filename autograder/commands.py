@@ -10,6 +10,7 @@ from .course import NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_noteb
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
+from .sandbox import SandboxUnavailableError, sandbox_unavailable
 
 
 def release(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR,
@@ -33,6 +34,18 @@ def is_released(root: Path, stages) -> bool:
     return True
 
 
+def check_sandbox(options: GradingOptions) -> None:
+    """Raise :class:`SandboxUnavailableError` with a one-paragraph explanation when ``options.sandbox`` asks for
+    a sandbox that this machine cannot make."""
+    reason = sandbox_unavailable() if options.sandbox else None
+    if reason:
+        raise SandboxUnavailableError(
+            "Nothing was graded: student notebooks run in a bubblewrap sandbox, so that one student can neither "
+            "read the hidden tests or the other submissions nor harm this machine, and no sandbox can be made "
+            f"here: {reason}. Fix that, or grade without the sandbox with --no-sandbox "
+            "(GradingOptions(sandbox=False)), only for notebooks you trust.")
+
+
 def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
           solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
           progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
@@ -41,7 +54,11 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     Releases first when the course folder has not been released. Returns the table and, per student,
     what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
     notebook's result as it finishes.
+
+    Raises:
+        SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
     """
+    check_sandbox(options)
     root = Path(root).resolve()
     quiet_nbgrader()
     if not is_released(root, stages):
@@ -53,7 +70,7 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
     problems.update(score_all(root, stages))
-    table = read_grade_table(root, stages, students, problems, not_run)
+    table = read_grade_table(root, stages, students, problems, not_run, sandboxed=options.sandbox)
     table.write_csv(csv_path or root / "grades.csv")
     return table, runs
 
@@ -89,6 +106,7 @@ def feedback(root: Path, stages=STAGES) -> list[Path]:
 def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), solutions_dir: Path = SOLUTIONS_DIR,
          mistakes=None, progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
     """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions."""
+    check_sandbox(options)
     root = Path(root).resolve()
     release(root, stages, solutions_dir, notebooks_dir=None)
     submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)

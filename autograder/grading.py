@@ -10,6 +10,12 @@ Two phases, so that several processes can run notebooks while exactly one writes
    source tags ``skip_when_grading`` -> inject state resets ->
    execute with per-cell and per-notebook timeouts -> remove the injected cells -> cap output. The executed
    notebooks are moved to ``<root>/executed/<student>/<stage>/``; the scratch folder is deleted.
+
+   The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.sandbox`): all it
+   sees of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy
+   of ``course_lib`` and ``autograder/kernel_state.py``), read-only, and one writable folder, the notebook's
+   own ``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
+   ``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
 2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
    ``submitted/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
    graded notebooks into ``<root>/autograded/``, exactly as a plain ``nbgrader autograde`` would.
@@ -38,6 +44,7 @@ from .course import REPO_ROOT, nbgrader_config, put_python_tools_on_path
 EXECUTED = "executed"
 WORK = "work"
 LOGS = "logs"
+KERNEL_PYTHON = "_kernel_python"
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,14 @@ class GradingOptions:
         cell_timeout: seconds one cell may run before it is interrupted.
         notebook_timeout: seconds one notebook may run; later cells are marked "not run".
         memory_gb: address-space cap of every kernel, in GiB (0: no cap).
+        sandbox: run every kernel in a bubblewrap sandbox (False: with this user's rights, as ``--no-sandbox``).
     """
 
     jobs: int = 1
     cell_timeout: int = 120
     notebook_timeout: float = 600.0
     memory_gb: float = 8.0
+    sandbox: bool = True
 
     def __post_init__(self):
         if not isinstance(self.jobs, int) or self.jobs < 1:
@@ -71,7 +80,44 @@ def executed_path(root: Path, student: str, stage: str) -> Path:
     return Path(root) / EXECUTED / student / stage / f"{stage}.ipynb"
 
 
-def _execute_config(scratch: Path, options: GradingOptions):
+def kernel_python_path(root: Path) -> Path:
+    """``<root>/work/_kernel_python/``: what the kernels import besides the Python environment, put first on
+    their ``PYTHONPATH`` (read-only in the sandbox): a copy of ``course_lib/`` and of
+    ``autograder/kernel_state.py`` (never the repository, whose ``solutions/`` hold the hidden tests)."""
+    folder = Path(root) / WORK / KERNEL_PYTHON
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(REPO_ROOT / "course_lib", folder / "course_lib",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (folder / "autograder").mkdir()
+    (folder / "autograder" / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
+    shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "kernel_state.py")
+    return folder
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
+def _data_dir() -> Path:
+    """The MNIST folder of :func:`course_lib.data.default_root` (outside Colab), without importing torch here."""
+    if os.environ.get("COURSE_DATA_DIR"):
+        return Path(os.environ["COURSE_DATA_DIR"]).expanduser().resolve()
+    return (_cache_dir() / "course_lib" / "data").resolve()
+
+
+def home_seed() -> dict[str, str]:
+    """This machine's caches that a sandboxed kernel (whose home folder starts empty) gets a copy of: course_lib's
+    classifier statistics of the MNIST test digits (public data; 10 s and more to compute again in every
+    notebook) and matplotlib's font list."""
+    cache = _cache_dir()
+    seed = {str(path): f".cache/course_lib/{path.name}"
+            for path in sorted((cache / "course_lib").glob("test-feature-statistics-*.pt"))}
+    fonts = Path(os.environ["MPLCONFIGDIR"]) if os.environ.get("MPLCONFIGDIR") else cache / "matplotlib"
+    seed.update({str(path): f".cache/matplotlib/{path.name}" for path in sorted(fonts.glob("fontlist-*.json"))})
+    return seed
+
+
+def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None):
     from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, LimitOutput,
                                         OverwriteCells, OverwriteKernelspec)
 
@@ -87,6 +133,13 @@ def _execute_config(scratch: Path, options: GradingOptions):
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
     config.GuardedExecute.memory_limit_gb = float(options.memory_gb)
+    config.GuardedExecute.sandbox = options.sandbox
+    config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
+    config.SandboxedKernelManager.seed = home_seed()
+    data = _data_dir()
+    if data.is_dir():  # the notebooks load MNIST from here (read-only; the sandbox has no network)
+        config.SandboxedKernelManager.read_only = [str(data)]
+        config.SandboxedKernelManager.env = {"COURSE_DATA_DIR": str(data)}
     return config
 
 
@@ -128,9 +181,9 @@ def quiet_nbgrader() -> None:
     warnings.filterwarnings("ignore", module="nbformat")
 
 
-def _init_worker(options: GradingOptions, log_dir: str) -> None:
-    """Set up a worker process: memory cap, thread share, quick mode, the repository on the kernel's path,
-    and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
+def _init_worker(options: GradingOptions, log_dir: str, python_path: str) -> None:
+    """Set up a worker process: memory cap, thread share, quick mode, ``python_path`` (and not the repository)
+    on the kernel's path, and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)
@@ -140,12 +193,14 @@ def _init_worker(options: GradingOptions, log_dir: str) -> None:
         limit = int(options.memory_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                 if entry and Path(entry).resolve() != REPO_ROOT]
     os.environ.update(
         COURSE_MODE="quick",
         MPLBACKEND="Agg",
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join([python_path, *inherited]),
     )
     put_python_tools_on_path()
 
@@ -167,7 +222,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     (scratch / "submitted" / student / stage).symlink_to(root / "submitted" / student / stage,
                                                          target_is_directory=True)
     try:
-        _run_autograde(_execute_config(scratch, options), stage, student)
+        _run_autograde(_execute_config(scratch, options, root / WORK / KERNEL_PYTHON), stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:
@@ -181,6 +236,8 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
+        notes += [f"stopped {stop['cell']} after {stop['seconds']} s and skipped it: {stop['reason']}"
+                  for stop in record.get("stopped", [])]
         notes += [record["problem"]] if record.get("problem") else []
         problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
@@ -199,14 +256,17 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     for student in work:
         shutil.rmtree(Path(root) / EXECUTED / student, ignore_errors=True)
     tasks = [(student, stage) for student, stages in work.items() for stage in stages]
+    python_path = kernel_python_path(root)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
-                             initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
+                             initializer=_init_worker,
+                             initargs=(options, str(Path(root) / LOGS), str(python_path))) as pool:
         futures = [pool.submit(execute_notebook, str(root), student, stage, options) for student, stage in tasks]
         for future in as_completed(futures):
             if progress is not None:
                 progress(future.result())
         results = [future.result() for future in futures]
+    shutil.rmtree(python_path, ignore_errors=True)
     runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
     for result in results:
         run = runs[result["student"]]

@@ -8,8 +8,9 @@ Autograding (see :mod:`autograder.grading` for the order they run in):
   settings and, before each graded test cell, one that restores them (:mod:`autograder.kernel_state`);
   removed after execution.
 - :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run.
-- :class:`GuardedExecute`: nbgrader's ``Execute`` that survives a kernel that dies and caps the whole notebook's
-  run time; every cell it could not run gets an error output that says why.
+- :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.sandbox`),
+  survives a kernel that dies or ignores interrupts, and caps the whole notebook's run time; every cell it
+  could not run gets an error output that says why.
 - :class:`StderrIsNotFailure`: nbgrader scores a test cell 0 when anything was written to stderr (a progress
   bar, a warning); this turns such output into stdout so only errors fail a test.
 - :class:`CapOutputSize`: truncates huge text outputs and drops huge rich outputs (nbgrader's
@@ -23,18 +24,19 @@ Feedback:
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
 import nbformat
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode, from_dict
 from nbformat.v4 import new_code_cell, new_markdown_cell
 from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.preprocessors.clearhiddentests import ClearHiddenTests
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 INJECTED = "autograder_injected"
 SKIPPED = "autograder_skipped"
@@ -142,26 +144,46 @@ class SkipDemoCells(NbGraderPreprocessor):
 class GuardedExecute(Execute):
     """nbgrader's ``Execute`` (per-cell ``timeout``, interrupt on timeout) made robust for hostile notebooks.
 
+    - ``sandbox``: the kernel runs in a bubblewrap sandbox (:class:`autograder.sandbox.SandboxedKernelManager`,
+      configured through ``config.SandboxedKernelManager``).
     - A kernel that dies (``os._exit``, a segfault, the memory cap) no longer aborts the notebook: the cell
       gets an error output naming the cause, every later code cell a "not run" error, and the outputs of
       the cells before are kept, so the tests that passed keep their points.
-    - ``notebook_timeout`` caps the run time of the whole notebook (a cell that ignores interrupts would
-      otherwise cost ``timeout`` seconds for every later cell).
+    - A cell that does not stop within ``interrupt_grace`` seconds of its timeout's interrupt (it ignores
+      SIGINT) costs only itself: the kernel is killed, a new one runs the notebook's earlier code cells
+      again (but not the demo cells that were skipped nor cells that were themselves stopped; their outputs
+      are kept as they were), the cell gets a "stopped" error output and the run goes on with the next cell.
+    - ``notebook_timeout`` caps the run time of the whole notebook.
 
-    The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``) and
-    ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position).
+    The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``),
+    ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position) and ``stopped``
+    (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped).
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
     memory_limit_gb = Float(0.0, help="The kernel's memory cap, only to explain deaths (0: none).").tag(config=True)
+    sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.sandbox).").tag(config=True)
+    interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
+                                      "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"
+
+    def create_kernel_manager(self):
+        if self.sandbox:
+            from .sandbox import SandboxedKernelManager
+
+            self.kernel_manager_class = SandboxedKernelManager
+        return super().create_kernel_manager()
 
     def preprocess(self, nb, resources=None, km=None):
         self._problem = None
         self._timed_out = []
+        self._stopped = []
+        self._not_replayed = set()  # indices of the code cells a replacement kernel must not run again
         self._deadline = time.monotonic() + self.notebook_timeout
+        self.iopub_timeout = max(1, round(self.interrupt_grace))
         nb, resources = super().preprocess(nb, resources, km)
-        nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out}
+        nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out,
+                                     "stopped": self._stopped}
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
@@ -172,10 +194,23 @@ class GuardedExecute(Execute):
                 cell.outputs = [error_output("NotRun", f"this cell did not run: {self._problem}")]
             return cell, resources
         if cell.metadata.pop(SKIPPED, False):
+            self._not_replayed.add(index)
             return cell, resources
-        name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {index + 1}"
+        position = 1 + sum(not other.metadata.get(INJECTED) for other in self.nb.cells[:index])
+        name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {position}"
+        started = time.monotonic()
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
+        except CellTimeoutError:  # the interrupt did not stop it within iopub_timeout (interrupt_grace) s
+            seconds = round(time.monotonic() - started)
+            reason = (f"it went on for {self.interrupt_grace:g} s after the interrupt at its {self.timeout} s limit "
+                      "(SIGINT ignored?), so the kernel was restarted and the cells before it run again")
+            self._stopped.append({"cell": name, "seconds": seconds, "reason": reason})
+            self._not_replayed.add(index)
+            cell.outputs.append(error_output("CellStopped", f"this cell was stopped after {seconds} s and skipped: "
+                                                            f"{reason}"))
+            self._replace_kernel(index)
+            return cell, resources
         except DeadKernelError:
             memory = f", or over the {self.memory_limit_gb:g} GiB memory cap" if self.memory_limit_gb else ""
             self._problem = (f"the kernel died in {name} (os._exit, a crash such as a segfault{memory}); "
@@ -184,7 +219,35 @@ class GuardedExecute(Execute):
             return cell, resources
         if any(output.get("ename") == self.error_on_timeout["ename"] for output in cell.get("outputs", [])):
             self._timed_out.append(name)
+            self._not_replayed.add(index)
         return cell, resources
+
+    def _replace_kernel(self, index: int) -> None:
+        """Kill the kernel, start a new one and run the code cells before ``index`` in it again (their outputs
+        in the notebook stay those of the first run); on failure, ``_problem`` says why."""
+        self._cleanup_kernel()
+        self.km = self.kc = None
+        try:
+            self.km = self.create_kernel_manager()
+            self.start_new_kernel()
+            self.start_new_kernel_client()
+        except Exception as error:  # noqa: BLE001 - later cells are marked "not run" with the reason
+            self._problem = f"no new kernel could be started after a stopped cell ({type(error).__name__}: {error})"
+            return
+        for position, cell in enumerate(self.nb.cells[:index]):
+            if cell.cell_type != "code" or position in self._not_replayed:
+                continue
+            if time.monotonic() > self._deadline:
+                self._problem = f"the notebook ran longer than its limit of {self.notebook_timeout:g} s"
+                return
+            try:
+                self.execute_cell(copy.deepcopy(cell), position, store_history=True)
+            except (CellTimeoutError, DeadKernelError) as error:
+                self._problem = (f"the cells before a stopped cell could not be run again in a new kernel "
+                                 f"({type(error).__name__}); later cells did not run")
+                return
+            finally:
+                self.nb.cells[position] = cell  # execute_cell stores the copy; keep the first run's outputs
 
 
 class StderrIsNotFailure(NbGraderPreprocessor):

@@ -7,6 +7,9 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+NOT_SANDBOXED = ("NOT SANDBOXED (--no-sandbox): the notebooks ran with this user's rights, able to read the "
+                 "hidden tests and other students' work, write anywhere and use the network.")
+
 
 @dataclass
 class StudentGrades:
@@ -31,11 +34,13 @@ class StudentGrades:
 
 @dataclass
 class GradeTable:
-    """All rows, the stages (columns) and the auto-graded maximum of each stage."""
+    """All rows, the stages (columns) and the auto-graded maximum of each stage; ``sandboxed`` is False when
+    the notebooks ran without the sandbox (``--no-sandbox``), which the text and the CSV then say."""
 
     stages: tuple[str, ...]
     max_points: dict[str, float]
     rows: list[StudentGrades]
+    sandboxed: bool = True
 
     @property
     def max_total(self) -> float:
@@ -55,23 +60,29 @@ class GradeTable:
             text += ["", "Not graded normally:", *notes]
         if pending:
             text += ["", f"Written answers wait for manual grading (nbgrader formgrader) in: {', '.join(pending)}"]
+        if not self.sandboxed:
+            text += ["", NOT_SANDBOXED]
         return "\n".join(text)
 
     def write_csv(self, path: Path) -> Path:
-        """One row per student: points per stage, total, maximum, and the problems as one text column."""
+        """One row per student: points per stage, total, maximum, and the problems as one text column; when the
+        notebooks ran without the sandbox, a last column ``sandboxed`` says ``no`` on every row."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        unsandboxed = [] if self.sandboxed else ["no"]
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["student", *self.stages, "total", "max_total", "problems"])
+            writer.writerow(["student", *self.stages, "total", "max_total", "problems",
+                             *(["sandboxed"] if unsandboxed else [])])
             for row in self.rows:
                 writer.writerow([row.student, *(f"{row.points[s]:g}" for s in self.stages), f"{row.total:g}",
-                                 f"{self.max_total:g}", "; ".join(f"{s}: {r}" for s, r in row.problems.items())])
+                                 f"{self.max_total:g}", "; ".join(f"{s}: {r}" for s, r in row.problems.items()),
+                                 *unsandboxed])
         return path
 
 
 def read_grade_table(root: Path, stages, students, problems: dict[tuple[str, str], str],
-                     not_run: set[tuple[str, str]]) -> GradeTable:
+                     not_run: set[tuple[str, str]], sandboxed: bool = True) -> GradeTable:
     """Build the table from ``<root>/gradebook.db`` (auto-graded code points) and the known ``problems``.
 
     A (student, stage) in ``not_run`` (missing, unreadable) scores 0 whatever an earlier run left in the gradebook.
@@ -100,4 +111,4 @@ def read_grade_table(root: Path, stages, students, problems: dict[tuple[str, str
                 if submission.needs_manual_grade:
                     row.manual_pending.append(stage)
             rows.append(row)
-    return GradeTable(tuple(stages), max_points, rows)
+    return GradeTable(tuple(stages), max_points, rows, sandboxed)

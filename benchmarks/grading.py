@@ -3,16 +3,24 @@
 Grades ``--copies`` copies of the three built-in demo submissions (solutions, untouched, deliberate mistakes;
 see ``autograder.demo``) in quick mode on the CPU and prints one row per job count: wall time, seconds per
 student (wall / students) and the mean time one student's five notebooks took to run, added up (what a single
-student costs on one process).
+student costs on one process), with the sandbox on (``--no-sandbox``: off).
+
+The ``sandbox s/nb`` column is what the bubblewrap sandbox adds to one notebook: the time to start a kernel,
+import torch and matplotlib in it and shut it down, in the sandbox minus without, the median over
+``--kernel-starts`` pairs run one after the other (0: not measured). The sandboxed kernel gets the copies of
+this machine's caches that grading gives it (``autograder.grading.home_seed``).
 
     python benchmarks/grading.py --copies 2            # 6 students, all five stages
     python benchmarks/grading.py --stages 01_noising   # one stage only
+    python benchmarks/grading.py --jobs --kernel-starts 10   # the sandbox's cost only
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -35,28 +43,78 @@ def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int)
     return out
 
 
+def kernel_seconds(sandboxed: bool) -> float:
+    """Seconds to start a kernel (sandboxed or not), import torch and matplotlib in it and shut it down."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    from autograder.grading import home_seed
+    from autograder.sandbox import SandboxedKernelManager
+
+    async def run() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            km = (SandboxedKernelManager(kernel_name="python3", seed=home_seed()) if sandboxed
+                  else AsyncKernelManager(kernel_name="python3"))
+            started = time.perf_counter()
+            await km.start_kernel(cwd=folder, extra_arguments=["--HistoryManager.hist_file=:memory:"])
+            client = km.client()
+            client.start_channels()
+            try:
+                await client.wait_for_ready(timeout=120)
+                reply = await client.execute_interactive("import torch, matplotlib.pyplot", timeout=120)
+                assert reply["content"]["status"] == "ok", reply["content"]
+            finally:
+                client.stop_channels()
+                await km.shutdown_kernel(now=True)
+            return time.perf_counter() - started
+
+    return asyncio.run(run())
+
+
+def sandbox_cost(pairs: int) -> tuple[float, float, float]:
+    """Median seconds of :func:`kernel_seconds` in the sandbox and without, and the median of the pairs' differences
+    (robust on a shared machine), over ``pairs`` pairs run one after the other."""
+    times = {True: [], False: []}
+    for _ in range(pairs):
+        for sandboxed in (False, True):
+            times[sandboxed].append(kernel_seconds(sandboxed))
+    cost = statistics.median(a - b for a, b in zip(times[True], times[False]))
+    return statistics.median(times[True]), statistics.median(times[False]), cost
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=1, help="copies of the three demo students (default 1)")
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="job counts to compare (default 1 2)")
+    parser.add_argument("--jobs", type=int, nargs="*", default=[1, 2],
+                        help="job counts to compare (default 1 2; none: only the sandbox's cost)")
+    parser.add_argument("--no-sandbox", action="store_true", help="grade without the sandbox")
+    parser.add_argument("--kernel-starts", type=int, default=5,
+                        help="kernel starts with and without the sandbox for the sandbox s/nb column (default 5)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
     args = parser.parse_args(argv)
     if args.copies < 1:
         parser.error(f"--copies must be >= 1, got {args.copies}")
+    nan = float("nan")
+    sandboxed, plain, cost = sandbox_cost(args.kernel_starts) if args.kernel_starts > 0 else (nan, nan, nan)
+    if not args.jobs:
+        print(f"kernel start + import torch, matplotlib + shutdown: {sandboxed:.2f} s sandboxed, {plain:.2f} s without "
+              f"(medians of {args.kernel_starts}): the sandbox costs {cost:+.2f} s per notebook (median difference)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "course"
         release(root, args.stages, args.solutions, notebooks_dir=None)
         submissions = class_of_copies(root, Path(tmp) / "class", args.stages, args.solutions, args.copies)
         students = 3 * args.copies
-        print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU")
-        print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}")
+        print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU, "
+              f"{'no sandbox' if args.no_sandbox else 'sandboxed'}")
+        print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}  {'sandbox s/nb':>12}")
         for jobs in args.jobs:
             started = time.perf_counter()
-            _, runs = grade(submissions, root, args.stages, GradingOptions(jobs=jobs), args.solutions)
+            _, runs = grade(submissions, root, args.stages, GradingOptions(jobs=jobs, sandbox=not args.no_sandbox),
+                            args.solutions)
             wall = time.perf_counter() - started
             alone = sum(run["seconds"] for run in runs) / len(runs)
-            print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}")
+            print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}")
     return 0
 
 

@@ -5,4 +5,4 @@ Modules: ``data`` (MNIST), ``noise`` (noising, schedules, forward process), ``mo
 ``plots`` (figures), ``runtime`` (device, mode, budgets), ``stages`` (a stage's pieces wired together).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -19,14 +19,17 @@ import pytest
 
 from autograder.collect import MISSING, collect_submissions
 from autograder.commands import feedback, grade, release
+from autograder.course import REPO_ROOT
 from autograder.grading import GradingOptions, executed_path
+from autograder.sandbox import sandbox_unavailable
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
 STAGES = (STAGE,)
 MAX_AUTO = 4.0
 CELL_TIMEOUT = 20
-OPTIONS = GradingOptions(jobs=2, cell_timeout=CELL_TIMEOUT, notebook_timeout=240, memory_gb=6)
+SANDBOXED = sandbox_unavailable() is None  # else the class is graded --no-sandbox and the snoop is left out
+OPTIONS = GradingOptions(jobs=2, cell_timeout=CELL_TIMEOUT, notebook_timeout=240, memory_gb=6, sandbox=SANDBOXED)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -55,6 +58,33 @@ def _noisy_body(notebook, body: str) -> nbformat.NotebookNode:
     return notebook
 
 
+def _insert_after(notebook, grade_id: str, code: str) -> nbformat.NotebookNode:
+    """Add a cell of the student's own (no nbgrader metadata) after ``grade_id``."""
+    position = 1 + notebook.cells.index(_cell(notebook, grade_id))
+    notebook.cells.insert(position, nbformat.v4.new_code_cell(code))
+    return notebook
+
+
+SNOOP = """import json, os
+course, me = {course!r}, os.getcwd()
+attempts = {{
+    "source": lambda: open(os.path.join(me, "../../../source/00_toy/00_toy.ipynb")).read(),
+    "gradebook": lambda: open(os.path.join(me, "../../../gradebook.db"), "rb").read(),
+    "other_student": lambda: open(os.path.join(course, "submitted/solution/00_toy/00_toy.ipynb")).read(),
+    "solutions": lambda: os.listdir({solutions!r}),
+    "write_course": lambda: open(os.path.join(course, "hacked.txt"), "w").write("x"),
+    "write_scratch": lambda: open(os.path.join(me, "../../../hacked.txt"), "w").write("x"),
+}}
+seen = {{}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        seen[name] = "succeeded"
+    except Exception as error:
+        seen[name] = type(error).__name__
+print(json.dumps({{"seen": seen, "files_here": sorted(os.listdir(me)), "home": os.path.expanduser("~")}}))"""
+
+
 def _hardcoded_visible_answer() -> str:
     """A ``noisy`` that returns the visible test's expected numbers, copied as a student would."""
     import torch
@@ -67,6 +97,9 @@ def _hardcoded_visible_answer() -> str:
 
 def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
     """Each student's notebook (a string: the raw file; None: no notebook at all)."""
+    course = released.parents[2]
+    snoop = _insert_after(_solution(), "setup",
+                          SNOOP.format(course=str(course), solutions=str(REPO_ROOT / "solutions")))
     tampered_tests = "pass  # my tests now pass"
     tamper_right = _solution()
     _cell(tamper_right, "test_noisy").source = tampered_tests
@@ -80,7 +113,7 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
                      "torch.set_num_threads(1)\ntorch.use_deterministic_algorithms(True)")
     messy = _noisy_body(messy, "    import sys\n    print('noisy was called', file=sys.stderr)\n"
                                "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)")
-    return {
+    students = {
         "solution": _solution(),
         "untouched": nbformat.read(released, as_version=4),
         "loops": _prepend(_solution(), "mean_square", "while True:\n    pass"),
@@ -94,7 +127,13 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
         "messy": messy,
         "broken": '{"cells": [ this is not JSON',
         "absent": None,
+        # a cell of its own that ignores SIGINT and loops, between `noisy` and its tests
+        "stuck": _insert_after(_solution(), "noisy", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                                    "while True:\n    pass"),
     }
+    if SANDBOXED:  # tries to read the hidden tests and the others' work, and to write outside its folder
+        students["snoop"] = snoop
+    return students
 
 
 def _write_class(folder: Path, students: dict) -> Path:
@@ -208,7 +247,8 @@ def test_grading_again_gives_the_same_grades(graded, tmp_path):
     subset = tmp_path / "again"
     for student in again:
         shutil.copytree(submissions / student, subset / student)
-    table, _ = grade(subset, course, STAGES, GradingOptions(jobs=1, cell_timeout=CELL_TIMEOUT, memory_gb=6), TOY_DIR)
+    table, _ = grade(subset, course, STAGES, GradingOptions(jobs=1, cell_timeout=CELL_TIMEOUT, memory_gb=6,
+                                                            sandbox=SANDBOXED), TOY_DIR)
     assert {row.student: (row.points, row.problems) for row in table.rows} == {
         student: (rows[student].points, rows[student].problems) for student in again}
 
@@ -286,3 +326,34 @@ def test_cells_the_source_tags_skip_when_grading_are_not_run(graded):
     course, _, _, rows, _ = graded
     executed = nbformat.read(executed_path(course, "solution", STAGE), as_version=4)
     assert _cell(executed, "slow_demo").execution_count is None and not rows["solution"].problems
+
+
+def test_a_cell_that_ignores_interrupts_costs_only_itself(graded):
+    course, _, table, rows, _ = graded
+    assert _points(rows, "stuck") == MAX_AUTO  # earlier cells run again in a new kernel, later tests pass
+    problem = rows["stuck"].problems[STAGE]
+    assert problem.startswith("stopped cell 4 after") and "SIGINT ignored" in problem
+    assert "stuck / 00_toy: stopped cell 4" in table.format()
+    executed = nbformat.read(executed_path(course, "stuck", STAGE), as_version=4)
+    record = executed.metadata["autograder"]
+    assert [stop["cell"] for stop in record["stopped"]] == ["cell 4"] and record["problem"] is None
+    stuck = executed.cells[3]
+    assert stuck.outputs[-1].ename == "CellStopped" and "stopped after" in stuck.outputs[-1].evalue
+    last_test = next(cell for cell in executed.cells
+                     if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_mean_square")
+    assert last_test.outputs[-1].text.startswith("✓")
+
+
+@pytest.mark.skipif(not SANDBOXED, reason=f"no sandbox here: {sandbox_unavailable()}")
+def test_the_kernel_sees_only_its_own_submission_and_can_write_nowhere_else(graded):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "snoop") == MAX_AUTO and not rows["snoop"].problems
+    executed = nbformat.read(executed_path(course, "snoop", STAGE), as_version=4)
+    report = json.loads(executed.cells[2].outputs[0].text)
+    seen = report["seen"]
+    for secret in ("source", "gradebook", "other_student", "solutions"):
+        assert seen[secret] == "FileNotFoundError", secret
+    # under /tmp a write may land in the sandbox's own /tmp; it never reaches the course folder
+    assert not (course / "hacked.txt").exists() and not list(course.glob("work/*/hacked.txt"))
+    assert not {"gradebook.db", "source", "release", "submitted", "autograded"} & set(report["files_here"])
+    assert report["home"].endswith(f"autograded/snoop/{STAGE}")  # HOME is its own folder
