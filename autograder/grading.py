@@ -27,6 +27,7 @@ machine. Workers share the CPU: each kernel gets ``cpu_count // jobs`` torch thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -80,18 +81,35 @@ def executed_path(root: Path, student: str, stage: str) -> Path:
     return Path(root) / EXECUTED / student / stage / f"{stage}.ipynb"
 
 
-def kernel_python_path(root: Path) -> Path:
-    """``<root>/work/_kernel_python/``: what the kernels import besides the Python environment, put first on
-    their ``PYTHONPATH`` (read-only in the sandbox): a copy of ``course_lib/`` and of
-    ``autograder/kernel_state.py`` (never the repository, whose ``solutions/`` hold the hidden tests)."""
-    folder = Path(root) / WORK / KERNEL_PYTHON
+def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
+    """A folder to put first on a grading kernel's ``PYTHONPATH`` (read-only in the sandbox), under
+    ``<root>/work/_kernel_python/``: ``course_lib`` without the answers of ``view_stage`` and later stages
+    (:mod:`autograder.library_view`; all of it when ``None``) and ``autograder/kernel_state.py``. Never the
+    repository, whose ``solutions/`` hold the hidden tests."""
+    from .library_view import write_library_view
+
+    folder = Path(root) / WORK / KERNEL_PYTHON / (view_stage or "all")
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(REPO_ROOT / "course_lib", folder / "course_lib",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    folder.mkdir(parents=True)
+    if view_stage is None:
+        shutil.copytree(REPO_ROOT / "course_lib", folder / "course_lib",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        write_library_view(folder, view_stage)
     (folder / "autograder").mkdir()
     (folder / "autograder" / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
     shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "kernel_state.py")
     return folder
+
+
+def view_stage(root: Path, assignment: str) -> str | None:
+    """The stage whose answers (and later ones) the kernels of ``assignment`` must not have: the earliest stage
+    whose checks its source notebook's test cells call (:func:`autograder.verdicts.earliest_stage`)."""
+    import nbformat
+
+    from .verdicts import earliest_stage
+
+    return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
 
 
 def _cache_dir() -> Path:
@@ -123,12 +141,14 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
 
     from .preprocessors import (CapOutputSize, GuardedExecute, InjectStateReset, RemoveInjectedCells,
                                 RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
+    from .verdicts import JudgeTestCells, ProbeTestCells
 
     config = nbgrader_config(scratch)
     config.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
                                                RestoreDeletedCells, OverwriteCells, CheckCellMetadata]
-    config.Autograde.autograde_preprocessors = [SkipDemoCells, InjectStateReset, GuardedExecute,
-                                                RemoveInjectedCells, StderrIsNotFailure, CapOutputSize, LimitOutput]
+    config.Autograde.autograde_preprocessors = [SkipDemoCells, ProbeTestCells, InjectStateReset, GuardedExecute,
+                                                RemoveInjectedCells, JudgeTestCells, StderrIsNotFailure, CapOutputSize,
+                                                LimitOutput]
     config.SkipDemoCells.source_root = str(scratch / "source")
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
@@ -181,9 +201,9 @@ def quiet_nbgrader() -> None:
     warnings.filterwarnings("ignore", module="nbformat")
 
 
-def _init_worker(options: GradingOptions, log_dir: str, python_path: str) -> None:
-    """Set up a worker process: memory cap, thread share, quick mode, ``python_path`` (and not the repository)
-    on the kernel's path, and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
+def _init_worker(options: GradingOptions, log_dir: str) -> None:
+    """Set up a worker process: memory cap, thread share, quick mode, not the repository on the kernel's path,
+    and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)
@@ -200,13 +220,26 @@ def _init_worker(options: GradingOptions, log_dir: str, python_path: str) -> Non
         MPLBACKEND="Agg",
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
-        PYTHONPATH=os.pathsep.join([python_path, *inherited]),
+        PYTHONPATH=os.pathsep.join(inherited),
     )
     put_python_tools_on_path()
 
 
-def execute_notebook(root: str, student: str, stage: str, options: GradingOptions) -> dict:
-    """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder.
+@contextlib.contextmanager
+def _kernel_python_path(python_path: str):
+    """``python_path`` first on ``PYTHONPATH`` while the block runs: what a kernel started without the sandbox
+    inherits (the sandbox sets its kernel's path itself)."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, inherited]))
+    try:
+        yield
+    finally:
+        os.environ["PYTHONPATH"] = inherited
+
+
+def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str) -> dict:
+    """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
+    importing from ``python_path`` (:func:`kernel_python_path`) before the environment.
 
     Returns ``{"student", "stage", "seconds", "problem"}``; ``problem`` is ``None`` unless a cell was
     interrupted, the run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
@@ -222,7 +255,8 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     (scratch / "submitted" / student / stage).symlink_to(root / "submitted" / student / stage,
                                                          target_is_directory=True)
     try:
-        _run_autograde(_execute_config(scratch, options, root / WORK / KERNEL_PYTHON), stage, student)
+        with _kernel_python_path(python_path):
+            _run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:
@@ -256,17 +290,17 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     for student in work:
         shutil.rmtree(Path(root) / EXECUTED / student, ignore_errors=True)
     tasks = [(student, stage) for student, stages in work.items() for stage in stages]
-    python_path = kernel_python_path(root)
+    python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s in tasks}}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
-                             initializer=_init_worker,
-                             initargs=(options, str(Path(root) / LOGS), str(python_path))) as pool:
-        futures = [pool.submit(execute_notebook, str(root), student, stage, options) for student, stage in tasks]
+                             initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
+        futures = [pool.submit(execute_notebook, str(root), student, stage, options, python_paths[stage])
+                   for student, stage in tasks]
         for future in as_completed(futures):
             if progress is not None:
                 progress(future.result())
         results = [future.result() for future in futures]
-    shutil.rmtree(python_path, ignore_errors=True)
+    shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
     runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
     for result in results:
         run = runs[result["student"]]

@@ -39,7 +39,8 @@ from course_lib.stages import STAGES
 from .preprocessors import error_output, is_test_cell
 
 MAX_RECORD_BYTES = 16 * 2**20  # a cell's probe outputs are a few MB at most
-VERDICTS = "autograder_verdicts"  # the key of this module's records in the conversion's resources
+VERDICTS = "autograder_verdicts"
+HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"  # the key of this module's records in the conversion's resources
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ class ProbeTestCells(NbGraderPreprocessor):
             calls = check_calls(cell.source, _grade_id(cell))
             prepared = [CHECKS[call.check].expectations(CHECKS[call.check].case(**call.case)) for call in calls]
             torch.save([inputs for inputs, _ in prepared], folder / f"{_grade_id(cell)}.inputs.pt")
-            records[_grade_id(cell)] = {"source": cell.source, "calls": calls, "prepared": prepared}
+            visible = len(check_calls(cell.source.split(HIDDEN_TESTS)[0], _grade_id(cell)))
+            records[_grade_id(cell)] = {"source": cell.source, "calls": calls, "prepared": prepared,
+                                        "visible": visible}
             cell.source = probe_source(_grade_id(cell), calls)
         resources[VERDICTS] = records
         return nb, resources
@@ -161,6 +164,8 @@ class JudgeTestCells(NbGraderPreprocessor):
 
     @staticmethod
     def _verdict(cell: NotebookNode, record: dict) -> list[NotebookNode]:
+        """The passed lines of the visible calls (the hidden ones as one line, so their cases stay unseen), or
+        those before the first failure and the failure as an error."""
         lines = []
         try:
             outputs = load_record(cell, len(record["calls"]))
@@ -168,9 +173,11 @@ class JudgeTestCells(NbGraderPreprocessor):
                 entry = CHECKS[call.check]
                 lines.append(f"✓ {verdict(entry, entry.case(**call.case), inputs, recorded, expected)}")
         except CheckFailed as failure:
-            return [_stream(lines), error_output("CheckFailed", str(failure))] if lines else \
+            shown = lines[:record["visible"]]
+            return [_stream(shown), error_output("CheckFailed", str(failure))] if shown else \
                 [error_output("CheckFailed", str(failure))]
-        return [_stream(lines)]
+        hidden = len(lines) - record["visible"]
+        return [_stream(lines[:record["visible"]] + ([f"✓ {hidden} hidden tests passed"] if hidden else []))]
 
 
 def _stream(lines: list[str]) -> NotebookNode:

@@ -1,8 +1,8 @@
 """The grading pipeline on a class of real (small) submissions, several of them broken or hostile.
 
-The submissions are built from ``tests/submissions/toy/00_toy.ipynb``, a two-TODO nbgrader source notebook
-(visible test 1 point, hidden test 2 points, a second TODO with a 1-point test, a written answer), each
-student with one deliberate behaviour. One class is graded once (module fixture, 2 jobs) and the tests read
+The submissions are built from ``tests/submissions/toy/00_toy.ipynb``, a two-TODO nbgrader source notebook graded
+with the real checks of stage 1 (``add_noise``: visible test 1 point, hidden test 2 points; ``ddpm_schedule``: a
+1-point test; a written answer), each student with one deliberate behaviour. One class is graded once (module fixture, 2 jobs) and the tests read
 its table, notebooks and feedback; a second, smaller grading run checks that grading again changes nothing.
 """
 
@@ -39,7 +39,7 @@ def _solution() -> nbformat.NotebookNode:
 
 
 def _cell(notebook, grade_id: str) -> nbformat.NotebookNode:
-    return next(cell for cell in notebook.cells if cell.metadata["nbgrader"]["grade_id"] == grade_id)
+    return next(cell for cell in notebook.cells if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
 
 
 def _delete(notebook, *grade_ids: str) -> None:
@@ -51,9 +51,9 @@ def _prepend(notebook, grade_id: str, code: str) -> nbformat.NotebookNode:
     return notebook
 
 
-def _noisy_body(notebook, body: str) -> nbformat.NotebookNode:
-    """Replace the solution region of ``noisy`` by ``body`` (4-space indented lines)."""
-    cell = _cell(notebook, "noisy")
+def _add_noise_body(notebook, body: str) -> nbformat.NotebookNode:
+    """Replace the solution region of ``add_noise`` by ``body`` (4-space indented lines)."""
+    cell = _cell(notebook, "add_noise")
     cell.source = cell.source[: cell.source.index("    ### BEGIN SOLUTION")] + body
     return notebook
 
@@ -86,13 +86,53 @@ print(json.dumps({{"seen": seen, "files_here": sorted(os.listdir(me)), "home": o
 
 
 def _hardcoded_visible_answer() -> str:
-    """A ``noisy`` that returns the visible test's expected numbers, copied as a student would."""
-    import torch
+    """An ``add_noise`` that returns the visible check's expected numbers, copied as a student would."""
+    from course_lib.checks.noising import check_add_noise
 
-    from course_lib.noise import add_noise
+    _, expected = check_add_noise.check.reference(**check_add_noise.check.defaults)
+    return f"    return torch.tensor({expected['z'].tolist()})"
 
-    values = add_noise(torch.zeros(2, 3), 0.5, torch.Generator().manual_seed(0)).tolist()
-    return f"    return torch.tensor({values})"
+
+WRONG = "    return x + sigma**2 * torch.randn(x.shape, generator=generator, dtype=x.dtype)"
+# Students who attack the verdict itself, each with a wrong add_noise (so a point for it would be stolen):
+REBIND = ("check_add_noise = lambda *args, **kwargs: print('✓ add_noise passed')\n"
+          "import course_lib.checks.protocol as protocol\nprotocol.record = lambda cell, calls: None")
+PATCH_TORCH = ("import torch\ntorch.equal = lambda *args: True\ntorch.allclose = lambda *args, **kwargs: True\n"
+               "torch.Tensor.__sub__ = lambda self, other: torch.zeros_like(self)")
+FORGE = """import base64, io, torch
+import course_lib.checks.protocol as protocol
+real = protocol.show_record
+def forged(payload):
+    shape = (4, 1, 28, 28)
+    fake = {"z": torch.zeros(shape), "again": torch.zeros(shape), "x_after": torch.zeros(shape)}
+    buffer = io.BytesIO()
+    torch.save([fake, fake], buffer)
+    real(base64.b64encode(buffer.getvalue()).decode())
+protocol.show_record = forged"""
+CODE_OBJECT = """try:
+    import course_lib.answers.noising as answers
+    add_noise.__code__ = answers.add_noise.__code__
+except ImportError as error:
+    print("no reference here:", error)"""
+DETACHED = """import os, time
+marker = {marker!r}
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        import signal
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(3)
+        open(marker, "w").write("I outlived the grading")
+    os._exit(0)"""
+FILL_DISK = """written = 0
+try:
+    with open("filler.bin", "wb") as handle:
+        while written < 64 * 2**30:
+            handle.write(b"x" * 2**24)
+            written += 2**24
+except OSError as error:
+    print("disk full after", written // 2**20, "MiB:", error.strerror)"""
 
 
 def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
@@ -102,34 +142,41 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
                           SNOOP.format(course=str(course), solutions=str(REPO_ROOT / "solutions")))
     tampered_tests = "pass  # my tests now pass"
     tamper_right = _solution()
-    _cell(tamper_right, "test_noisy").source = tampered_tests
-    _delete(tamper_right, "test_noisy_hidden", "setup")
-    tamper_wrong = _noisy_body(_solution(), "    return x")
-    _cell(tamper_wrong, "test_noisy").source = tampered_tests
-    _delete(tamper_wrong, "test_noisy_hidden")
-    messy = _prepend(_solution(), "mean_square",
+    _cell(tamper_right, "test_add_noise").source = tampered_tests
+    _delete(tamper_right, "test_add_noise_hidden", "setup")
+    tamper_wrong = _add_noise_body(_solution(), "    return x")
+    _cell(tamper_wrong, "test_add_noise").source = tampered_tests
+    _delete(tamper_wrong, "test_add_noise_hidden")
+    messy = _prepend(_solution(), "ddpm_schedule",
                      "import os, sys, tempfile\nprint('x' * 5_000_000)\nprint('a warning of mine', file=sys.stderr)\n"
                      "os.chdir(tempfile.gettempdir())\ntorch.set_default_dtype(torch.float64)\n"
                      "torch.set_num_threads(1)\ntorch.use_deterministic_algorithms(True)")
-    messy = _noisy_body(messy, "    import sys\n    print('noisy was called', file=sys.stderr)\n"
+    messy = _add_noise_body(messy, "    import sys\n    print('add_noise was called', file=sys.stderr)\n"
                                "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)")
     students = {
         "solution": _solution(),
         "untouched": nbformat.read(released, as_version=4),
-        "loops": _prepend(_solution(), "mean_square", "while True:\n    pass"),
-        "exits": _prepend(_solution(), "mean_square", "import os\nos._exit(1)"),
-        "segfault": _prepend(_solution(), "mean_square", "import ctypes\nctypes.string_at(0)"),
-        "hog": _prepend(_solution(), "mean_square", "hog = torch.empty(2**32)  # 16 GiB, over the 6 GiB cap"),
+        "loops": _prepend(_solution(), "ddpm_schedule", "while True:\n    pass"),
+        "exits": _prepend(_solution(), "ddpm_schedule", "import os\nos._exit(1)"),
+        "segfault": _prepend(_solution(), "ddpm_schedule", "import ctypes\nctypes.string_at(0)"),
+        "hog": _prepend(_solution(), "ddpm_schedule", "hog = torch.empty(2**32)  # 16 GiB, over the 6 GiB cap"),
         "tamper_right": tamper_right,
         "tamper_wrong": tamper_wrong,
-        "reference": _noisy_body(_solution(), "    return add_noise(x, sigma, generator)"),
-        "hardcoded": _noisy_body(_solution(), _hardcoded_visible_answer()),
+        "reference": _add_noise_body(_solution(), "    from course_lib.noise import add_noise as reference\n"
+                                              "    return reference(x, sigma, generator)"),
+        "hardcoded": _add_noise_body(_solution(), _hardcoded_visible_answer()),
         "messy": messy,
         "broken": '{"cells": [ this is not JSON',
         "absent": None,
-        # a cell of its own that ignores SIGINT and loops, between `noisy` and its tests
-        "stuck": _insert_after(_solution(), "noisy", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                                                    "while True:\n    pass"),
+        # a cell of its own that ignores SIGINT and loops, between `add_noise` and its tests
+        "stuck": _insert_after(_solution(), "add_noise", "import signal\nsignal.signal(signal.SIGINT, "
+                                                        "signal.SIG_IGN)\nwhile True:\n    pass"),
+        "rebinds": _insert_after(_add_noise_body(_solution(), WRONG), "add_noise", REBIND),
+        "patches_torch": _insert_after(_add_noise_body(_solution(), WRONG), "add_noise", PATCH_TORCH),
+        "forges": _insert_after(_add_noise_body(_solution(), WRONG), "add_noise", FORGE),
+        "code_object": _insert_after(_add_noise_body(_solution(), WRONG), "add_noise", CODE_OBJECT),
+        "detached": _insert_after(_solution(), "setup", DETACHED.format(marker=str(course / "outlived.txt"))),
+        "fills_disk": _insert_after(_solution(), "setup", FILL_DISK),
     }
     if SANDBOXED:  # tries to read the hidden tests and the others' work, and to write outside its folder
         students["snoop"] = snoop
@@ -177,17 +224,17 @@ def test_reference_and_untouched_submissions_get_full_and_zero_marks(graded):
 
 def test_endless_loop_is_interrupted_and_keeps_the_points_of_what_ran(graded):
     _, _, _, rows, _ = graded
-    assert _points(rows, "loops") == MAX_AUTO - 1  # noisy's 3 points; mean_square never got defined
-    assert f"interrupted after {CELL_TIMEOUT} s in mean_square" in rows["loops"].problems[STAGE]
+    assert _points(rows, "loops") == MAX_AUTO - 1  # add_noise's 3 points; ddpm_schedule never got defined
+    assert f"interrupted after {CELL_TIMEOUT} s in ddpm_schedule" in rows["loops"].problems[STAGE]
 
 
 @pytest.mark.parametrize("student", ["exits", "segfault"])
 def test_dead_kernel_keeps_earlier_points_and_says_why(graded, student):
     course, _, _, rows, _ = graded
     assert _points(rows, student) == MAX_AUTO - 1
-    assert "the kernel died in mean_square" in rows[student].problems[STAGE]
+    assert "the kernel died in ddpm_schedule" in rows[student].problems[STAGE]
     executed = nbformat.read(executed_path(course, student, STAGE), as_version=4)
-    last_test = _cell(executed, "test_mean_square")
+    last_test = _cell(executed, "test_ddpm_schedule")
     assert last_test.outputs[0].ename == "NotRun"
 
 
@@ -195,23 +242,52 @@ def test_memory_cap_turns_a_huge_allocation_into_an_error_in_that_cell(graded):
     course, _, _, rows, _ = graded
     assert _points(rows, "hog") == MAX_AUTO - 1 and STAGE not in rows["hog"].problems  # the kernel survived
     errors = [output for output in _cell(nbformat.read(executed_path(course, "hog", STAGE), as_version=4),
-                                         "mean_square").outputs if output.output_type == "error"]
+                                         "ddpm_schedule").outputs if output.output_type == "error"]
     assert errors and "memory" in errors[0].evalue.lower()
 
 
 def test_edited_and_deleted_cells_are_restored_and_the_students_code_still_graded(graded):
     course, _, _, rows, _ = graded
     assert _points(rows, "tamper_right") == MAX_AUTO  # set-up and hidden test restored, own code passes
-    assert _points(rows, "tamper_wrong") == 1.0  # restored tests catch the wrong noisy; mean_square passes
+    assert _points(rows, "tamper_wrong") == 1.0  # restored tests catch the wrong add_noise; ddpm_schedule passes
     autograded = nbformat.read(course / "autograded" / "tamper_wrong" / STAGE / f"{STAGE}.ipynb", as_version=4)
-    assert "expect_close" in _cell(autograded, "test_noisy").source
-    assert "BEGIN HIDDEN TESTS" in _cell(autograded, "test_noisy_hidden").source
+    assert "check_add_noise(add_noise)" in _cell(autograded, "test_add_noise").source
+    assert "BEGIN HIDDEN TESTS" in _cell(autograded, "test_add_noise_hidden").source
 
 
-@pytest.mark.parametrize("student", ["reference", "hardcoded"])
-def test_calling_the_reference_or_copying_expected_values_earns_no_hidden_points(graded, student):
+def test_calling_the_reference_earns_nothing_it_is_not_in_the_grading_kernel(graded):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "reference") == 1.0  # only ddpm_schedule's point
+    executed = nbformat.read(executed_path(course, "reference", STAGE), as_version=4)
+    assert "leaves out the reference answers of stage 'noising'" in _cell(executed, "test_add_noise").outputs[-1].evalue
+
+
+def test_copying_the_visible_expected_values_earns_no_hidden_points(graded):
     _, _, _, rows, _ = graded
-    assert _points(rows, student) == 2.0  # the visible 1 point and mean_square's 1 point, not the hidden 2
+    assert _points(rows, "hardcoded") == 2.0  # the visible 1 point and ddpm_schedule's 1 point, not the hidden 2
+
+
+@pytest.mark.parametrize("student, points", [("rebinds", 0.0), ("patches_torch", 1.0), ("forges", 0.0),
+                                             ("code_object", 1.0)])
+def test_attacking_the_verdict_in_the_kernel_earns_nothing(graded, student, points):
+    """Rebinding the check and silencing the recorder, patching torch's comparisons, showing a forged record, or
+    taking the reference's code object: the wrong add_noise earns none of its 3 points (the silenced recorder and
+    the forged records also cost the ddpm_schedule test its point: 0)."""
+    course, _, _, rows, _ = graded
+    assert _points(rows, student) == points, rows[student]
+    executed = nbformat.read(executed_path(course, student, STAGE), as_version=4)
+    assert _cell(executed, "test_add_noise").outputs[-1].ename == "CheckFailed"
+
+
+def test_a_detached_process_ends_with_the_kernel_and_a_disk_filler_costs_nothing(graded):
+    import time
+
+    course, _, _, rows, _ = graded
+    assert _points(rows, "detached") == MAX_AUTO and _points(rows, "fills_disk") == MAX_AUTO
+    time.sleep(4)  # the detached process would have written by now
+    assert not (course / "outlived.txt").exists()
+    executed = nbformat.read(executed_path(course, "fills_disk", STAGE), as_version=4)
+    assert "disk full after" in executed.cells[2].outputs[0].text
 
 
 def test_output_floods_stderr_and_global_settings_do_not_change_the_grade(graded):
@@ -236,8 +312,8 @@ def test_feedback_explains_failures_without_showing_hidden_tests(graded):
     pages = feedback(course, STAGES)
     assert {page.parent.parent.name for page in pages} >= {"solution", "reference", "tamper_wrong"}
     html = (course / "feedback" / "reference" / STAGE / f"{STAGE}.html").read_text()
-    assert "must be written by you" in html  # why the hidden test failed
-    for secret in ("secrets.randbits", "HIDDEN TESTS", "seed + 1"):
+    assert "leaves out the reference answers" in html  # why the tests failed
+    for secret in ("HIDDEN TESTS", "seed=11", "shape (4, 1, 5, 5)"):
         assert secret not in html
 
 
@@ -340,7 +416,7 @@ def test_a_cell_that_ignores_interrupts_costs_only_itself(graded):
     stuck = executed.cells[3]
     assert stuck.outputs[-1].ename == "CellStopped" and "stopped after" in stuck.outputs[-1].evalue
     last_test = next(cell for cell in executed.cells
-                     if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_mean_square")
+                     if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_ddpm_schedule")
     assert last_test.outputs[-1].text.startswith("✓")
 
 
