@@ -1,4 +1,4 @@
-"""``python -m autograder release | grade SUBMISSIONS | feedback | demo`` (``--help`` on each)."""
+"""``python -m autograder release | grade SUBMISSIONS | feedback | demo | publish DIR`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import publish
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
 from .grading import GradingOptions
 
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--csv", type=Path, default=None, help="where to write the grades (default <course>/grades.csv)")
     commands.add_parser("feedback", parents=[common], help="HTML feedback per student (hidden tests not shown)")
     commands.add_parser("demo", parents=[common, running], help="release, then grade three built-in submissions")
+    publish.add_arguments(commands.add_parser(
+        "publish", help="write the student-facing folder: notebooks and one course_lib package per stage",
+        description="Publish the student notebooks and course_lib packages of the released stages and of the "
+                    "current assignment into DIR, ready to push to the repository (or web folder) at --url."))
     return parser
 
 
@@ -65,11 +70,6 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 def main(argv=None) -> int:
     from . import commands
     from .sandbox import SandboxUnavailableError
-    from . import publish
-
-    if publish.requested(argv):  # "publish" has its own parser and run: autograder/publish.py
-        return publish.main(argv)
-
     args = _parser().parse_args(argv)
     try:
         return _run(commands, args)
@@ -79,6 +79,8 @@ def main(argv=None) -> int:
 
 
 def _run(commands, args) -> int:
+    if args.command == "publish":
+        return publish.run(args)
     stages = tuple(args.stages)
     started = time.perf_counter()
     if args.command == "release":

@@ -388,11 +388,8 @@ def _write(path: Path, data: bytes) -> None:
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m autograder {COMMAND}",
-        description="Publish the student notebooks and course_lib packages of the released stages and of the "
-                    "current assignment into DIR, ready to push to the repository (or web folder) at --url.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``python -m autograder publish`` (the command line's subcommand)."""
     parser.add_argument("directory", metavar="DIR", type=Path,
                         help="where to write (new, empty, or an earlier publication of this course)")
     parser.add_argument("--url", required=True,
@@ -403,18 +400,10 @@ def _parser() -> argparse.ArgumentParser:
                              "stage is published); the next stage is the current assignment")
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR,
                         help=f"folder of the source notebooks (default {SOLUTIONS_DIR})")
-    return parser
 
 
-def requested(argv=None) -> bool:
-    """Whether the command line asks for ``publish`` (``python -m autograder publish ...``)."""
-    return (sys.argv[1:] if argv is None else list(argv))[:1] == [COMMAND]
-
-
-def main(argv=None) -> int:
-    """``python -m autograder publish ...``: ``argv`` starts with ``publish``. Returns the exit status."""
-    arguments = (sys.argv[1:] if argv is None else list(argv))[1:]
-    args = _parser().parse_args(arguments)
+def run(args: argparse.Namespace) -> int:
+    """``python -m autograder publish ...`` with parsed arguments; prints what was written. Returns the exit status."""
     try:
         publication = publish(args.directory, args.url, args.solutions_through, args.solutions)
     except PublishError as error:
