@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of the source notebooks")
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--jobs", type=int, default=1, help="students graded at the same time (processes)")
+    running.add_argument("--dask", metavar="ADDRESS", default=None,
+                         help="run the notebooks on a Dask cluster: tcp://HOST:8786 (a running scheduler) or "
+                              "local:N (N worker processes on this machine); --jobs is then not used")
     running.add_argument("--cell-timeout", type=int, default=GradingOptions.cell_timeout, help="seconds per cell")
     running.add_argument("--notebook-timeout", type=float, default=GradingOptions.notebook_timeout,
                          help="seconds per notebook")
@@ -54,7 +57,8 @@ def _options(args) -> GradingOptions:
 
 def _print_progress(result: dict) -> None:
     note = f" ({result['problem']})" if result["problem"] else ""
-    print(f"  ran {result['student']} / {result['stage']} in {result['seconds']:.1f} s{note}", flush=True)
+    counts = f"  [{result['progress']}]" if result.get("progress") else ""
+    print(f"  ran {result['student']} / {result['stage']} in {result['seconds']:.1f} s{note}{counts}", flush=True)
 
 
 def _print_graded(table, runs, started: float, csv_path: Path) -> None:
@@ -76,6 +80,13 @@ def main(argv=None) -> int:
     except SandboxUnavailableError as error:
         print(error, file=sys.stderr)
         return 2
+    except RuntimeError as error:  # the Dask cluster: workers' environment, scheduler gone
+        from .distributed import SchedulerLostError, WorkerEnvironmentError
+
+        if not isinstance(error, (SchedulerLostError, WorkerEnvironmentError)):
+            raise
+        print(error, file=sys.stderr)
+        return 3
 
 
 def _run(commands, args) -> int:
@@ -88,12 +99,13 @@ def _run(commands, args) -> int:
             print(path)
     elif args.command == "grade":
         table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv,
-                                     _print_progress)
+                                     _print_progress, dask=args.dask)
         _print_graded(table, runs, started, args.csv or args.course.resolve() / "grades.csv")
     elif args.command == "feedback":
         for path in commands.feedback(args.course, stages):
             print(path)
     else:
-        table, runs = commands.demo(args.course, stages, _options(args), args.solutions, progress=_print_progress)
+        table, runs = commands.demo(args.course, stages, _options(args), args.solutions, progress=_print_progress,
+                                    dask=args.dask)
         _print_graded(table, runs, started, args.course.resolve() / "grades.csv")
     return 0

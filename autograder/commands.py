@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 from .collect import collect_submissions
-from .course import NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config
+from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config,
+                     write_course_config)
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
@@ -15,8 +16,12 @@ from .sandbox import SandboxUnavailableError, sandbox_unavailable
 
 def release(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR,
             notebooks_dir: Path | None = NOTEBOOKS_DIR) -> list[Path]:
-    """``nbgrader generate_assignment`` for every stage into ``root`` (and ``notebooks_dir`` unless None)."""
-    return generate_student_notebooks(root, notebooks_dir, stages, solutions_dir)
+    """``nbgrader generate_assignment`` for every stage into ``root`` (and ``notebooks_dir`` unless None), and the
+    course folder's own ``nbgrader_config.py`` (:func:`~autograder.course.write_course_config`), so that
+    ``jupyter lab`` started in ``root`` opens formgrader on the same gradebook."""
+    written = generate_student_notebooks(root, notebooks_dir, stages, solutions_dir)
+    write_course_config(root)
+    return written
 
 
 def is_released(root: Path, stages) -> bool:
@@ -48,12 +53,19 @@ def check_sandbox(options: GradingOptions) -> None:
 
 def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
           solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
-          progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
-    """Collect, execute (on ``options.jobs`` processes), score; write the CSV (default ``<root>/grades.csv``).
+          progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
+    """Collect, execute (on ``options.jobs`` processes, or on a Dask cluster when ``dask`` is given: ``"local:N"``,
+    ``"tcp://HOST:8786"`` or a ``distributed.Client``; :mod:`autograder.distributed`), score; write the CSV
+    (default ``<root>/grades.csv``).
 
     Releases first when the course folder has not been released. Returns the table and, per student,
     what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
     notebook's result as it finishes.
+
+    The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
+    worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
+    :func:`~autograder.grading.score_all`, one notebook at a time, a failure costing only that notebook, which
+    then scores 0 whatever an earlier run left in the gradebook), then the CSV, atomically.
 
     Raises:
         SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
@@ -66,11 +78,17 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     students, problems = collect_submissions(submissions, root, stages)
     not_run = set(problems)
     work = {student: tuple(s for s in stages if (student, s) not in not_run) for student in students}
-    runs = execute_all(root, work, options, progress)
+    if dask:
+        from .distributed import execute_all_dask
+
+        runs = execute_all_dask(root, work, options, dask, progress)
+    else:
+        runs = execute_all(root, work, options, progress)
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
-    problems.update(score_all(root, stages))
-    table = read_grade_table(root, stages, students, problems, not_run, sandboxed=options.sandbox)
+    not_scored = score_all(root, stages)
+    problems.update(not_scored)
+    table = read_grade_table(root, stages, students, problems, not_run | set(not_scored), sandboxed=options.sandbox)
     table.write_csv(csv_path or root / "grades.csv")
     return table, runs
 
@@ -79,35 +97,33 @@ def feedback(root: Path, stages=STAGES) -> list[Path]:
     """HTML feedback for every graded student in ``<root>/feedback/<student>/<stage>/<stage>.html``.
 
     nbgrader's feedback with :class:`~autograder.preprocessors.HideHiddenTests` added: failed checks show
-    their message, never the hidden tests' code.
+    their message, never the hidden tests' code. No student HTML or JavaScript is live in a page, no editor's
+    personal metadata is in it, and each page replaces the old one atomically (:mod:`autograder.feedback`).
     """
-    from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-    from nbgrader.converters import GenerateFeedback
     from nbgrader.coursedir import CourseDirectory
-    from nbgrader.preprocessors import GetGrades
 
-    from .preprocessors import HideHiddenTests
+    from .feedback import AtomicGenerateFeedback, feedback_config
 
     root = Path(root).resolve()
     quiet_nbgrader()
-    config = nbgrader_config(root)
-    config.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+    config = feedback_config(root)
     for stage in stages:
         if not any((root / "autograded").glob(f"*/{stage}/{stage}.ipynb")):
             continue
         coursedir = CourseDirectory(config=config)
         coursedir.assignment_id = stage
-        app = GenerateFeedback(coursedir=coursedir, config=config)
+        app = AtomicGenerateFeedback(coursedir=coursedir, config=config)
         app.force = True
         app.start()
     return sorted((root / "feedback").glob("*/*/*.html"))
 
 
 def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), solutions_dir: Path = SOLUTIONS_DIR,
-         mistakes=None, progress: Callable[[dict], None] | None = None) -> tuple[GradeTable, list[dict]]:
-    """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions."""
+         mistakes=None, progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
+    """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions (``dask``: as
+    :func:`grade`)."""
     check_sandbox(options)
     root = Path(root).resolve()
     release(root, stages, solutions_dir, notebooks_dir=None)
     submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)
-    return grade(submissions, root, stages, options, solutions_dir, progress=progress)
+    return grade(submissions, root, stages, options, solutions_dir, progress=progress, dask=dask)

@@ -44,6 +44,37 @@ def nbgrader_config(root: Path):
     return config
 
 
+COURSE_CONFIG = "nbgrader_config.py"
+
+
+def write_course_config(root: Path) -> Path:
+    """Write ``<root>/nbgrader_config.py``: what :func:`nbgrader_config` sets (course id, the gradebook of that
+    folder, the ``ClearSolutions`` stubs), for nbgrader's own apps started in ``root`` (``jupyter lab`` there opens
+    formgrader on the gradebook that ``grade`` writes). The folder and the gradebook are the file's own folder,
+    so the course folder may be moved. Written atomically; returns its path."""
+    from .atomic import atomic_write_text
+
+    root = Path(root).resolve()
+    config = nbgrader_config(root)
+    text = f'''"""nbgrader's configuration of this course folder, written by `python -m autograder release`.
+
+Start `jupyter lab` in this folder and open the Formgrader menu to grade the written answers on the gradebook that
+`python -m autograder grade` writes. Edit the course set-up in autograder/course.py, not here: release rewrites
+this file.
+"""
+import os
+
+c = get_config()  # noqa: F821 - defined by traitlets when it loads this file
+here = os.path.dirname(os.path.realpath(__file__))
+c.CourseDirectory.root = here
+c.CourseDirectory.course_id = {config.CourseDirectory.course_id!r}
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(here, "gradebook.db")
+c.ClearSolutions.code_stub = {dict(config.ClearSolutions.code_stub)!r}
+c.ClearSolutions.text_stub = {config.ClearSolutions.text_stub!r}
+'''
+    return atomic_write_text(root / COURSE_CONFIG, text)
+
+
 def prepare_course(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR) -> Path:
     """Copy each stage's solution notebook into ``<root>/source/<stage>/`` (fresh copies)."""
     root = Path(root).resolve()

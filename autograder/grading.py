@@ -136,19 +136,22 @@ def home_seed() -> dict[str, str]:
 
 
 def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None):
-    from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, LimitOutput,
-                                        OverwriteCells, OverwriteKernelspec)
+    from nbgrader.preprocessors import (CheckCellMetadata, DeduplicateIds, LimitOutput, OverwriteCells,
+                                        OverwriteKernelspec)
 
     from .preprocessors import (CapOutputSize, GuardedExecute, InjectStateReset, RemoveInjectedCells,
                                 RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
+    from .privacy import SanitizeOutputs, ScrubPersonalData
+    from .submitted_outputs import KeepDemoOutputs
     from .verdicts import JudgeTestCells, ProbeTestCells
 
     config = nbgrader_config(scratch)
-    config.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
+    # KeepDemoOutputs is nbgrader's ClearOutput, except the student's saved outputs of the demo cells it never runs
+    config.Autograde.sanitize_preprocessors = [KeepDemoOutputs, ScrubPersonalData, DeduplicateIds, OverwriteKernelspec,
                                                RestoreDeletedCells, OverwriteCells, CheckCellMetadata]
     config.Autograde.autograde_preprocessors = [SkipDemoCells, ProbeTestCells, InjectStateReset, GuardedExecute,
-                                                RemoveInjectedCells, JudgeTestCells, StderrIsNotFailure, CapOutputSize,
-                                                LimitOutput]
+                                                RemoveInjectedCells, JudgeTestCells, StderrIsNotFailure,
+                                                SanitizeOutputs, CapOutputSize, LimitOutput]
     config.SkipDemoCells.source_root = str(scratch / "source")
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
@@ -168,9 +171,11 @@ def _score_config(root: Path):
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
                                         LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
 
+    from .privacy import ScrubPersonalData
+
     config = nbgrader_config(root)
     config.CourseDirectory.submitted_directory = EXECUTED
-    config.Autograde.sanitize_preprocessors = [DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
                                                CheckCellMetadata]
     config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                                 SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]

@@ -7,7 +7,8 @@ Autograding (see :mod:`autograder.grading` for the order they run in):
 - :class:`InjectStateReset` / :class:`RemoveInjectedCells`: before execution, a cell that records the kernel's
   settings and, before each graded test cell, one that restores them (:mod:`autograder.kernel_state`);
   removed after execution.
-- :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run.
+- :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run (they keep
+  the outputs the student saved with them, marked: :mod:`autograder.submitted_outputs`).
 - :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.sandbox`),
   survives a kernel that dies or ignores interrupts, and caps the whole notebook's run time; every cell it
   could not run gets an error output that says why.
@@ -187,14 +188,14 @@ class GuardedExecute(Execute):
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
+        if cell.metadata.pop(SKIPPED, False):  # never run: keeps the student's saved outputs, if any
+            self._not_replayed.add(index)
+            return cell, resources
         if self._problem is None and time.monotonic() > self._deadline:
             self._problem = f"the notebook ran longer than its limit of {self.notebook_timeout:g} s"
         if self._problem is not None:
             if cell.cell_type == "code":
                 cell.outputs = [error_output("NotRun", f"this cell did not run: {self._problem}")]
-            return cell, resources
-        if cell.metadata.pop(SKIPPED, False):
-            self._not_replayed.add(index)
             return cell, resources
         position = 1 + sum(not other.metadata.get(INJECTED) for other in self.nb.cells[:index])
         name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {position}"

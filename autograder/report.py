@@ -4,8 +4,11 @@ for every stage that could not be graded normally; printed as text and written a
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 NOT_SANDBOXED = ("NOT SANDBOXED (--no-sandbox): the notebooks ran with this user's rights, able to read the "
                  "hidden tests and other students' work, write anywhere and use the network.")
@@ -66,19 +69,18 @@ class GradeTable:
 
     def write_csv(self, path: Path) -> Path:
         """One row per student: points per stage, total, maximum, and the problems as one text column; when the
-        notebooks ran without the sandbox, a last column ``sandboxed`` says ``no`` on every row."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        notebooks ran without the sandbox, a last column ``sandboxed`` says ``no`` on every row. Written atomically
+        (:mod:`autograder.atomic`): a reader sees the old file or the whole new one."""
         unsandboxed = [] if self.sandboxed else ["no"]
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["student", *self.stages, "total", "max_total", "problems",
-                             *(["sandboxed"] if unsandboxed else [])])
-            for row in self.rows:
-                writer.writerow([row.student, *(f"{row.points[s]:g}" for s in self.stages), f"{row.total:g}",
-                                 f"{self.max_total:g}", "; ".join(f"{s}: {r}" for s, r in row.problems.items()),
-                                 *unsandboxed])
-        return path
+        handle = io.StringIO(newline="")
+        writer = csv.writer(handle)
+        writer.writerow(["student", *self.stages, "total", "max_total", "problems",
+                         *(["sandboxed"] if unsandboxed else [])])
+        for row in self.rows:
+            writer.writerow([row.student, *(f"{row.points[s]:g}" for s in self.stages), f"{row.total:g}",
+                             f"{self.max_total:g}", "; ".join(f"{s}: {r}" for s, r in row.problems.items()),
+                             *unsandboxed])
+        return atomic_write_text(Path(path), handle.getvalue())
 
 
 def read_grade_table(root: Path, stages, students, problems: dict[tuple[str, str], str],

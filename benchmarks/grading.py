@@ -13,6 +13,10 @@ this machine's caches that grading gives it (``autograder.grading.home_seed``).
     python benchmarks/grading.py --copies 2            # 6 students, all five stages
     python benchmarks/grading.py --stages 01_noising   # one stage only
     python benchmarks/grading.py --jobs --kernel-starts 10   # the sandbox's cost only
+    python benchmarks/grading.py --jobs 2 --dask local:2     # a Dask LocalCluster against --jobs 2
+
+``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed``; the wall time includes
+starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sandbox", action="store_true", help="grade without the sandbox")
     parser.add_argument("--kernel-starts", type=int, default=5,
                         help="kernel starts with and without the sandbox for the sandbox s/nb column (default 5)")
+    parser.add_argument("--dask", default=None, help="also grade on this Dask cluster (local:N or tcp://...)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
     args = parser.parse_args(argv)
@@ -108,13 +113,29 @@ def main(argv=None) -> int:
         print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU, "
               f"{'no sandbox' if args.no_sandbox else 'sandboxed'}")
         print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}  {'sandbox s/nb':>12}")
+        walls = {}
         for jobs in args.jobs:
             started = time.perf_counter()
             _, runs = grade(submissions, root, args.stages, GradingOptions(jobs=jobs, sandbox=not args.no_sandbox),
                             args.solutions)
-            wall = time.perf_counter() - started
+            wall = walls[jobs] = time.perf_counter() - started
             alone = sum(run["seconds"] for run in runs) / len(runs)
             print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}")
+        if args.dask:
+            (root / "executed" / "index.json").unlink(missing_ok=True)  # execute everything again
+            started = time.perf_counter()
+            _, runs = grade(submissions, root, args.stages, GradingOptions(sandbox=not args.no_sandbox),
+                            args.solutions, dask=args.dask)
+            wall = time.perf_counter() - started
+            alone = sum(run["seconds"] for run in runs) / len(runs)
+            notebooks = students * len(args.stages)
+            print(f"{args.dask}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  "
+                  f"(run s/notebook {alone / len(args.stages):.2f})")
+            workers = int(args.dask.split(":")[1]) if args.dask.startswith("local:") else None
+            if workers in walls:
+                extra = wall - walls[workers]
+                print(f"Dask overhead over --jobs {workers}: {extra:+.1f} s wall ({extra / notebooks:+.2f} s per "
+                      f"notebook, {100 * extra / walls[workers]:+.0f} %), cluster start included")
     return 0
 
 

@@ -19,9 +19,10 @@ import pytest
 
 from autograder.collect import MISSING, collect_submissions
 from autograder.commands import feedback, grade, release
-from autograder.course import REPO_ROOT
+from autograder.course import REPO_ROOT, nbgrader_config
 from autograder.grading import GradingOptions, executed_path
 from autograder.sandbox import sandbox_unavailable
+from autograder.submitted_outputs import SUBMITTED_MARKER
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -135,6 +136,46 @@ except OSError as error:
     print("disk full after", written // 2**20, "MiB:", error.strerror)"""
 
 
+ACTIVE_HTML = """from IPython.display import HTML, Javascript, display
+display(HTML("<script>document.title = 'pwned-by-script'</script>"
+             "<img src=x onerror=\\"document.title = 'pwned-by-img'\\"><b>bold text stays</b>"))
+display(Javascript("document.title = 'pwned-by-js'"))"""
+ACTIVE_MARKDOWN = ("<script>document.title = 'pwned-by-markdown'</script>"
+                   "<img src=x onerror=\"alert('pwned-by-md-img')\"> So that a check can draw the same noise, "
+                   "<a href=\"javascript:alert('pwned-by-link')\">see</a>.")
+COLAB_USER = {"displayName": "Jane Q. Studentname", "userId": "10938475610293847561",
+              "photoUrl": "https://lh3.googleusercontent.com/a/photo-of-jane"}
+COLAB_SECRETS = ("Jane Q. Studentname", "10938475610293847561", "photo-of-jane", "ABX9TyAuthorshipTag",
+                 "1AbCdEfGhIjKlMnOpQrStUvWxYz", "5f1e0c3a-aaaa-bbbb-cccc")
+# a 1x1 PNG: the figure a student saved with a demo cell
+SAVED_FIGURE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgAAACAAEA4iG8MwAAAABJRU5ErkJggg=="
+
+
+def _from_colab(notebook) -> nbformat.NotebookNode:
+    """What Colab saves: the Drive provenance and authorship tag, and on every cell the user who ran it."""
+    notebook.metadata["colab"] = {"provenance": [{"file_id": "1AbCdEfGhIjKlMnOpQrStUvWxYz",
+                                                  "timestamp": 1700000000000}],
+                                  "authorship_tag": "ABX9TyAuthorshipTag", "name": "Copy of 00_toy.ipynb"}
+    for position, cell in enumerate(notebook.cells):
+        cell.metadata.update({"colab": {"base_uri": "https://localhost:8080/"}, "id": f"cell{position}",
+                              "outputId": f"5f1e0c3a-aaaa-bbbb-cccc-{position:012d}",
+                              "executionInfo": {"status": "ok", "elapsed": 12, "user_tz": -60,
+                                                "timestamp": 1700000000000, "user": COLAB_USER}})
+    return notebook
+
+
+def _with_saved_outputs(notebook) -> nbformat.NotebookNode:
+    """The solution saved after a run: a figure under the demo cell, and outputs of its own under an answer cell
+    and a test cell (which the grader runs, so they must not survive)."""
+    stream = nbformat.v4.new_output
+    _cell(notebook, "slow_demo").outputs = [stream("stream", name="stdout", text="final loss 0.123\n"),
+                                            stream("display_data", data={"image/png": SAVED_FIGURE,
+                                                                         "text/plain": "<Figure size 1x1>"})]
+    _cell(notebook, "add_noise").outputs = [stream("stream", name="stdout", text="saved answer output\n")]
+    _cell(notebook, "test_add_noise").outputs = [stream("stream", name="stdout", text="✓ saved fake pass\n")]
+    return notebook
+
+
 def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
     """Each student's notebook (a string: the raw file; None: no notebook at all)."""
     course = released.parents[2]
@@ -151,6 +192,10 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
                      "import os, sys, tempfile\nprint('x' * 5_000_000)\nprint('a warning of mine', file=sys.stderr)\n"
                      "os.chdir(tempfile.gettempdir())\ntorch.set_default_dtype(torch.float64)\n"
                      "torch.set_num_threads(1)\ntorch.use_deterministic_algorithms(True)")
+    active_html = _insert_after(_solution(), "add_noise", ACTIVE_HTML)
+    _cell(active_html, "why_generator").source = ACTIVE_MARKDOWN
+    colab = _from_colab(_insert_after(_solution(), "setup", "print('my own cell stays')"))
+    colab.cells[2].metadata["autograder_injected"] = True  # would remove it from the graded copy
     messy = _add_noise_body(messy, "    import sys\n    print('add_noise was called', file=sys.stderr)\n"
                                "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)")
     students = {
@@ -177,6 +222,10 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
         "code_object": _insert_after(_add_noise_body(_solution(), WRONG), "add_noise", CODE_OBJECT),
         "detached": _insert_after(_solution(), "setup", DETACHED.format(marker=str(course / "outlived.txt"))),
         "fills_disk": _insert_after(_solution(), "setup", FILL_DISK),
+        "active_html": active_html,
+        "colab": colab,
+        "saved_figure": _with_saved_outputs(_solution()),
+        "garbled": _solution(),  # its executed notebook becomes garbage before scoring (_garble)
     }
     if SANDBOXED:  # tries to read the hidden tests and the others' work, and to write outside its folder
         students["snoop"] = snoop
@@ -202,11 +251,20 @@ def course(tmp_path_factory) -> Path:
     return root
 
 
+def _garble(course: Path):
+    """A progress callback that replaces the executed notebook of "garbled" by garbage as soon as phase 1 has run
+    it, so that scoring it (phase 2) fails."""
+    def progress(result):
+        if result["student"] == "garbled":
+            executed_path(course, "garbled", STAGE).write_text('{"cells": [ garbage')
+    return progress
+
+
 @pytest.fixture(scope="module")
 def graded(course, tmp_path_factory):
     submissions = _write_class(tmp_path_factory.mktemp("submissions"), _students(course / "release" / STAGE /
                                                                                    f"{STAGE}.ipynb"))
-    table, runs = grade(submissions, course, STAGES, OPTIONS, TOY_DIR)
+    table, runs = grade(submissions, course, STAGES, OPTIONS, TOY_DIR, progress=_garble(course))
     return course, submissions, table, {row.student: row for row in table.rows}, runs
 
 
@@ -305,11 +363,17 @@ def test_broken_and_missing_notebooks_get_a_clear_line(graded):
     assert "broken / 00_toy: not a valid notebook" in text and "absent / 00_toy: missing" in text
     csv_lines = (course / "grades.csv").read_text().splitlines()
     assert csv_lines[0] == f"student,{STAGE},total,max_total,problems" and len(csv_lines) == 1 + len(rows)
+    assert any(line.startswith("garbled,0,0,") and "could not be scored" in line for line in csv_lines)
 
 
-def test_feedback_explains_failures_without_showing_hidden_tests(graded):
+@pytest.fixture(scope="module")
+def pages(graded) -> list[Path]:
+    """The class's HTML feedback, generated once."""
+    return feedback(graded[0], STAGES)
+
+
+def test_feedback_explains_failures_without_showing_hidden_tests(graded, pages):
     course, _, _, _, _ = graded
-    pages = feedback(course, STAGES)
     assert {page.parent.parent.name for page in pages} >= {"solution", "reference", "tamper_wrong"}
     html = (course / "feedback" / "reference" / STAGE / f"{STAGE}.html").read_text()
     assert "leaves out the reference answers" in html  # why the tests failed
@@ -433,3 +497,115 @@ def test_the_kernel_sees_only_its_own_submission_and_can_write_nowhere_else(grad
     assert not (course / "hacked.txt").exists() and not list(course.glob("work/*/hacked.txt"))
     assert not {"gradebook.db", "source", "release", "submitted", "autograded"} & set(report["files_here"])
     assert report["home"].endswith(f"autograded/snoop/{STAGE}")  # HOME is its own folder
+
+
+def _live_html(page: str) -> dict[str, list[str]]:
+    """What a browser would run or follow in ``page``: the text of its scripts, its event-handler attributes and
+    its ``javascript:`` links."""
+    from html.parser import HTMLParser
+
+    found = {"scripts": [], "handlers": [], "links": []}
+
+    class Parser(HTMLParser):
+        in_script = False
+
+        def handle_starttag(self, tag, attrs):
+            self.in_script = tag == "script"
+            for name, value in attrs:
+                if name.startswith("on"):
+                    found["handlers"].append(f"{tag} {name}={value}")
+                if name in ("href", "src", "action") and (value or "").strip().lower().startswith("javascript"):
+                    found["links"].append(f"{tag} {name}={value}")
+
+        def handle_endtag(self, tag):
+            self.in_script = False
+
+        def handle_data(self, data):
+            if self.in_script:
+                found["scripts"].append(data)
+
+    Parser().feed(page)
+    return found
+
+
+def test_student_html_and_javascript_are_not_live_in_feedback_or_graded_copies(graded, pages):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "active_html") == MAX_AUTO
+    page = (course / "feedback" / "active_html" / STAGE / f"{STAGE}.html").read_text()
+    live = _live_html(page)
+    assert not [script for script in live["scripts"] if "pwned" in script], live["scripts"]
+    assert not live["handlers"] and not live["links"], live
+    assert "bold text stays" in page  # harmless markup survives; the rest is shown as escaped text
+    assert "&lt;script&gt;document.title = 'pwned-by-script'" in page
+    assert "&lt;script&gt;document.title = 'pwned-by-markdown'" in page  # the written answer, as text
+    for kind in ("executed", "autograded"):
+        notebook = nbformat.read(course / kind / "active_html" / STAGE / f"{STAGE}.ipynb", as_version=4)
+        outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+        assert not [output for output in outputs if "application/javascript" in output.get("data", {})]
+        shown = [output.data["text/html"] for output in outputs if "text/html" in output.get("data", {})]
+        assert shown and all("<script" not in html and "onerror" not in html for html in shown), shown
+
+
+def test_colab_metadata_with_the_students_name_is_in_no_graded_copy_or_feedback(graded, pages):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "colab") == MAX_AUTO
+    files = [course / kind / "colab" / STAGE / f"{STAGE}.ipynb" for kind in ("executed", "autograded")]
+    files.append(course / "feedback" / "colab" / STAGE / f"{STAGE}.html")
+    for path in files:
+        text = path.read_text()
+        leaked = [secret for secret in COLAB_SECRETS if secret in text]
+        assert not leaked, (path, leaked)
+    autograded = nbformat.read(files[1], as_version=4)
+    assert set(autograded.metadata) <= {"kernelspec", "language_info"}
+    metadata_keys = {key for cell in autograded.cells for key in cell.metadata}
+    assert not {"executionInfo", "outputId", "colab", "id"} & metadata_keys
+    assert _cell(autograded, "test_add_noise").metadata["nbgrader"]["points"] == 1  # nbgrader's metadata kept
+    assert any(cell.source == "print('my own cell stays')" for cell in autograded.cells)  # not "injected"
+
+
+def test_a_demo_cells_saved_figure_is_kept_for_the_ta_and_no_other_saved_output(graded, pages):
+    course, _, _, rows, _ = graded
+    assert _points(rows, "saved_figure") == MAX_AUTO
+    for kind in ("executed", "autograded"):
+        notebook = nbformat.read(course / kind / "saved_figure" / STAGE / f"{STAGE}.ipynb", as_version=4)
+        demo = _cell(notebook, "slow_demo")
+        assert demo.execution_count is None and demo.outputs[0].text.startswith(SUBMITTED_MARKER)
+        assert demo.outputs[1].text == "final loss 0.123\n" and demo.outputs[2].data["image/png"] == SAVED_FIGURE
+        assert _cell(notebook, "add_noise").outputs == []  # the grader ran it: its own outputs only (none)
+        test_outputs = json.dumps(_cell(notebook, "test_add_noise").outputs)
+        assert "saved fake pass" not in test_outputs and SUBMITTED_MARKER not in test_outputs
+        solution = nbformat.read(course / kind / "solution" / STAGE / f"{STAGE}.ipynb", as_version=4)
+        assert _cell(solution, "slow_demo").outputs == []  # nothing saved, nothing marked
+        assert not [cell for cell in solution.cells if SUBMITTED_MARKER in json.dumps(cell.get("outputs", []))]
+    page = (course / "feedback" / "saved_figure" / STAGE / f"{STAGE}.html").read_text()
+    assert SUBMITTED_MARKER in page and f"data:image/png;base64,{SAVED_FIGURE}" in page
+
+
+def test_a_notebook_that_cannot_be_scored_costs_only_itself(graded):
+    from nbgrader.api import Gradebook
+
+    course, _, table, rows, _ = graded
+    assert _points(rows, "garbled") == 0.0
+    assert rows["garbled"].problems[STAGE].startswith("could not be scored")
+    assert _points(rows, "solution") == MAX_AUTO and _points(rows, "tamper_wrong") == 1.0  # the others as ever
+    with Gradebook(nbgrader_config(course.resolve()).CourseDirectory.db_url) as gradebook:  # still opens
+        assert gradebook.find_submission(STAGE, "solution").code_score == MAX_AUTO
+        assert gradebook.find_submission(STAGE, "colab").code_score == MAX_AUTO
+    assert f"garbled / {STAGE}: could not be scored" in table.format()  # and in the CSV (see the broken notebooks)
+    assert not list(course.glob(".*.tmp")) and not list((course / "feedback").glob("*/*/.*.tmp"))
+
+
+def test_release_writes_a_course_config_that_nbgraders_own_apps_read(course, monkeypatch):
+    from nbgrader.apps import NbGrader
+    from traitlets.config.loader import PyFileConfigLoader
+
+    expected = nbgrader_config(course.resolve())
+    loaded = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    assert loaded.CourseDirectory.db_url == expected.CourseDirectory.db_url
+    assert loaded.CourseDirectory.course_id == expected.CourseDirectory.course_id
+    assert loaded.ClearSolutions.code_stub == expected.ClearSolutions.code_stub
+    assert loaded.ClearSolutions.text_stub == expected.ClearSolutions.text_stub
+    monkeypatch.chdir(course)  # as `jupyter lab` started in the course folder: formgrader loads it so
+    app = NbGrader()
+    app.load_config_file()
+    assert app.config.CourseDirectory.db_url == expected.CourseDirectory.db_url

@@ -1,0 +1,397 @@
+"""Phase 1 of grading on a Dask distributed cluster (``grade --dask tcp://HOST:8786`` or ``--dask local:N``).
+
+The cut: one Dask task per notebook, running :func:`autograder.grading.execute_notebook` unchanged on the worker,
+in a fresh temporary course folder, in a child process set up as a ``--jobs`` worker process
+(:func:`autograder.grading._init_worker`: memory cap, thread share, quick mode, stderr into a log), with the
+same sandbox. Phase 2 (scoring into the gradebook) and ``grades.csv`` stay on the client, exactly as with
+``--jobs``.
+
+What travels to a worker, as bytes (nothing else; no shared file system is needed):
+
+- once per stage (scattered): a copy of ``gradebook.db`` (nbgrader's ``Autograde`` restores edited and deleted
+  cells from it, so it holds the test cells' code, hidden tests included; never any expected value or
+  score of this run), ``release/<stage>/`` and ``source/<stage>/`` with the *solution cells of the source
+  notebook emptied* (only the cells' metadata is read there, for ``skip_when_grading``);
+- per task: the student's submitted files of that stage, the grading options, the name of the library view of
+  the kernel (:func:`autograder.grading.view_stage`) and the version stamp.
+
+What comes back: the executed notebook folder (``executed/<student>/<stage>/``, the test cells holding only
+their verdicts) and the run's record (seconds, problem). The expected values of the checks are computed and
+judged by the worker's grading process (outside the student's kernel) from the worker's own installed
+``course_lib``; they never cross the network. Hence every worker needs this project installed in the same
+environment: :func:`environment_stamp` (``course_lib.__version__`` and a hash of ``course_lib/`` and
+``autograder/``) is compared on every worker before grading starts and again in every task.
+
+Faults: a worker that dies mid-notebook has its task rescheduled by the scheduler on another worker, up to
+``distributed.scheduler.allowed-failures`` times (``ALLOWED_FAILURES`` for ``local:N``); a notebook that kills
+its worker every time becomes that student's problem and the class goes on. Each finished notebook is written
+to ``executed/`` and recorded in ``executed/index.json`` (keyed by the submission's content hash, the grading
+options and the source notebook's hash) as it arrives, so if the scheduler goes away the run stops with
+:class:`SchedulerLostError` and a rerun executes only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .grading import EXECUTED, LOGS, GradingOptions, executed_path, view_stage
+
+ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
+INDEX = "index.json"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+class WorkerEnvironmentError(RuntimeError):
+    """A Dask worker does not have the same course_lib / autograder as the client."""
+
+
+class SchedulerLostError(RuntimeError):
+    """The Dask scheduler went away during grading (what was executed is kept; a rerun resumes)."""
+
+
+@functools.lru_cache(maxsize=None)
+def environment_stamp() -> str:
+    """``course_lib.__version__`` and a hash of every file of the installed ``course_lib/`` and ``autograder/``,
+    computed once per process (the code a worker process started with)."""
+    import course_lib
+
+    digest = hashlib.sha256()
+    for package in (Path(course_lib.__file__).resolve().parent, PACKAGE_ROOT):
+        for path in sorted(package.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                digest.update(f"{package.name}/{path.relative_to(package)}\0".encode())
+                digest.update(path.read_bytes())
+    return f"course_lib {course_lib.__version__}, code {digest.hexdigest()[:16]}"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for relative, data in files.items():
+        target = folder / relative
+        if target.resolve().parent != folder.resolve() and folder.resolve() not in target.resolve().parents:
+            raise ValueError(f"refusing to write outside {folder}: {relative}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _without_solutions(data: bytes) -> bytes:
+    """A source notebook with the code of its solution cells removed (metadata and other cells kept)."""
+    import nbformat
+    from nbgrader import utils
+
+    notebook = nbformat.reads(data.decode(), as_version=4)
+    for cell in notebook.cells:
+        if utils.is_solution(cell):
+            cell.source = ""
+    return nbformat.writes(notebook).encode()
+
+
+def course_payload(root: Path, stage: str) -> dict[str, bytes]:
+    """The course files a worker needs to grade ``stage`` (see the module's docstring), by path in the course."""
+    root = Path(root)
+    files = {"gradebook.db": (root / "gradebook.db").read_bytes()}
+    for name in ("release", "source"):
+        for relative, data in _files(root / name / stage).items():
+            if name == "source" and relative.endswith(".ipynb"):
+                data = _without_solutions(data)
+            files[f"{name}/{stage}/{relative}"] = data
+    return files
+
+
+def _options_dict(options: GradingOptions) -> dict:
+    return {key: value for key, value in dataclasses.asdict(options).items() if key != "jobs"}
+
+
+def resume_key(root: Path, student: str, stage: str, options: GradingOptions) -> str:
+    """What decides whether an executed notebook can be reused: the submission's files, the grading options
+    (not ``jobs``) and the source notebook."""
+    digest = hashlib.sha256()
+    for relative, data in _files(Path(root) / "submitted" / student / stage).items():
+        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
+    digest.update(json.dumps(_options_dict(options), sort_keys=True).encode())
+    digest.update((Path(root) / "source" / stage / f"{stage}.ipynb").read_bytes())
+    return digest.hexdigest()
+
+
+def _load_index(root: Path) -> dict:
+    try:
+        return json.loads((Path(root) / EXECUTED / INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_index(root: Path, index: dict) -> None:
+    path = Path(root) / EXECUTED / INDEX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(temporary, path)
+
+
+def _notebook_hash(root: Path, student: str, stage: str) -> str | None:
+    path = executed_path(root, student, stage)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+# --- the worker's side ---------------------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the worker that started it dies (Linux), so no orphan grades on."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], student: str, stage: str,
+                        options: dict, library_view: str | None, stamp: str, jobs_by_host: dict) -> dict:
+    """One notebook on a Dask worker: returns ``{"result": execute_notebook's record, "files": the executed
+    folder's files}``. Runs ``execute_notebook`` in a child process set up like a ``--jobs`` worker."""
+    import socket
+
+    local = environment_stamp()
+    if local != stamp:
+        raise WorkerEnvironmentError(f"worker on {socket.gethostname()} has {local}, the client has {stamp}")
+    host = _worker_host()
+    jobs = max(1, int(jobs_by_host.get(host, 1)))
+    log_dir = Path(tempfile.gettempdir()) / "autograder-worker-logs"
+    with tempfile.TemporaryDirectory(prefix="autograder-") as folder:
+        root = Path(folder)
+        _write_files(root, course)
+        _write_files(root / "submitted" / student / stage, submission)
+        request = {"root": str(root), "student": student, "stage": stage, "options": {**options, "jobs": jobs},
+                   "view": library_view, "log_dir": str(log_dir)}
+        child = subprocess.run([sys.executable, "-m", "autograder.distributed"], input=json.dumps(request),
+                               capture_output=True, text=True, preexec_fn=_die_with_parent)
+        if child.returncode != 0 or not child.stdout.strip():
+            result = {"student": student, "stage": stage, "seconds": 0.0,
+                      "problem": f"could not be graded (its grading process ended with {child.returncode}; "
+                                 f"see {log_dir} on {host})"}
+            return {"result": result, "files": {}}
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        if result["problem"]:
+            result["problem"] = result["problem"].replace(str(root / LOGS), f"{log_dir} on {host}")
+        executed = executed_path(root, student, stage).parent
+        files = _files(executed) if executed.is_dir() else {}
+    return {"result": result, "files": files}
+
+
+def _worker_host() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address.rsplit(":", 1)[0]
+    except (ImportError, ValueError):
+        return "localhost"
+
+
+def _child_main() -> int:
+    """``python -m autograder.distributed`` (the worker's child): a request on stdin, the record on stdout."""
+    from .grading import _init_worker, execute_notebook, kernel_python_path
+
+    request = json.loads(sys.stdin.read())
+    options = GradingOptions(**request["options"])
+    stdout = os.dup(1)
+    _init_worker(options, request["log_dir"])  # stderr into the worker's log, as a --jobs worker
+    os.dup2(2, 1)  # whatever else prints goes to the log too; the record goes to the saved stdout
+    root = Path(request["root"])
+    python_path = kernel_python_path(root, request["view"])
+    result = execute_notebook(str(root), request["student"], request["stage"], options, str(python_path))
+    os.write(stdout, (json.dumps(result) + "\n").encode())
+    return 0
+
+
+# --- the client's side ---------------------------------------------------------------------------------------
+
+def connect(spec) -> tuple:
+    """``(client, cluster)`` for ``spec``: ``"local:N"`` (a LocalCluster of N one-thread worker processes that
+    this call owns), a scheduler address (``tcp://HOST:8786``), or an existing ``distributed.Client``
+    (``cluster`` is None unless this call started one)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if isinstance(spec, Client):
+        return spec, None
+    spec = str(spec)
+    if spec.startswith("local:"):
+        workers = int(spec.split(":", 1)[1])
+        if workers < 1:
+            raise ValueError(f"--dask local:N needs N >= 1, got {spec!r}")
+        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                                   dashboard_address=":0", scheduler_port=0)
+        return Client(cluster), cluster
+    try:
+        return Client(spec, timeout="30s"), None
+    except (OSError, TimeoutError) as error:
+        raise SchedulerLostError(f"no Dask scheduler answers at {spec}: {error}") from None
+
+
+def _worker_sandbox() -> str | None:
+    from .sandbox import sandbox_unavailable
+
+    return sandbox_unavailable()
+
+
+def check_workers(client, stamp: str, sandbox: bool = True) -> dict[str, int]:
+    """Raise :class:`WorkerEnvironmentError` unless every worker has ``stamp`` (and can make the sandbox when
+    ``sandbox``); returns workers per host."""
+    workers = client.scheduler_info()["workers"]
+    if not workers:
+        client.wait_for_workers(1, timeout=120)
+        workers = client.scheduler_info()["workers"]
+    try:
+        stamps = client.run(environment_stamp)
+    except Exception as error:  # noqa: BLE001 - e.g. no autograder module at all on a worker
+        raise WorkerEnvironmentError(f"Nothing was graded: a Dask worker cannot run this project's code "
+                                     f"({type(error).__name__}: {error}); install it there") from None
+    wrong = {address: found for address, found in stamps.items() if found != stamp}
+    if wrong:
+        lines = "\n".join(f"  {address}: {found}" for address, found in sorted(wrong.items()))
+        raise WorkerEnvironmentError(
+            f"Nothing was graded: these Dask workers do not run this project's code ({stamp}):\n{lines}\n"
+            "Install the same version of course_lib/autograder in the workers' environment "
+            "(pip install -c constraints.txt -e \".[dev]\" from the same checkout) and restart them.")
+    if sandbox:
+        reasons = {address: reason for address, reason in client.run(_worker_sandbox).items() if reason}
+        if reasons:
+            lines = "\n".join(f"  {address}: {reason}" for address, reason in sorted(reasons.items()))
+            raise WorkerEnvironmentError(f"Nothing was graded: these Dask workers cannot make the sandbox:\n{lines}")
+    hosts: dict[str, int] = {}
+    for address in workers:
+        host = address.rsplit(":", 1)[0]
+        hosts[host] = hosts.get(host, 0) + 1
+    return hosts
+
+
+def _retries(client, keys: list[str]) -> int:
+    def count(dask_scheduler, keys):
+        return sum(getattr(dask_scheduler.tasks.get(key), "suspicious", 0) for key in keys)
+
+    try:
+        return int(client.run_on_scheduler(count, keys=keys))
+    except Exception:  # noqa: BLE001 - the count is for the progress line only
+        return 0
+
+
+def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, dask,
+                     progress: Callable[[dict], None] | None = None,
+                     notify: Callable[[str], None] = print) -> list[dict]:
+    """:func:`autograder.grading.execute_all` on a Dask cluster (``dask``: see :func:`connect`); same return."""
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    root = Path(root)
+    client, cluster = connect(dask)
+    try:
+        stamp = environment_stamp()
+        hosts = check_workers(client, stamp, options.sandbox)
+        link = client.dashboard_link if client.scheduler_info().get("services", {}).get("dashboard") else None
+        notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}"
+               + (f"; dashboard {link}" if link else ""))
+        index = _load_index(root)
+        tasks, results = [], []
+        for student, stages in work.items():
+            done = set()
+            for stage in stages:
+                key = resume_key(root, student, stage, options)
+                entry = index.get(f"{student}/{stage}")
+                if entry and entry["key"] == key and entry["notebook"] == _notebook_hash(root, student, stage):
+                    done.add(stage)
+                    results.append({**entry["result"], "seconds": entry["result"]["seconds"], "resumed": True})
+                else:
+                    tasks.append((student, stage, key))
+            folder = root / EXECUTED / student
+            for stale in (folder.iterdir() if folder.is_dir() else ()):
+                if stale.name not in done:
+                    shutil.rmtree(stale, ignore_errors=True)
+                    index.pop(f"{student}/{stale.name}", None)
+        if results:
+            notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
+        courses = {stage: client.scatter(course_payload(root, stage), broadcast=False, hash=False)
+                   for stage in {stage for _, stage, _ in tasks}}
+        views = {stage: view_stage(root, stage) for stage in courses}
+        options_dict = dataclasses.asdict(options)
+        futures = {}
+        for student, stage, key in tasks:
+            submission = _files(root / "submitted" / student / stage)
+            future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_dict,
+                                   views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
+                                   pure=False, retries=0)
+            futures[future] = (student, stage, key)
+        finished = failed = 0
+        try:
+            for future in as_completed(list(futures)):
+                student, stage, key = futures[future]
+                try:
+                    answer = future.result()
+                except KilledWorker:
+                    answer = {"result": {"student": student, "stage": stage, "seconds": 0.0,
+                                         "problem": "not graded: its notebook killed the grading worker "
+                                                    "every time it ran (tried on several workers)"}, "files": {}}
+                except WorkerEnvironmentError:
+                    raise
+                except (FutureCancelledError, OSError, TimeoutError) as error:
+                    raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
+                result = answer["result"]
+                target = executed_path(root, student, stage).parent
+                shutil.rmtree(target, ignore_errors=True)
+                if answer["files"]:
+                    target.mkdir(parents=True)
+                    _write_files(target, answer["files"])
+                    if not (result["problem"] or "").startswith("could not be graded"):
+                        index[f"{student}/{stage}"] = {"key": key, "result": result,
+                                                       "notebook": _notebook_hash(root, student, stage)}
+                        _save_index(root, index)
+                finished += 1
+                failed += bool(result["problem"])
+                result["progress"] = (f"{finished}/{len(futures)} done, {failed} with problems, "
+                                      f"{_retries(client, [f.key for f in futures])} retried")
+                results.append(result)
+                if progress is not None:
+                    progress(result)
+        except Exception as error:
+            if isinstance(error, (SchedulerLostError, WorkerEnvironmentError)) or client.status == "running":
+                raise
+            raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
+        _save_index(root, index)
+    finally:
+        if client is not dask:  # a client passed in stays open for its owner
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
+    for result in results:
+        run = runs[result["student"]]
+        run["seconds"] += result["seconds"]
+        if result["problem"]:
+            run["problems"][result["stage"]] = result["problem"]
+    return list(runs.values())
+
+
+def _lost_message(client, finished: int, total: int, error: BaseException) -> str:
+    return (f"The Dask scheduler went away ({type(error).__name__}: {error}) after {finished} of {total} "
+            f"notebooks; those are kept in executed/ ({INDEX}). Start the scheduler again and rerun the same "
+            "command: it executes only the notebooks that are missing.")
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
