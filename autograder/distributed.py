@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .grading import EXECUTED, LOGS, GradingOptions, executed_path, view_stage
+from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
 INDEX = "index.json"
@@ -378,13 +378,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
             client.close()
         if cluster is not None:
             cluster.close()
-    runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
-    for result in results:
-        run = runs[result["student"]]
-        run["seconds"] += result["seconds"]
-        if result["problem"]:
-            run["problems"][result["stage"]] = result["problem"]
-    return list(runs.values())
+    return runs_by_student(work, results)
 
 
 def _lost_message(client, finished: int, total: int, error: BaseException) -> str:

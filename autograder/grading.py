@@ -306,6 +306,12 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
                 progress(future.result())
         results = [future.result() for future in futures]
     shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
+    return runs_by_student(work, results)
+
+
+def runs_by_student(work: dict[str, tuple[str, ...]], results: list[dict]) -> list[dict]:
+    """:func:`execute_notebook`'s results gathered per student, in the order of ``work``: ``{"student", "seconds",
+    "problems": {stage: reason}}``, ``seconds`` being the time their notebooks took to run, added up."""
     runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
     for result in results:
         run = runs[result["student"]]

@@ -39,8 +39,7 @@ def train_command(args: argparse.Namespace) -> int:
                               data_root=args.data_root, progress=not args.no_progress)
         train_seconds = time.perf_counter() - started
         generator = torch.Generator(device=device).manual_seed(0)
-        losses_figure = plots.plot_losses(trained.losses, f"{stage}: training loss",
-                                          steps_per_epoch=len(trained.losses) // trained.budget.epochs)
+        losses_figure = plots.plot_losses(trained.losses, f"{stage}: training and validation loss")
         figures = {"loss.png": losses_figure,
                    **getattr(deliverables, get(stage).model.figures)(trained, generator, args.data_root)}
         for name, figure in figures.items():

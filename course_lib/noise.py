@@ -6,8 +6,8 @@ Timesteps are integers 0..T-1, 0 the least noisy; ``alpha_bars[t]`` is the produ
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+import inspect
+from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from .validation import (check_choice, check_in_range, check_positive_int, check
 
 SCHEDULE_KINDS = ("linear", "cosine")
 COURSE_NUM_STEPS = 300  # T of the course; Ho et al. use 1000
+COSINE_MAX_BETA = 0.999  # where DDPMSchedule(kind="cosine") clips the betas: Nichol & Dhariwal's choice
 
 
 def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -34,13 +35,6 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None =
     return answers.load("noising").add_noise(x, sigma, generator)
 
 
-def _cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """Nichol & Dhariwal's cosine schedule: alpha_bar(s) = f(s) / f(0), f(s) = cos^2((s/T + o) / (1 + o) * pi/2)."""
-    s = torch.arange(num_steps + 1, dtype=torch.float64)
-    f = torch.cos((s / num_steps + offset) / (1 + offset) * math.pi / 2) ** 2
-    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
-
-
 class DDPMSchedule(nn.Module):
     """The noise schedule of a DDPM with ``num_steps`` (T) steps.
 
@@ -52,7 +46,9 @@ class DDPMSchedule(nn.Module):
     Args:
         num_steps: T (300 in this course).
         beta_start, beta_end: first and last beta of the linear schedule.
-        kind: ``"linear"`` (Ho et al.) or ``"cosine"`` (Nichol & Dhariwal; ignores beta_start/end).
+        kind: ``"linear"`` (Ho et al.) or ``"cosine"`` (Nichol & Dhariwal, betas clipped at
+            :data:`COSINE_MAX_BETA` as in the paper; ignores beta_start/end). Both tables come from stage 1's
+            answers (``ddpm_schedule``, ``cosine_schedule``), loaded when a schedule is built.
     """
 
     def __init__(self, num_steps: int = 300, beta_start: float = 1e-4, beta_end: float = 0.02, kind: str = "linear"):
@@ -64,9 +60,7 @@ class DDPMSchedule(nn.Module):
         if kind == "linear":
             betas, alphas, alpha_bars = answers.load("noising").ddpm_schedule(num_steps, beta_start, beta_end)
         else:
-            betas = _cosine_betas(num_steps)
-            alphas = 1 - betas
-            alpha_bars = torch.cumprod(alphas, 0)
+            betas, alphas, alpha_bars = answers.load("noising").cosine_schedule(num_steps, max_beta=COSINE_MAX_BETA)
         self._hold(betas, alphas, alpha_bars, kind)
 
     @classmethod
@@ -157,20 +151,54 @@ def markov_forward(x0: torch.Tensor, t: int, schedule: DDPMSchedule,
     return x
 
 
-def euler_maruyama(drift: Callable[[torch.Tensor, float], torch.Tensor],
-                   diffusion: Callable[[float], float],
-                   x0: torch.Tensor, t_end: float, num_steps: int,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Simulate ``dx = f(x, t) dt + g(t) dW`` from ``x0`` at t = 0 to ``t_end`` with Euler-Maruyama.
+Diffusion = Union[float, Callable[[float], float], Callable[[torch.Tensor, float], Union[torch.Tensor, float]]]
 
-    ``x_{k+1} = x_k + f(x_k, t_k) dt + g(t_k) sqrt(dt) z_k``, ``z_k ~ N(0, I)``.
+
+def diffusion_term(diffusion: Diffusion) -> Callable[[torch.Tensor, float], Union[torch.Tensor, float]]:
+    """The diffusion term of an SDE as a function ``b(x, t)``, from any of the forms :func:`euler_maruyama` takes.
+
+    ``diffusion`` is a number g (constant), a function ``g(t)`` of the time only (one required positional
+    argument), or a function ``b(x, t)`` of the state and the time (two), returning a number or a tensor shaped
+    like x.
+    """
+    if isinstance(diffusion, bool) or not (isinstance(diffusion, (int, float)) or callable(diffusion)):
+        raise TypeError(f"`diffusion` must be a number, a function g(t) or a function b(x, t), got {diffusion!r}")
+    if isinstance(diffusion, (int, float)):
+        constant = float(diffusion)
+        return lambda x, t: constant
+    try:
+        parameters = inspect.signature(diffusion).parameters.values()
+    except (TypeError, ValueError):
+        raise TypeError("`diffusion`: cannot tell whether it is g(t) or b(x, t); pass a lambda, "
+                        "e.g. lambda t: g(t) or lambda x, t: b(x, t)") from None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(p.default is p.empty for p in positional)
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    if required == 1 or (required == 0 and len(positional) == 1 and not variadic):  # g(t)
+        return lambda x, t: diffusion(t)
+    if required == 2 or (required == 0 and (variadic or len(positional) >= 2)):  # b(x, t)
+        return diffusion
+    raise TypeError(f"`diffusion` must be a function g(t) or b(x, t), got one of {required} required arguments")
+
+
+def euler_maruyama(drift: Callable[[torch.Tensor, float], torch.Tensor], diffusion: Diffusion,
+                   x0: torch.Tensor, t_end: float, num_steps: int,
+                   generator: torch.Generator | None = None, step: Callable | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulate ``dx = f(x, t) dt + b(x, t) dW`` from ``x0`` at t = 0 to ``t_end`` with Euler-Maruyama.
+
+    ``x_{k+1} = x_k + f(x_k, t_k) dt + b(x_k, t_k) sqrt(dt) z_k``, ``z_k ~ N(0, I)`` drawn with ``generator``.
 
     Args:
         drift: f(x, t), returns a tensor shaped like x.
-        diffusion: g(t), a number.
+        diffusion: b(x, t) (a tensor shaped like x, or a number), or its special cases g(t) (a function of the
+            time only) and a constant number g: see :func:`diffusion_term`.
         x0: starting points (N,) (one per path) or any shape.
         t_end: final time, > 0.
         num_steps: number of Euler steps.
+        generator: the source of the z_k.
+        step: the update ``step(x, t, dt, drift, diffusion, z) -> x_next``, called with ``diffusion`` as
+            b(x, t); default: stage 1's ``em_step`` (pass your own to simulate with it).
 
     Returns:
         ``(times, paths)``: times (num_steps + 1,) and paths (num_steps + 1, *x0.shape).
@@ -179,13 +207,22 @@ def euler_maruyama(drift: Callable[[torch.Tensor, float], torch.Tensor],
     check_positive_int("num_steps", num_steps)
     if not isinstance(t_end, (int, float)) or t_end <= 0:
         raise ValueError(f"`t_end` must be a number > 0, got {t_end!r}")
+    if not callable(drift):
+        raise TypeError(f"`drift` must be a function f(x, t), got {drift!r}")
+    b = diffusion_term(diffusion)
+    if step is None:
+        step = answers.load("noising").em_step
+    elif not callable(step):
+        raise TypeError(f"`step` must be a function step(x, t, dt, drift, diffusion, z), got {step!r}")
     dt = t_end / num_steps
     times = torch.linspace(0.0, t_end, num_steps + 1)
     x = x0
     path = [x]
     for k in range(num_steps):
-        t = float(times[k])
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + drift(x, t) * dt + diffusion(t) * math.sqrt(dt) * z
+        x = step(x, float(times[k]), dt, drift, b, z)
+        if not isinstance(x, torch.Tensor) or x.shape != x0.shape:
+            raise ValueError(f"`step` must return a tensor of the shape of x0 {tuple(x0.shape)}, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__} at step {k}")
         path.append(x)
     return times, torch.stack(path)

@@ -68,21 +68,34 @@ def show_images(images: torch.Tensor, title: str, ncols: int = 10, value_range: 
 
 
 def plot_losses(losses: Sequence[float], title: str = "Training loss", log_scale: bool = True,
-                steps_per_epoch: int | None = None, smooth: int = 20) -> plt.Figure:
-    """The per-step loss with a moving average; a log-scale y axis by default; epoch boundaries dashed."""
+                steps_per_epoch: int | None = None, smooth: int = 20,
+                validation: Sequence[float] | None = None) -> plt.Figure:
+    """The per-step training loss with a moving average and, when given, the validation loss of every epoch, placed
+    at the step that ends the epoch; a log-scale y axis by default; epoch boundaries dashed; a legend.
+
+    ``losses`` may be the :class:`course_lib.training.LossHistory` that ``train`` returns: its ``validation`` and
+    ``steps_per_epoch`` are then the defaults of ``validation`` and ``steps_per_epoch``. Without
+    ``steps_per_epoch``, epochs are taken to be equally long (``len(losses) // len(validation)`` steps).
+    """
     if len(losses) == 0:
         raise ValueError("`losses` is empty: train for at least one step first")
+    validation = list(getattr(losses, "validation", None) or ()) if validation is None else list(validation)
+    steps_per_epoch = steps_per_epoch or getattr(losses, "steps_per_epoch", None)
     values = torch.tensor(list(losses), dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(values, lw=0.6, alpha=0.4, label="per step")
+    ax.plot(values, lw=0.6, alpha=0.4, label="training, per step")
     window = max(1, min(smooth, len(values) // 5))
     if window > 1:
         kernel = torch.ones(1, 1, window, dtype=values.dtype) / window
         average = torch.nn.functional.conv1d(values.view(1, 1, -1), kernel).flatten()
-        ax.plot(range(window - 1, len(values)), average, lw=1.6, label=f"mean of {window} steps")
+        ax.plot(range(window - 1, len(values)), average, lw=1.6, label=f"training, mean of {window} steps")
     if steps_per_epoch:
         for boundary in range(steps_per_epoch, len(values), steps_per_epoch):
             ax.axvline(boundary, color="gray", ls="--", lw=0.6)
+    if validation:
+        epoch_length = steps_per_epoch or len(values) // len(validation)
+        ax.plot([epoch_length * epoch for epoch in range(1, len(validation) + 1)], validation, "o-", lw=1.6,
+                color="tab:red", label="validation, per epoch")
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")

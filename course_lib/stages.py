@@ -33,7 +33,8 @@ class StageBudget:
         epochs: passes over the training images.
         batch_size: images per optimizer step.
         num_hiddens: D, the UNet width.
-        subset_size: number of training images used (``None``: the whole split).
+        subset_size: number of MNIST training images drawn, before :func:`course_lib.data.validation_split` holds
+            out one in twelve of them for validation (``None``: all 60,000, so 55,000 train).
         learning_rate: Adam's learning rate.
         num_steps: T, the number of diffusion steps (ignored by the single-step denoiser).
         decay_lr: multiply the learning rate by ``0.1 ** (1 / epochs)`` after each epoch.
@@ -120,11 +121,12 @@ def _diffusion_budgets(**quick) -> dict[str, StageBudget]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("noising", "01_noising", "Noising: Gaussian noise, the DDPM schedule and the forward process", (),
-          {"add_noise": ("add_noise",), "ddpm_schedule": ("ddpm_schedule",), "q_sample": ("q_sample",)}),
+          {"add_noise": ("add_noise",), "ddpm_schedule": ("ddpm_schedule",), "cosine_schedule": ("cosine_schedule",),
+           "q_sample": ("q_sample",), "em_step": ("em_step",)}),
     Stage("denoiser", "02_denoiser", "A one-step denoising UNet", ("noising",),
           {"operations": ("Conv", "DownConv", "UpConv", "Flatten", "Unflatten"),
            "blocks": ("ConvBlock", "DownBlock", "UpBlock"), "unet": ("UnconditionalUNet",),
-           "loss_and_step": ("denoising_loss", "train_step")},
+           "loss_and_step": ("denoising_loss", "train_step"), "train_denoiser": ("train_denoiser",)},
           Model("denoiser:UnconditionalUNet", "denoiser:denoising_loss", ("images",), None, "unit",
                 "denoised_digits"),
           {"full": StageBudget(epochs=5, batch_size=256, num_hiddens=128, subset_size=None, learning_rate=1e-4),
@@ -138,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
           _diffusion_budgets(num_steps=50)),
     Stage("cfg", "04_cfg", "Class conditioning and classifier-free guidance", ("noising", "denoiser", "ddpm"),
           {"class_conditional_unet": ("ClassConditionalUNet",), "drop_labels": ("drop_labels",),
-           "guided_eps": ("guided_eps",)},
+           "cfg_loss": ("class_conditional_loss",), "guided_eps": ("guided_eps",), "cfg_sample": ("cfg_sample",)},
           Model("cfg:ClassConditionalUNet", "cfg:class_conditional_loss", ("images", "labels", "schedule"),
                 "cfg:cfg_sample", "signed", "guided_samples"),
           _diffusion_budgets(num_steps=50)),
@@ -147,6 +149,10 @@ STAGES: tuple[Stage, ...] = (
           Model("ddpm:TimeConditionalUNet", "flow:flow_loss", ("images",), "flow:flow_sample", "signed",
                 "flow_samples"),
           _diffusion_budgets()),
+    Stage("improved", "06_improved_unet", "Improve the UNet: sinusoidal time, residual blocks, self-attention",
+          ("noising", "denoiser", "ddpm"),
+          {"sinusoidal_embedding": ("sinusoidal_embedding",), "self_attention": ("SelfAttention",)},
+          optional=True),
 )
 _BY_KEY = MappingProxyType({stage.key: stage for stage in STAGES})
 NOTEBOOKS: tuple[str, ...] = tuple(stage.notebook for stage in STAGES)

@@ -5,12 +5,15 @@ exponential learning-rate decay, mixed precision where it is faster (on a GPU, m
 :func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU), an optional EMA of the weights (:mod:`course_lib.ema`), a
 progress bar, and a checkpoint after every epoch from which it resumes. All randomness of training
 (batch order, noise, timesteps, label dropout) comes from one generator whose state is checkpointed too,
-so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU.
+so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU. Given held-out images, it
+also reports the validation loss after every epoch (:func:`validation_loss`), checkpointed with the rest; the
+losses come back as a :class:`LossHistory`, a list of the per-step losses that carries the per-epoch validation
+losses too.
 
 A step never waits for the GPU on its own: the losses stay on the device until the end of the epoch
-(one copy to the host per epoch). On CUDA the loss is captured by default (:class:`TrainStep`):
-compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels replay as CUDA graphs, so the
-GPU is not left waiting for Python to launch a hundred small kernels per step.
+(one copy to the host per epoch, and one more for the validation loss). On CUDA the loss is captured by default
+(:class:`TrainStep`): compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels replay as CUDA graphs,
+so the GPU is not left waiting for Python to launch a hundred small kernels per step.
 """
 
 from __future__ import annotations
@@ -34,6 +37,39 @@ LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator]
 EpochCallback = Callable[[int, nn.Module, list], None]
 Compiler = Callable[[LossFunction], LossFunction]
 CAPTURE_TRIAL_STEPS = 3  # compiling and CUDA-graph recording happen in the first steps; a failure there falls back
+VALIDATION_SEED = 0  # the validation loss draws its noise (and timesteps) afresh from this seed every epoch
+
+
+class LossHistory(list):
+    """What :func:`train` returns: the loss of every optimizer step (a plain list of floats to any caller that
+    wants one), with the per-epoch losses on held-out images in ``validation`` (one float per epoch, ``nan``
+    for an epoch trained without them; empty when no epoch had them) and the ``steps_per_epoch``.
+
+    :func:`course_lib.plots.plot_losses` draws both curves from it.
+    """
+
+    def __init__(self, losses=(), validation=(), steps_per_epoch: int | None = None):
+        super().__init__(losses)
+        self.validation: list[float] = list(validation)
+        self.steps_per_epoch = steps_per_epoch
+
+
+def validation_loss(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, batch_size: int,
+                    seed: int = VALIDATION_SEED, dtype: torch.dtype | None = None) -> float:
+    """The mean of ``loss_fn`` over every image of ``data``: the model in eval mode (BatchNorm on its running
+    statistics), no gradients, batches of at most ``batch_size`` in the stored order, each weighted by its size.
+
+    The noise comes from a fresh generator seeded ``seed``, so two calls see the same noisy images and their
+    values are comparable across epochs. The model is left in eval mode. One read-back from the device.
+    """
+    check_positive_int("batch_size", batch_size)
+    generator = torch.Generator(device=data.device).manual_seed(seed)
+    total = torch.zeros((), device=data.device, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad(), torch.autocast(data.device.type, dtype=dtype, enabled=dtype is not None):
+        for images, labels in data.batches(batch_size, shuffle=False, drop_last=False):
+            total += loss_fn(model, images, labels, generator).double() * len(images)
+    return total.item() / len(data)
 
 
 def adam_implementation(device: torch.device | str) -> dict:
@@ -206,8 +242,10 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
           learning_rate: float, lr_gamma: float = 1.0, seed: int = 0,
           checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
           on_epoch_end: EpochCallback | None = None, ema_decay: float | None = None,
-          capture: bool | None = None, compiler: Compiler | None = None) -> list[float]:
-    """Train ``model`` in place and return the loss of every optimizer step, over all epochs.
+          capture: bool | None = None, compiler: Compiler | None = None,
+          validation: DeviceImages | None = None) -> LossHistory:
+    """Train ``model`` in place and return the loss of every optimizer step, over all epochs (a
+    :class:`LossHistory`: a list of floats, with the validation losses in ``.validation``).
 
     Every step sees a full batch: each epoch is ``len(data) // batch_size`` steps over a fresh shuffle, and
     the ``len(data) % batch_size`` images left over (different ones each epoch) are skipped. So the loss
@@ -224,12 +262,17 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
         checkpoint_dir: a folder to checkpoint to after every epoch and to resume from (``None``: no checkpoints).
         progress: show a progress bar.
         on_epoch_end: ``callback(epoch, model, losses)`` after each epoch (epochs count from 1),
-            e.g. to draw samples after epochs 1 and 5; the model is back in train mode afterwards.
+            e.g. to draw samples after epochs 1 and 5; the model is back in train mode afterwards. ``losses`` is
+            the :class:`LossHistory` so far, validation losses included.
         ema_decay: keep an EMA of the weights with this decay in (0, 1), e.g. 0.999 (``None``: no EMA). It is
             checkpointed and resumed with the rest; callbacks see the EMA weights (swapped in, then back), and the
             model ends with the EMA weights (the last trained ones stay in the checkpoint's ``"model"``).
         capture: compile the loss for CUDA graphs (:class:`TrainStep`); default: on CUDA only.
         compiler: how to compile it (default :func:`compile_for_capture`).
+        validation: held-out images on the data's device (:func:`course_lib.data.validation_split`): after every
+            epoch, :func:`validation_loss` on them (the same loss, eval mode, no gradients, the same noise every
+            epoch; the EMA weights when there is an EMA), stored in the history's ``validation``, printed with the
+            progress and checkpointed.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -240,13 +283,17 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
     device = data.device
     if any(p.device != device for p in model.parameters()):
         raise ValueError(f"`model` must be on the data's device ({device}); call model.to({str(device)!r}) first")
+    if validation is not None and (not isinstance(validation, DeviceImages) or validation.device != device):
+        raise ValueError(f"`validation` must be DeviceImages on the data's device ({device}), got "
+                         f"{getattr(validation, 'device', type(validation).__name__)}")
 
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer = make_optimizer(model.parameters(), learning_rate, device)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_gamma)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    losses: list[float] = []
+    steps_per_epoch = data.num_batches(batch_size)
+    losses = LossHistory(steps_per_epoch=steps_per_epoch)
     start_epoch = 0
     state = checkpoints.load_latest(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
     dtype = _training_dtype(model, loss_fn, data, batch_size, state)
@@ -258,14 +305,14 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(generator, state["rng"])
-        start_epoch, losses = state["epoch"], list(state["losses"])
+        start_epoch = state["epoch"]
+        losses = LossHistory(state["losses"], state.get("validation_losses", ()), steps_per_epoch)
     ema = EMA(model, ema_decay) if ema_decay is not None else None
     if ema is not None and state and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     step = TrainStep(model, loss_fn, optimizer, scaler, dtype, ema=ema,
                      capture=device.type == "cuda" if capture is None else capture, compiler=compiler)
 
-    steps_per_epoch = data.num_batches(batch_size)
     model.train()
     for epoch in range(start_epoch + 1, epochs + 1):
         epoch_losses = torch.empty(steps_per_epoch, device=device)
@@ -275,14 +322,22 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
             epoch_losses[index] = step(images, labels, generator)
         scheduler.step()
         losses.extend(epoch_losses.tolist())
+        report = f"epoch {epoch}/{epochs}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}"
+        if validation is not None:
+            with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
+                value = validation_loss(model, loss_fn, validation, batch_size, dtype=dtype)
+            model.train()
+            losses.validation.extend([float("nan")] * (epoch - 1 - len(losses.validation)) + [value])
+            report += f", validation loss {value:.4f}"
         if progress:
-            tqdm.write(f"epoch {epoch}/{epochs}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}")
+            tqdm.write(report)
         if checkpoint_dir is not None:
             checkpoints.save_checkpoint(checkpoint_dir, epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "precision": _dtype_name(dtype),
-                "epoch": epoch, "losses": losses, "rng": _rng_state(generator)})
+                "epoch": epoch, "losses": list(losses), "validation_losses": list(losses.validation),
+                "rng": _rng_state(generator)})
         if on_epoch_end is not None:
             with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
                 on_epoch_end(epoch, model, losses)

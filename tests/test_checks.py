@@ -10,6 +10,7 @@ from course_lib.checks import CheckFailed, expect_close, expect_tensor, forbid, 
 from course_lib.models import ConvBlock
 from course_lib.noise import DDPMSchedule
 from course_lib.noise import q_sample as imported_under_another_name
+from check_helpers import round_trip
 
 
 def test_check_failed_is_an_assertion_shown_without_traceback():
@@ -170,3 +171,136 @@ def test_expect_close_shows_enough_digits_to_see_the_difference():
     with pytest.raises(CheckFailed) as failure:
         expect_close("loss", torch.tensor(-1.58912), torch.tensor(-1.58934))
     assert str(failure.value) == "your loss is -1.5891, expected -1.5893"
+
+
+# ----------------------------------------------------------------------------- stage 1: cosine schedule, em_step
+
+
+def _stage1_fails_with(check, student, hint: str, **case) -> str:
+    with pytest.raises(CheckFailed) as failure:
+        check(student, **case)
+    assert hint in str(failure.value), str(failure.value)
+    return str(failure.value)
+
+
+def _stage1_verdict_without_answers(monkeypatch, check_function, student, **given) -> str:
+    """The expected values with the answers; the probe with ``answers.load`` refusing (as in a grading kernel),
+    its outputs through torch.save/torch.load(weights_only=True); then the verdict."""
+
+    from course_lib import answers
+    from course_lib.checks.protocol import verdict
+
+    entry = check_function.check
+    case = entry.case(**given)
+
+    inputs, expected = (round_trip(part) for part in entry.reference(**case))
+
+    def left_out(*args, **kwargs):
+        raise answers.AnswerNotIncluded("left out in this test")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(answers, "load", left_out)
+        outputs = round_trip(entry.run_probe((student,), inputs))
+    return verdict(entry, case, inputs, outputs, expected)
+
+
+def cosine_schedule_float32(num_steps, offset=0.008, max_beta=0.02, mistake=None):
+    """A student's cosine schedule in float32 (the reference computes in float64), with one mistake if asked."""
+    import math
+
+    s = torch.arange(num_steps + 1) + (1 if mistake == "shift" else 0)
+    o = 0.0 if mistake == "no_offset" else offset
+    f = torch.cos((s / num_steps + o) / (1 + o) * math.pi / 2) ** (1 if mistake == "not_squared" else 2)
+    betas = 1 - f[1:] / f[:-1]
+    betas = {"unclipped": betas, "floor": betas.clamp(min=max_beta)}.get(mistake, betas.clamp(max=max_beta))
+    alphas = 1 - betas
+    alpha_bars = f[1:] / f[0] if mistake == "alpha_bars_from_f" else torch.cumprod(alphas, 0)
+    return betas, alphas, alpha_bars
+
+
+def test_cosine_schedule_check_passes_the_reference_and_float32():
+    from course_lib.answers.noising import cosine_schedule
+    from course_lib.checks.noising import check_cosine_schedule
+
+    for case in ({}, {"num_steps": 1000}, {"num_steps": 1000, "max_beta": 0.999},
+                 {"num_steps": 40, "offset": 0.02, "max_beta": 0.1}, {"num_steps": 1}):
+        check_cosine_schedule(cosine_schedule, **case)
+        check_cosine_schedule(cosine_schedule_float32, **case)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ("unclipped", "betas go above max_beta"),
+    ("floor", "you clipped from below"),
+    ("shift", "off by one"),
+    ("no_offset", "the offset is missing"),
+    ("not_squared", "the square of the cosine"),
+    ("alpha_bars_from_f", "cumulative product of the clipped alphas"),
+])
+def test_cosine_schedule_check_names_the_mistake(mistake, hint):
+    from course_lib.checks.noising import check_cosine_schedule
+
+    _stage1_fails_with(check_cosine_schedule, lambda *a, **k: cosine_schedule_float32(*a, **k, mistake=mistake), hint)
+
+
+def test_cosine_schedule_check_needs_three_tables_of_length_T():
+    from course_lib.checks.noising import check_cosine_schedule
+
+    _stage1_fails_with(check_cosine_schedule, lambda *a, **k: cosine_schedule_float32(*a, **k)[0], "three tensors")
+    _stage1_fails_with(check_cosine_schedule, lambda n, **k: cosine_schedule_float32(n - 1, **k),
+                       "betas has shape (299,), expected (300,)")
+    _stage1_fails_with(check_cosine_schedule, lambda n, offset: cosine_schedule_float32(n, offset),
+                       "unexpected keyword argument 'max_beta'")
+
+
+def test_cosine_schedule_probe_runs_without_the_answers(monkeypatch):
+    from course_lib.checks.noising import check_cosine_schedule
+
+    assert "91 of 300 betas" in _stage1_verdict_without_answers(monkeypatch, check_cosine_schedule,
+                                                                 cosine_schedule_float32)
+    with pytest.raises(CheckFailed, match="betas go above max_beta"):
+        _stage1_verdict_without_answers(monkeypatch, check_cosine_schedule,
+                                        lambda *a, **k: cosine_schedule_float32(*a, **k, mistake="unclipped"))
+
+
+def em_step(x, t, dt, drift, diffusion, z):
+    return x + drift(x, t) * dt + diffusion(x, t) * dt ** 0.5 * z
+
+
+def test_em_step_check_passes_the_reference_and_a_student():
+    from course_lib.answers import noising
+    from course_lib.checks.noising import check_em_step
+
+    for case in ({}, {"num_paths": 3, "dt": 0.25, "seed": 5}, {"num_paths": 40, "dt": 0.001, "seed": 12}):
+        check_em_step(noising.em_step, **case)
+        check_em_step(em_step, **case)
+
+
+@pytest.mark.parametrize("step, hint", [
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t) * z, "needs sqrt(dt)"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t) * dt * z, "you scaled the noise by dt"),
+    (lambda x, t, dt, f, b, z: x + b(x, t) * dt ** 0.5 * z, "the drift is missing"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) + b(x, t) * dt ** 0.5 * z, "the drift needs dt"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + dt ** 0.5 * z, "not scaled by the diffusion"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + (b(x, t) * dt) ** 0.5 * z, "no square root of b"),
+    (lambda x, t, dt, f, b, z: x + b(x, t) * dt + f(x, t) * dt ** 0.5 * z, "drift and diffusion are swapped"),
+    (lambda x, t, dt, f, b, z: f(x, t) * dt + b(x, t) * dt ** 0.5 * z, "starts from x_k"),
+    (lambda x, t, dt, f, b, z: em_step(x, t + dt, dt, f, b, z), "at the start of the step"),
+    (lambda x, t, dt, f, b, z: em_step(x, t, dt, f, b, torch.randn_like(x)), "use the z you are given"),
+    (lambda x, t, dt, f, b, z: x.add_(f(x, t) * dt + b(x, t) * dt ** 0.5 * z), "in place"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t) * torch.sqrt(dt) * z, "use math.sqrt(dt) or dt ** 0.5"),
+    (lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t).mul(dt ** 0.5) * z, "may return a number"),
+])
+def test_em_step_check_names_the_mistake(step, hint):
+    from course_lib.checks.noising import check_em_step
+
+    _stage1_fails_with(check_em_step, step, hint)
+
+
+def test_em_step_probe_runs_without_the_answers(monkeypatch):
+    from course_lib.checks.noising import check_em_step
+
+    assert "3 paths, dt=0.25" in _stage1_verdict_without_answers(monkeypatch, check_em_step, em_step,
+                                                                 num_paths=3, dt=0.25, seed=5)
+    with pytest.raises(CheckFailed, match="needs sqrt"):
+        _stage1_verdict_without_answers(monkeypatch, check_em_step,
+                                        lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t) * z)

@@ -18,24 +18,13 @@ import course_lib.models
 from course_lib.answers import denoiser as answer
 from course_lib.checks import CheckFailed, denoiser
 from course_lib.checks.protocol import verdict
+from check_helpers import fails_with
 
 OPERATIONS = (answer.Conv, answer.DownConv, answer.UpConv, answer.Flatten, answer.Unflatten)
 BLOCKS = (answer.ConvBlock, answer.DownBlock, answer.UpBlock)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def fails_with(check, students: tuple, hint: str, **kwargs) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check(*students, **kwargs)
-    assert hint in str(failure.value), str(failure.value)
-    return str(failure.value)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def operations(**replaced) -> tuple:
@@ -321,6 +310,99 @@ def test_training_step_check_judges_the_loss_before_a_crashing_step():
     fails_with(denoiser.check_training_step, (answer.denoising_loss, crash), "`train_step` raised ValueError")
 
 
+# ----------------------------------------------------------------------------------------------- the training loop
+
+
+def student_loop(global_shuffle=False, no_shuffle=False, zero_grad=True, eval_mode=True, no_grad=True,
+                 train_mode=True, train_drop_last=True, val_drop_last=False, returns="floats", per_epoch=False,
+                 callback=True, val_batch=None):
+    """The notebook's train_denoiser written out by a student; each flag switches one mistake on or off."""
+    def train_denoiser(model, train_data, val_data, epochs, batch_size, learning_rate, generator, on_epoch_end=None):
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+        train_losses, val_losses = [], []
+        for epoch in range(1, epochs + 1):
+            if train_mode or epoch == 1:
+                model.train()
+            epoch_losses = []
+            for x, _ in train_data.batches(batch_size, None if global_shuffle else generator,
+                                           shuffle=not no_shuffle, drop_last=train_drop_last):
+                if zero_grad:
+                    optimizer.zero_grad()
+                loss = answer.denoising_loss(model, x, generator=generator)
+                loss.backward()
+                optimizer.step()
+                epoch_losses.append(loss if returns == "tensors" else loss.item())
+            if per_epoch:
+                train_losses.append(sum(epoch_losses) / len(epoch_losses))
+            else:
+                train_losses.extend(epoch_losses)
+            if eval_mode:
+                model.eval()
+            val_generator = torch.Generator(device=val_data.device).manual_seed(0)
+            total = 0.0
+            with torch.set_grad_enabled(not no_grad):
+                for x, _ in val_data.batches(val_batch or batch_size, shuffle=False, drop_last=val_drop_last):
+                    total += answer.denoising_loss(model, x, generator=val_generator).item() * len(x)
+            val_losses.append(total / len(val_data))
+            if callback and on_epoch_end is not None:
+                on_epoch_end(epoch, model, train_losses, val_losses)
+        return train_losses, val_losses
+    return train_denoiser
+
+
+def test_train_denoiser_check_passes_the_reference_and_a_student():
+    denoiser.check_train_denoiser(answer.train_denoiser)
+    denoiser.check_train_denoiser(answer.train_denoiser, train_size=17, val_size=9, batch_size=4, epochs=3, seed=5)
+    denoiser.check_train_denoiser(student_loop(), train_size=12, val_size=5, batch_size=4, seed=2)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"zero_grad": False}, "call optimizer.zero_grad() before every loss.backward()"),
+    ({"no_shuffle": True}, "the batches come in the same order every epoch"),
+    ({"global_shuffle": True}, "your loop draws from the global random state"),
+    ({"eval_mode": False}, "the evaluation ran in train mode: call model.eval()"),
+    ({"no_grad": False}, "the evaluation tracked gradients: wrap it in torch.no_grad()"),
+    ({"train_mode": False}, "in epoch 2 the model trained in eval mode: call model.train()"),
+    ({"train_drop_last": False}, "train_losses has 8 entries, expected 6: one per optimizer step"),
+    ({"val_drop_last": True}, "the last, smaller batch of held-out digits is missing"),
+    ({"val_batch": 7}, "the held-out digits went in batches of another size"),
+    ({"per_epoch": True}, "train_losses has 2 entries, expected 6"),
+    ({"returns": "tensors"}, "should be a list of Python floats, got list of Tensor"),
+    ({"callback": False}, "on_epoch_end was called 0 times, expected once per epoch"),
+])
+def test_train_denoiser_check_explains_the_usual_mistakes(mistake, hint):
+    fails_with(denoiser.check_train_denoiser, (student_loop(**mistake),), hint)
+
+
+@pytest.mark.parametrize("mistake", list(denoiser._LOOP_MISTAKES))
+def test_train_denoiser_check_recognises_every_mutant_of_its_reference(mistake):
+    """Each known mistake changes the losses of the visible case and of a hidden one enough to be told apart."""
+    for case in ({}, {"train_size": 17, "val_size": 9, "batch_size": 4, "epochs": 3, "seed": 5}):
+        fails_with(denoiser.check_train_denoiser, (denoiser._mutant_loop(answer, mistake),),
+                   denoiser._LOOP_MISTAKES[mistake], **case)
+
+
+def test_train_denoiser_expected_losses_do_not_depend_on_the_number_of_threads():
+    """The grader computes the expected losses with its own threads, the kernel's probe with one: they must agree far
+    within the judge's tolerance (rtol 1e-4), also in eval mode after a few Adam steps."""
+    entry = denoiser.check_train_denoiser.check
+    case = entry.case(train_size=17, val_size=9, batch_size=4, epochs=3, seed=5)
+    runs = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        _, expected = entry.reference(**case)
+        runs.append(torch.cat([expected["train"], expected["val"]]))
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-6, atol=1e-7)
+
+
+def test_train_denoiser_check_feedback_for_an_unwritten_or_odd_loop():
+    def unwritten(*args, **kwargs):
+        raise NotImplementedError()
+    fails_with(denoiser.check_train_denoiser, (unwritten,), "`train_denoiser` is not implemented yet")
+    fails_with(denoiser.check_train_denoiser, (lambda *args, **kwargs: [0.5],),
+               "should return two lists, (train_losses, val_losses), got list")
+
+
 # ----------------------------------------------------------------------------------------------- without the answers
 
 
@@ -350,6 +432,9 @@ def _round_trip(value):
     (denoiser.check_training_step, (answer.denoising_loss, answer.train_step), {}),
     (denoiser.check_training_step, (answer.denoising_loss, answer.train_step),
      {"batch_size": 3, "size": 10, "sigma": 1.0, "seed": 21}),
+    (denoiser.check_train_denoiser, (answer.train_denoiser,), {}),
+    (denoiser.check_train_denoiser, (answer.train_denoiser,),
+     {"train_size": 17, "val_size": 9, "batch_size": 4, "epochs": 3, "seed": 5}),
 ])
 def test_probes_run_without_the_answers(monkeypatch, check, students, given):
     entry = check.check

@@ -13,21 +13,10 @@ from torch import nn
 
 from course_lib.checks import CheckFailed, cfg, ddpm, flow
 from course_lib.models import ConvBlock, DownBlock, Flatten, Unflatten, UpBlock
+from check_helpers import fails_with, round_trip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def fails_with(check, student, hint: str, **kwargs) -> str:
-    with pytest.raises(CheckFailed) as failure:
-        check(student, **kwargs)
-    assert hint in str(failure.value), str(failure.value)
-    return str(failure.value)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- stage 3: models
@@ -470,4 +459,165 @@ def judge_cfg_flow_probe_without_answers(monkeypatch, check_function, students: 
         outputs = round_trip(entry.run_probe(students, inputs))
     with pytest.raises(CheckFailed):  # a record that is not what the probe writes never passes
         verdict(entry, case, inputs, {}, expected)
+    return verdict(entry, case, inputs, outputs, expected)
+
+
+# ----------------------------------------------------------------------------- stage 4: cfg_loss, cfg_sample
+
+
+def cfg_loss(model, x0, labels, schedule, p_uncond=0.1, generator=None, order=("drop", "t", "eps"), mistake=None):
+    """The notebook's cfg_loss, with the draws in ``order`` and one mistake if asked."""
+    from course_lib.noise import q_sample
+
+    T = schedule.num_steps
+    c = F.one_hot(labels, 10).float()
+    draws = {}
+    for what in order:
+        if what == "drop":
+            draws["c"] = c if mistake == "no_dropout" else drop_labels(c, 0.1 if mistake == "fixed_p" else p_uncond,
+                                                                        generator)
+        elif what == "t":
+            draws["t"] = torch.randint(0, T, (x0.shape[0],), generator=generator)
+        else:
+            draws["eps"] = torch.randn(x0.shape, generator=generator)
+    t, eps = draws["t"], draws["eps"]
+    time = t.float() if mistake == "integer_time" else t / T
+    output = model(q_sample(x0, t, eps, schedule), time, draws["c"])
+    target = x0 if mistake == "target_x0" else eps
+    return F.mse_loss(output, target, reduction="sum" if mistake == "sum" else "mean")
+
+
+def test_cfg_loss_check_passes_a_student_and_the_reference():
+    from course_lib import answers
+
+    reference = answers.load("cfg").class_conditional_loss
+    for case in ({}, {"batch_size": 64, "num_steps": 300, "p_uncond": 0.1, "seed": 7},
+                 {"batch_size": 9, "num_steps": 17, "p_uncond": 0.5, "seed": 21}):
+        cfg.check_cfg_loss(cfg_loss, **case)
+        cfg.check_cfg_loss(reference, **case)
+
+
+@pytest.mark.parametrize("student, hint", [
+    (lambda *a, **k: cfg_loss(*a, **k, mistake="no_dropout"), "no row of c was dropped"),
+    (lambda *a, **k: cfg_loss(*a, **k, order=("t", "drop", "eps")), "draw in this order"),
+    (lambda *a, **k: cfg_loss(*a, **k, order=("drop", "eps", "t")), "draw in this order"),
+    (lambda *a, **k: cfg_loss(*a, **k, mistake="fixed_p"), "use the p_uncond argument"),
+    (lambda *a, **k: cfg_loss(*a, **k, mistake="integer_time"), "t / T"),
+    (lambda *a, **k: cfg_loss(*a, **k, mistake="target_x0"), "the target is eps"),
+    (lambda *a, **k: cfg_loss(*a, **k, mistake="sum"), "not the sum"),
+    (lambda *a, **k: cfg_loss(*a, **k).item(), "do not call .item()"),
+    (lambda *a, **k: cfg_loss(*a, **k).detach(), "no gradient"),
+    (lambda model, x0, labels, schedule, p_uncond, generator: torch.zeros((), requires_grad=True),
+     "never calls the model"),
+    (lambda model, x0, *a, **k: model(x0, torch.zeros(len(x0))).pow(2).mean(), "got no classes"),
+])
+def test_cfg_loss_check_names_the_mistake(student, hint):
+    fails_with(cfg.check_cfg_loss, student, hint)
+
+
+def test_cfg_loss_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    from course_lib import answers
+
+    reference = answers.load("cfg").class_conditional_loss
+    assert "batch 9" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_cfg_loss, (reference,),
+                                                             batch_size=9, num_steps=17, p_uncond=0.5, seed=21)
+    assert "batch 16" in judge_without_stage4_answers(monkeypatch, cfg.check_cfg_loss, (cfg_loss,))
+    with pytest.raises(CheckFailed, match="draw in this order"):
+        judge_without_stage4_answers(monkeypatch, cfg.check_cfg_loss,
+                                     (lambda *a, **k: cfg_loss(*a, **k, order=("eps", "t", "drop")),))
+
+
+def cfg_sample(model, schedule, labels, guidance=5.0, generator=None, evaluate=True, no_grad=True, scale=None,
+               stochastic=True, last_noise=False, batched=True):
+    """The notebook's cfg_sample, with one mistake if asked."""
+    from course_lib.sampling import ddpm_step
+
+    if evaluate:
+        model.eval()
+    T, n = schedule.num_steps, len(labels)
+    c = F.one_hot(labels, 10).float()
+    gamma = guidance if scale is None else scale
+    with torch.set_grad_enabled(not no_grad):
+        x = torch.randn((n, 1, 28, 28), generator=generator)
+        for t in reversed(range(T)):
+            time = torch.full((n,), t / T)
+            if batched:
+                eps = guided_eps(model, x, time, c, gamma)
+            else:
+                eps_u = model(x, time, torch.zeros_like(c))
+                eps = eps_u + gamma * (model(x, time, c) - eps_u)
+            z = torch.randn(x.shape, generator=generator) if stochastic and (t > 0 or last_noise) else None
+            x = ddpm_step(x, eps, t, schedule, z)
+            if t == 0 and z is not None:
+                x = x + schedule.betas[0].sqrt() * z
+    return x
+
+
+def test_cfg_sample_check_passes_a_student_and_the_reference():
+    from course_lib import answers
+
+    reference = answers.load("cfg").cfg_sample
+    for case in ({}, {"num_samples": 2, "num_steps": 12, "guidance": 7.5, "seed": 4},
+                 {"num_samples": 4, "num_steps": 5, "guidance": 0.0, "seed": 21}):
+        cfg.check_cfg_sample(cfg_sample, **case)
+    cfg.check_cfg_sample(reference)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    ({"evaluate": False}, "model.eval()"),
+    ({"no_grad": False}, "torch.no_grad()"),
+    ({"last_noise": True}, "noise at the last step"),
+    ({"stochastic": False}, "no noise was added"),
+    ({"scale": 1.0}, "guidance 1, the plain conditional model"),
+    ({"scale": 5.0}, "guidance 5"),
+    ({"scale": 0.0}, "guidance 0, the unconditional model"),
+    ({"batched": False}, "twice per step"),
+])
+def test_cfg_sample_check_names_the_mistake(mistake, hint):
+    fails_with(cfg.check_cfg_sample, lambda *a, **k: cfg_sample(*a, **k, **mistake), hint)
+
+
+def test_cfg_sample_check_finds_a_late_x_T_and_missing_classes():
+    def late_start(model, schedule, labels, guidance=5.0, generator=None):
+        torch.randn(3, generator=generator)
+        return cfg_sample(model, schedule, labels, guidance, generator)
+
+    fails_with(cfg.check_cfg_sample, late_start, "draw x_T")
+
+    def classless(model, schedule, labels, guidance=5.0, generator=None):
+        return cfg_sample(model, schedule, labels * 0, guidance, generator)
+
+    fails_with(cfg.check_cfg_sample, classless, "c = F.one_hot(labels, 10).float()")
+    fails_with(cfg.check_cfg_sample, lambda *a, **k: cfg_sample(*a, **k).tolist(), "samples should be a torch.Tensor")
+
+
+def test_cfg_sample_check_probes_without_answers(monkeypatch):
+    assert "guidance 7.5" in judge_without_stage4_answers(monkeypatch, cfg.check_cfg_sample, (cfg_sample,),
+                                                          num_samples=2, num_steps=12, guidance=7.5, seed=4)
+    with pytest.raises(CheckFailed, match="noise at the last step"):
+        judge_without_stage4_answers(monkeypatch, cfg.check_cfg_sample,
+                                     (lambda *a, **k: cfg_sample(*a, **k, last_noise=True),))
+
+
+def judge_without_stage4_answers(monkeypatch, check_function, students: tuple, **given) -> str:
+    """As in a stage-4 grading kernel: the expected values with every answer, then the probe with the answers of
+    stages 4 and 5 left out (the student's loss and sampler use stage 1's q_sample and stage 3's ddpm_step, which
+    that kernel has), its outputs through torch.save/torch.load(weights_only=True), then the verdict."""
+
+    from course_lib import answers
+    from course_lib.checks.protocol import verdict
+
+    entry = check_function.check
+    case = entry.case(**given)
+    load = answers.load
+
+    def without_later_answers(key):
+        if key in ("cfg", "flow"):
+            raise answers.AnswerNotIncluded(f"the answers of {key} are left out in this test")
+        return load(key)
+
+    inputs, expected = (round_trip(part) for part in entry.reference(**case))
+    with monkeypatch.context() as patched:
+        patched.setattr(answers, "load", without_later_answers)
+        outputs = round_trip(entry.run_probe(students, inputs))
     return verdict(entry, case, inputs, outputs, expected)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from course_lib import checkpoints
 from course_lib.cli import main
+from course_lib.data import VALIDATION_FRACTION
 from course_lib.stages import budget
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,10 @@ def test_train_denoiser_quick_writes_figures_checkpoints_and_the_table(mnist_roo
     assert saved == list(range(1, quick.epochs + 1))[-2:], "one checkpoint per epoch, the newest two kept"
     state = checkpoints.load_latest(out / "denoiser" / "checkpoints")
     assert state["epoch"] == quick.epochs
-    assert len(state["losses"]) == quick.epochs * (quick.subset_size // quick.batch_size)
+    trained_on = quick.subset_size - round(quick.subset_size * VALIDATION_FRACTION)  # the rest is held out
+    assert len(state["losses"]) == quick.epochs * (trained_on // quick.batch_size)
+    assert len(state["validation_losses"]) == quick.epochs, "the loss on the held-out digits after every epoch"
+    assert torch.isfinite(torch.tensor(state["validation_losses"])).all()
 
     assert "in 'quick' mode" in result.stdout and str(out) in result.stdout
     header = re.search(r"^stage\s+epochs\s+images/s\s+final loss\s+wall s$", result.stdout, re.MULTILINE)

@@ -1,12 +1,13 @@
-"""course_lib.data on the real MNIST files of ``$COURSE_DATA_DIR``, and DeviceImages on images that carry
-their own index (so the tests can see which image went where)."""
+"""course_lib.data on the real MNIST files of ``$COURSE_DATA_DIR``, and DeviceImages and the validation split on
+images that carry their own index (so the tests can see which image went where)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from course_lib.data import DeviceImages, default_root, load_mnist, to_range, to_unit
+from course_lib.data import (VALIDATION_FRACTION, DeviceImages, default_root, load_mnist, to_range, to_unit,
+                             validation_split)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -25,6 +26,18 @@ def indexed_images(count: int) -> DeviceImages:
 
 def indices_of(batch: torch.Tensor) -> list[int]:
     return (batch[:, 0, 0, 0] * 255).round().long().tolist()
+
+
+def numbered(count: int, value_range: str = "signed") -> DeviceImages:
+    """``count`` tiny uint8 "images" (1 x 1 x 2) holding their index in two bytes; labels are index % 10."""
+    index = torch.arange(count)
+    images = torch.stack([index // 256, index % 256], dim=1).to(torch.uint8).view(count, 1, 1, 2)
+    return DeviceImages(images, index % 10, value_range=value_range)
+
+
+def numbers_of(data: DeviceImages) -> list[int]:
+    pixels = data.images.view(len(data), 2).long()
+    return (pixels[:, 0] * 256 + pixels[:, 1]).tolist()
 
 
 # ----------------------------------------------------------------------------- real MNIST
@@ -121,6 +134,15 @@ def test_shuffling_is_reproducible_with_a_generator():
     assert first != second, "a new epoch from the same generator must be a new order"
 
 
+def test_without_dropping_the_last_batch_every_image_comes_once_in_order():
+    batches = [indices_of(images) for images, _ in indexed_images(25).batches(10, shuffle=False, drop_last=False)]
+    assert batches == [list(range(0, 10)), list(range(10, 20)), list(range(20, 25))]
+    shuffled = [i for images, _ in indexed_images(25).batches(10, torch.Generator().manual_seed(6), drop_last=False)
+                for i in indices_of(images)]
+    assert sorted(shuffled) == list(range(25))
+    assert [len(x) for x, _ in indexed_images(7).batches(10, shuffle=False, drop_last=False)] == [7]
+
+
 def test_without_shuffling_the_order_is_the_datasets():
     batches = [indices_of(images) for images, _ in indexed_images(30).batches(10, shuffle=False)]
     assert batches == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
@@ -148,6 +170,51 @@ def test_device_images_reject_bad_arguments():
         data.num_batches(0)
     with pytest.raises(ValueError, match="`count`"):
         data.first(0)
+
+
+# ----------------------------------------------------------------------------- the validation split
+
+@pytest.mark.parametrize("count, sizes", [(60_000, (55_000, 5_000)), (5_000, (4_583, 417)), (512, (469, 43))])
+def test_validation_split_sizes_are_mnists_55000_and_5000_in_proportion(count, sizes):
+    assert VALIDATION_FRACTION * 60_000 == 5_000
+    train, held_out = validation_split(numbered(count))
+    assert (len(train), len(held_out)) == sizes
+
+
+def test_validation_split_is_disjoint_covers_every_image_and_keeps_labels_range_and_order():
+    data = numbered(1_000, value_range="unit")
+    train, held_out = validation_split(data)
+    train_ids, held_out_ids = numbers_of(train), numbers_of(held_out)
+    assert not set(train_ids) & set(held_out_ids)
+    assert sorted(train_ids + held_out_ids) == list(range(1_000))
+    assert train_ids == sorted(train_ids) and held_out_ids == sorted(held_out_ids), "each part keeps the stored order"
+    for part, ids in ((train, train_ids), (held_out, held_out_ids)):
+        assert part.labels.tolist() == [i % 10 for i in ids]
+        assert part.value_range == "unit" and part.device == data.device
+
+
+def test_validation_split_is_reproducible_and_fixed_by_its_seed():
+    first, again = validation_split(numbered(600)), validation_split(numbered(600))
+    assert numbers_of(first[1]) == numbers_of(again[1]) and numbers_of(first[0]) == numbers_of(again[0])
+    assert numbers_of(validation_split(numbered(600), seed=2)[1]) != numbers_of(first[1])
+    assert len(validation_split(numbered(600), fraction=0.5)[1]) == 300
+
+
+def test_validation_split_of_the_class_sorted_training_file_holds_every_digit_in_both_parts(mnist_root):
+    """The offline copy stores its training digits sorted by class: the held-out digits must not be the last ones."""
+    data = DeviceImages.from_dataset(load_mnist(train=True, root=mnist_root))
+    train, held_out = validation_split(data)
+    assert len(held_out) == round(len(data) / 12)
+    assert held_out.labels.bincount(minlength=10).min() > 0.4 * len(held_out) / 10
+    assert train.labels.bincount(minlength=10).min() > 0.4 * len(train) / 10
+    flat = torch.cat([train.images, held_out.images]).flatten(1)
+    assert flat.shape[0] == len(data) and torch.equal(flat.sum(0), data.images.flatten(1).sum(0))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1, 0.0001])
+def test_validation_split_rejects_a_fraction_that_empties_a_part(fraction):
+    with pytest.raises(ValueError, match="`fraction`"):
+        validation_split(numbered(100), fraction=fraction)
 
 
 # ----------------------------------------------------------------------------- conversions

@@ -113,20 +113,13 @@ NOT_SYNCING = {
 }
 
 
-@pytest.mark.parametrize("name", list(SYNCING))
-def test_the_counter_counts_each_kind_of_sync_once(name):
+@pytest.mark.parametrize("operation, count", [(SYNCING[name], 1) for name in SYNCING] +
+                         [(NOT_SYNCING[name], 0) for name in NOT_SYNCING], ids=[*SYNCING, *NOT_SYNCING])
+def test_the_counter_counts_each_kind_of_sync_once_and_ignores_what_stays_on_the_device(operation, count):
     t = torch.arange(6.0).reshape(2, 3)
     with HostSyncCounter() as syncs:
-        SYNCING[name](t, t > 2)
-    assert syncs.count == 1, syncs.summary()
-
-
-@pytest.mark.parametrize("name", list(NOT_SYNCING))
-def test_the_counter_ignores_what_stays_on_the_device(name):
-    t = torch.arange(6.0).reshape(2, 3)
-    with HostSyncCounter() as syncs:
-        NOT_SYNCING[name](t, t > 2)
-    assert syncs.count == 0, syncs.summary()
+        operation(t, t > 2)
+    assert syncs.count == count, syncs.summary()
 
 
 def test_adams_host_step_counters_are_not_syncs_but_the_counter_is_removed_after():
@@ -151,6 +144,19 @@ def test_training_reads_the_losses_back_once_per_epoch():
     assert len(losses) == 6
     expected = ["Tensor.tolist (a copy between host and device on a GPU)"] * 2
     assert [event.op for event in syncs.events] == expected, syncs.summary()
+
+
+def test_validation_reads_its_loss_back_once_per_epoch():
+    """With held-out digits, each epoch adds one read: the validation loss (``.item()`` of the weighted sum)."""
+    data = DeviceImages(torch.randint(0, 256, (26, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (26,)))
+    held_out = DeviceImages(torch.randint(0, 256, (11, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (11,)))
+    with HostSyncCounter() as syncs:
+        losses = train(_model("flow"), _losses(None)["flow"], data, epochs=2, batch_size=8, learning_rate=1e-3,
+                       progress=False, validation=held_out)
+    assert len(losses.validation) == 2
+    reads = [event.op for event in syncs.events]
+    assert len(reads) == 4 and reads[0] == reads[2] == "Tensor.tolist (a copy between host and device on a GPU)", \
+        syncs.summary()
 
 
 def test_host_only_code_and_other_devices_are_not_counted():

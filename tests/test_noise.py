@@ -88,6 +88,36 @@ def test_cosine_schedule_matches_nichol_dhariwal(num_steps):
     assert schedule.alpha_bars[-1].item() == pytest.approx(expected[-2] * 0.001, rel=1e-4)
 
 
+@pytest.mark.parametrize("num_steps, max_beta", [(300, 0.02), (1000, 0.02), (40, 0.1), (7, 0.999)])
+def test_cosine_schedule_answer_clips_the_betas_and_recomputes_alpha_bar(num_steps, max_beta):
+    """Stage 1's cosine_schedule (SUTD's cap 0.02 by default): betas min(1 - a(t + 1) / a(t), max_beta) with the
+    paper's a(t), alpha_bars their running product (a Python loop), equal to a(t + 1) until the first clipped beta."""
+    from course_lib.answers.noising import cosine_schedule
+
+    betas, alphas, alpha_bars = cosine_schedule(num_steps, max_beta=max_beta)
+    unclipped = [1 - cosine_alpha_bar(i + 1, num_steps) / cosine_alpha_bar(i, num_steps) for i in range(num_steps)]
+    expected_betas = [min(beta, max_beta) for beta in unclipped]
+    torch.testing.assert_close(betas, as_tensor(expected_betas), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(alphas, 1 - as_tensor(expected_betas), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(alpha_bars, as_tensor(cumulative_products(expected_betas)), rtol=1e-9, atol=1e-15)
+    first_clip = next(i for i, beta in enumerate(unclipped) if beta > max_beta)
+    torch.testing.assert_close(alpha_bars[:first_clip],
+                               as_tensor([cosine_alpha_bar(i + 1, num_steps) for i in range(first_clip)]))
+    assert float(betas.max()) == pytest.approx(max_beta) and bool((betas > 0).all())
+
+
+def test_cosine_schedule_with_sutds_cap_ends_short_of_pure_noise():
+    """Capping at 0.02 keeps the last alpha_bar away from 0 (about exp(-0.02 k) times the value before the k clipped
+    steps); the paper's cap 0.999 ends at almost exactly 0."""
+    from course_lib.answers.noising import cosine_schedule
+
+    _, _, capped = cosine_schedule(300)
+    _, _, paper = cosine_schedule(300, max_beta=0.999)
+    assert 0.02 < float(capped[-1]) < 0.05
+    assert float(paper[-1]) < 1e-6
+    torch.testing.assert_close(DDPMSchedule(300, kind="cosine").alpha_bars, paper.float())
+
+
 def test_schedule_helpers_and_device_move():
     schedule = DDPMSchedule(10)
     previous = schedule.alpha_bars_prev()
@@ -263,3 +293,89 @@ def test_euler_maruyama_rejects_bad_arguments(kwargs, argument):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=f"`{argument}`"):
         euler_maruyama(**arguments)
+
+
+def test_euler_maruyama_takes_a_number_a_function_of_t_or_of_x_and_t():
+    """A constant diffusion written as 0.7, g(t) = 0.7 and b(x, t) = 0.7 gives the same paths on the same draws."""
+    x0 = torch.zeros(5)
+    runs = [euler_maruyama(lambda x, t: -x, diffusion, x0, 1.0, 10, torch.Generator().manual_seed(11))[1]
+            for diffusion in (0.7, lambda t: 0.7, lambda x, t: torch.full_like(x, 0.7))]
+    torch.testing.assert_close(runs[0], runs[1])
+    torch.testing.assert_close(runs[0], runs[2])
+
+
+def test_euler_maruyama_step_with_a_diffusion_of_x():
+    """One step of dx = f dt + b(x, t) dW: x0 + f(x0, 0) dt + b(x0, 0) sqrt(dt) z, z from the generator."""
+    x0 = torch.tensor([0.5, -1.0, 2.0])
+    times, paths = euler_maruyama(lambda x, t: 0.3 * x + 1.0, lambda x, t: 0.2 + x ** 2, x0, 0.25, 1,
+                                  torch.Generator().manual_seed(12))
+    z = torch.randn(3, generator=torch.Generator().manual_seed(12))
+    torch.testing.assert_close(paths[1], x0 + (0.3 * x0 + 1.0) * 0.25 + (0.2 + x0 ** 2) * 0.5 * z)
+    torch.testing.assert_close(times, torch.tensor([0.0, 0.25]))
+
+
+def test_euler_maruyama_runs_a_given_step_with_b_of_x_and_t():
+    """``step`` gets (x, t_k, dt, drift, b, z) with b a function of (x, t) even when a g(t) was passed."""
+    seen = []
+
+    def step(x, t, dt, drift, diffusion, z):
+        seen.append((t, dt, float(diffusion(x, t)), z.clone()))
+        return x + 1.0
+
+    times, paths = euler_maruyama(lambda x, t: x, lambda t: 2 * t, torch.zeros(2), 1.0, 4,
+                                  torch.Generator().manual_seed(13), step=step)
+    assert [t for t, *_ in seen] == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert all(dt == pytest.approx(0.25) for _, dt, _, _ in seen)
+    assert [g for _, _, g, _ in seen] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    torch.testing.assert_close(paths[:, 0], torch.arange(5.0))
+    draws = torch.Generator().manual_seed(13)
+    for *_, z in seen:
+        torch.testing.assert_close(z, torch.randn(2, generator=draws))
+
+
+@pytest.mark.parametrize("kwargs, error", [({"diffusion": "1"}, TypeError),
+                                           ({"diffusion": lambda x, t, s: 1.0}, TypeError),
+                                           ({"step": 3}, TypeError),
+                                           ({"step": lambda x, t, dt, f, b, z: x[:1]}, ValueError)])
+def test_euler_maruyama_rejects_bad_diffusions_and_steps(kwargs, error):
+    arguments = {"drift": lambda x, t: x, "diffusion": 1.0, "x0": torch.zeros(3), "t_end": 1.0, "num_steps": 2}
+    arguments.update(kwargs)
+    with pytest.raises(error, match="`diffusion`|`step`"):
+        euler_maruyama(**arguments)
+
+
+def test_sde_with_linear_drift_has_the_noise_free_path_as_its_mean():
+    """dx = 0.1 x dt + dW from x(0) = 10: E x(t) = 10 exp(0.1 t) and Var x(t) = (exp(0.2 t) - 1) / 0.2.
+
+    20,000 paths of 1,000 steps to t = 10: the standard error of the mean at t = 10 is 5.65 / 141 = 0.04, and the
+    Euler-Maruyama mean 10 (1 + 0.1 dt)^k is 0.014 below the exact one; the variance's standard error is 1%.
+    """
+    paths_count = 20_000
+    times, paths = euler_maruyama(lambda x, t: 0.1 * x, 1.0, torch.full((paths_count,), 10.0, dtype=torch.float64),
+                                  10.0, 1000, torch.Generator().manual_seed(14))
+    for k in (250, 1000):
+        t = times[k].item()
+        variance = (math.exp(0.2 * t) - 1) / 0.2
+        assert abs(paths[k].mean().item() - 10 * math.exp(0.1 * t)) < 5 * math.sqrt(variance / paths_count)
+        assert paths[k].var().item() == pytest.approx(variance, rel=0.05)
+
+
+def test_geometric_brownian_motion_matches_its_closed_form():
+    """dx = mu x dt + sigma x dW: E x(t) = x0 exp(mu t), and log x(t) is normal with mean (mu - sigma^2 / 2) t and
+    variance sigma^2 t (the exact solution x0 exp((mu - sigma^2 / 2) t + sigma W(t))).
+
+    mu = 0.1, sigma = 0.4, x0 = 1, 20,000 paths of 500 steps to t = 5: standard errors 0.013 (mean), 0.0063 (mean of
+    log x) and 1% (its variance); the Euler-Maruyama biases are 4e-4, 1e-3 and below 1%.
+    """
+    mu, sigma, paths_count, t_end = 0.1, 0.4, 20_000, 5.0
+    times, paths = euler_maruyama(lambda x, t: mu * x, lambda x, t: sigma * x,
+                                  torch.ones(paths_count, dtype=torch.float64), t_end, 500,
+                                  torch.Generator().manual_seed(15))
+    assert bool((paths > 0).all()), "a geometric Brownian motion stays positive"
+    for k in (100, 500):
+        t = times[k].item()
+        variance = math.exp(2 * mu * t) * (math.exp(sigma ** 2 * t) - 1)
+        assert abs(paths[k].mean().item() - math.exp(mu * t)) < 5 * math.sqrt(variance / paths_count)
+        logs = paths[k].log()
+        assert abs(logs.mean().item() - (mu - sigma ** 2 / 2) * t) < 5 * sigma * math.sqrt(t / paths_count) + 2e-3
+        assert logs.var().item() == pytest.approx(sigma ** 2 * t, rel=0.05)

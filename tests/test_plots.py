@@ -116,6 +116,32 @@ def test_loss_plot_labels_and_epoch_lines():
         plots.plot_losses([])
 
 
+def test_loss_plot_draws_the_validation_loss_at_the_end_of_every_epoch_with_a_legend():
+    losses = [1.0 / (1 + i) for i in range(100)]
+    validation = [0.5, 0.3, 0.2, 0.15]
+    ax = plots.plot_losses(losses, "Denoiser loss", steps_per_epoch=25, validation=validation).axes[0]
+    curves = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+    assert list(curves["validation, per epoch"].get_xdata()) == [25, 50, 75, 100]
+    assert list(curves["validation, per epoch"].get_ydata()) == validation
+    assert list(curves["training, per step"].get_ydata()) == pytest.approx(losses)
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "validation, per epoch" in legend and "training, per step" in legend
+    without = plots.plot_losses(losses, steps_per_epoch=25).axes[0]
+    assert not any("validation" in line.get_label() for line in without.lines)
+
+
+def test_loss_plot_takes_both_curves_from_the_history_train_returns():
+    from course_lib.training import LossHistory
+
+    history = LossHistory([1.0, 0.8, 0.7, 0.5, 0.45, 0.4], validation=[0.75, 0.42], steps_per_epoch=3)
+    ax = plots.plot_losses(history, "Both curves").axes[0]
+    validation = next(line for line in ax.lines if line.get_label() == "validation, per epoch")
+    assert list(validation.get_xdata()) == [3, 6] and list(validation.get_ydata()) == [0.75, 0.42]
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [3]
+    unequal = plots.plot_losses([1.0] * 10, validation=[0.5, 0.4]).axes[0]  # no epoch length: equal epochs
+    assert list(next(line for line in unequal.lines if "validation" in line.get_label()).get_xdata()) == [5, 10]
+
+
 def test_loss_plot_moving_average():
     losses = [float(i % 2) for i in range(40)]  # alternating 0, 1: an 8-step mean is exactly 0.5
     ax = plots.plot_losses(losses, log_scale=False, smooth=8).axes[0]

@@ -1,5 +1,6 @@
 """course_lib.training: every objective learns on real MNIST, a resumed run is the same run (with or without an
-EMA), Adam is chosen in one place, and a step that cannot be captured falls back to the eager one.
+EMA), Adam is chosen in one place, a step that cannot be captured falls back to the eager one, and the validation
+loss is the loss on the held-out digits, measured the same way every epoch and kept across a resume.
 
 Kept small for a shared CPU: UNets of width 4 or 8, batches of 8 or 16, at most 120 optimizer steps per run.
 """
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from course_lib import checkpoints
 from course_lib.data import DeviceImages, load_mnist
 from course_lib.models import ClassConditionalUNet, TimeConditionalUNet, UnconditionalUNet
 from course_lib.noise import DDPMSchedule
 from course_lib.stages import stage_loss, value_range
-from course_lib.training import train
+from course_lib.training import VALIDATION_SEED, LossHistory, train, validation_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -325,3 +328,111 @@ def test_the_precision_is_checkpointed_and_a_resumed_run_keeps_it(tmp_path):
     state = checkpoints.load_latest(tmp_path)
     assert state["precision"] == "fp32"
     assert _training_dtype(None, None, data, 16, {**state, "precision": "bfloat16"}) == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def batchnorm_model(seed: int = 0) -> nn.Module:
+    """A tiny model whose BatchNorm makes train and eval mode give different outputs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.GELU(), nn.Conv2d(3, 1, 3, padding=1))
+
+
+def reconstruction(model, images, labels, generator):
+    """A loss without randomness: how well the model reproduces its input."""
+    return F.mse_loss(model(images), images)
+
+
+def test_validation_loss_is_the_mean_loss_over_every_held_out_digit_in_eval_mode_without_gradients():
+    """30 digits in batches of 7 (the last one of 2): the size-weighted mean is the loss of all 30 at once, computed in
+    eval mode (BatchNorm's running statistics, which it does not change)."""
+    model = batchnorm_model()
+    model.train()
+    model(torch.randn(8, 1, 28, 28))  # running statistics away from their initial values
+    held_out = random_digits(30, seed=4)
+    everything, labels = held_out.first(30)
+    statistics = model[1].running_mean.clone()
+    model.eval()
+    with torch.no_grad():
+        expected = F.mse_loss(model(everything), everything).item()
+    model.train()
+    calls = []
+    spy = lambda model, images, labels, generator: calls.append((model.training, torch.is_grad_enabled())) or \
+        reconstruction(model, images, labels, generator)
+    assert validation_loss(model, spy, held_out, batch_size=7) == pytest.approx(expected, rel=1e-6)
+    assert calls == [(False, False)] * 5 and not model.training
+    assert torch.equal(model[1].running_mean, statistics)
+
+
+def test_validation_loss_draws_the_same_noise_every_time_from_its_seed():
+    """With noise in the loss, the value is the loss of the held-out digits under a generator seeded VALIDATION_SEED
+    (one batch here), and two calls agree exactly."""
+    model = build("ddpm", num_hiddens=4)
+    held_out = random_digits(12, seed=5)
+    loss_fn = stage_loss("ddpm", DDPMSchedule(50))
+    images, labels = held_out.first(12)
+    model.eval()
+    with torch.no_grad():
+        expected = loss_fn(model, images, labels, torch.Generator().manual_seed(VALIDATION_SEED)).item()
+    first = validation_loss(model, loss_fn, held_out, batch_size=16)
+    assert first == pytest.approx(expected, rel=1e-6)
+    assert validation_loss(model, loss_fn, held_out, batch_size=16) == first
+    assert validation_loss(model, loss_fn, held_out, batch_size=16, seed=1) != first
+
+
+def test_train_reports_the_validation_loss_of_every_epoch_without_changing_training():
+    """Validation draws nothing from the training generator and leaves BatchNorm alone: the training losses and
+    weights are those of a run without it; each epoch's value is validation_loss of the weights after that epoch."""
+    data, held_out = random_digits(40, seed=1), random_digits(10, seed=2)
+    loss_fn = stage_loss("denoiser", DDPMSchedule(50))
+    budget = dict(epochs=3, batch_size=8, learning_rate=1e-2, seed=3, progress=False)
+    after_epoch = []
+
+    def on_epoch_end(epoch, model, losses):
+        after_epoch.append(validation_loss(model, loss_fn, held_out, batch_size=8))
+        assert len(losses.validation) == epoch
+
+    with_validation = build("denoiser", num_hiddens=4)
+    losses = train(with_validation, loss_fn, data, validation=held_out, on_epoch_end=on_epoch_end, **budget)
+    without = build("denoiser", num_hiddens=4)
+    plain = train(without, loss_fn, data, **budget)
+    assert isinstance(losses, LossHistory) and isinstance(losses, list) and losses == plain
+    assert not states_equal(with_validation.state_dict(), without.state_dict())
+    assert losses.validation == after_epoch and len(losses.validation) == 3 and losses.steps_per_epoch == 5
+    assert plain.validation == [] and plain.steps_per_epoch == 5
+    assert losses.validation[-1] < losses.validation[0]
+
+
+def test_validation_of_an_unchanging_model_is_the_same_every_epoch():
+    """A learning rate of 0 and no BatchNorm: the weights never change, so a fixed validation noise gives one value."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    loss_fn = stage_loss("flow", DDPMSchedule(50))
+    losses = train(model, lambda m, x, y, g: loss_fn(lambda x, t: m(x), x, y, g), random_digits(16), epochs=3,
+                   batch_size=8, learning_rate=0.0, progress=False, validation=random_digits(9, seed=3))
+    assert len(set(losses.validation)) == 1
+
+
+def test_resuming_keeps_the_validation_history(mnist_train, tmp_path):
+    """2 epochs straight == 1 + resume + 1: the same validation losses, and the checkpoint holds them."""
+    digits = every_tenth(mnist_train, "ddpm", 64)
+    data, held_out = DeviceImages(digits.images[:48], digits.labels[:48]), DeviceImages(digits.images[48:],
+                                                                                         digits.labels[48:])
+    loss_fn = stage_loss("ddpm", DDPMSchedule(50))
+    budget = dict(batch_size=16, learning_rate=1e-3, lr_gamma=0.1 ** 0.5, seed=3, progress=False, validation=held_out)
+    straight = train(build("ddpm", num_hiddens=4), loss_fn, data, epochs=2, **budget)
+    train(build("ddpm", num_hiddens=4), loss_fn, data, epochs=1, checkpoint_dir=tmp_path, **budget)
+    assert checkpoints.load_latest(tmp_path)["validation_losses"] == straight.validation[:1]
+    resumed = train(build("ddpm", seed=7, num_hiddens=4), loss_fn, data, epochs=2, checkpoint_dir=tmp_path, **budget)
+    assert resumed == straight and resumed.validation == straight.validation and len(resumed.validation) == 2
+    assert checkpoints.load_latest(tmp_path)["validation_losses"] == straight.validation
+    finished = train(build("ddpm", num_hiddens=4), loss_fn, data, epochs=2, checkpoint_dir=tmp_path, **budget)
+    assert finished.validation == straight.validation, "a finished run resumes to nothing and keeps its history"
+
+
+def test_train_rejects_validation_images_elsewhere():
+    data = random_digits(8)
+    with pytest.raises(ValueError, match="`validation`"):
+        train(build("denoiser", num_hiddens=4), stage_loss("denoiser", DDPMSchedule(50)), data, epochs=1,
+              batch_size=4, learning_rate=1e-3, progress=False, validation=data.first(4))

@@ -1,8 +1,8 @@
 """The answers: the reference of every function and class a student writes, one module per stage.
 
-``noising`` (01), ``denoiser`` (02), ``ddpm`` (03), ``cfg`` (04), ``flow`` (05): each holds exactly what the
-TODO cells of its stage ask for (the registry, :mod:`course_lib.stages`, maps every TODO cell to its
-reference here), and nothing else. Answers may import given code; given code (``noise``, ``models``,
+``noising`` (01), ``denoiser`` (02), ``ddpm`` (03), ``cfg`` (04), ``flow`` (05), ``improved`` (06, optional):
+each holds exactly what the TODO cells of its stage ask for (the registry, :mod:`course_lib.stages`, maps every
+TODO cell to its reference here), and nothing else. Answers may import given code; given code (``noise``, ``models``,
 ``objectives``, ``sampling``, ...) reaches the answers only through :func:`load`, when it is called.
 
 So "course_lib without the answers of stage k and later" is this package with those modules left out:

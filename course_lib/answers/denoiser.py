@@ -1,5 +1,5 @@
 """Answers of stage 2 (``02_denoiser``): the five UNet operations, the three blocks, the UNet, the denoising
-loss and one training step.
+loss, one training step and the training loop with its per-epoch validation.
 
 Shapes for an input of (N, C_in, H, W):
     Conv      -> (N, C_out, H, W)          ConvBlock = Conv, Conv
@@ -164,3 +164,25 @@ def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def train_denoiser(model, train_data, val_data, epochs: int, batch_size: int, learning_rate: float,
+                   generator: torch.Generator, on_epoch_end=None) -> tuple[list[float], list[float]]:
+    """Adam on :func:`train_step` for ``epochs`` passes over ``train_data`` (shuffled with ``generator``), the
+    validation loss on ``val_data`` after each; returns (a loss per step, a validation loss per epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    train_losses, val_losses = [], []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for x, _ in train_data.batches(batch_size, generator):
+            train_losses.append(train_step(model, optimizer, x, generator))
+        model.eval()
+        val_generator = torch.Generator(device=val_data.device).manual_seed(0)
+        total = 0.0
+        with torch.no_grad():
+            for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):
+                total += denoising_loss(model, x, generator=val_generator).item() * len(x)
+        val_losses.append(total / len(val_data))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, train_losses, val_losses)
+    return train_losses, val_losses

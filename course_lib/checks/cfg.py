@@ -1,22 +1,29 @@
 """Checks for stage 4 (class conditioning and classifier-free guidance): label dropout, the class-conditional
-UNet and the guided noise estimate.
+UNet, the class-conditional loss, the guided noise estimate and the guided sampler.
 
 Each check (three parts, see :mod:`course_lib.checks.protocol`) builds seeded inputs, runs the student's code on
-them, compares with the stage's answers on identical inputs and names the likely mistake. The guided estimate
-runs on a given seeded model (:class:`~course_lib.checks.harness.TinyNoisePredictor`), so that the student's
-side never needs a reference network.
+them, compares with the stage's answers on identical inputs and names the likely mistake. The loss, the guided
+estimate and the sampler run on given seeded stand-ins (:class:`~course_lib.checks.harness.ToyModel`,
+:class:`~course_lib.checks.harness.TinyNoisePredictor`) wrapped in a :class:`~course_lib.checks.harness.Spy` that
+records what the student's code feeds them, so that the student's side never needs a reference network.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import answers, models, objectives
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, close, expect_close, expect_tensor, generator,
-                      load_weights, reference_weights, run_student, scramble_weights)
+from ..noise import DDPMSchedule
+from ..objectives import P_UNCOND
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
+                      expect_sampling_calls, recorded_loss, expect_tensor, generator, load_weights,
+                      matching_hint, random_images, recorded, recorded_tensor, reference_weights, run_student,
+                      scramble_weights)
 from .protocol import check
 
 NUM_CLASSES = 10
@@ -44,18 +51,8 @@ def _attempt(run: Callable[[], dict]) -> dict:
         return {"failed": str(failure)}
 
 
-def _recorded(value):
-    """What a probe records of a returned value: a detached tensor, or the name of the type that came instead."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    return {"not_a_tensor": type(value).__name__}
 
 
-def _returned(name: str, value, shape) -> torch.Tensor:
-    """Fail unless the recorded ``value`` is a floating tensor of ``shape`` (see :func:`_recorded`)."""
-    if isinstance(value, dict) and "not_a_tensor" in value:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['not_a_tensor']}")
-    return expect_tensor(name, value, shape)
 
 
 def _succeeded(result) -> dict:
@@ -65,9 +62,6 @@ def _succeeded(result) -> dict:
     return result
 
 
-def _matching_hint(got: torch.Tensor, mistakes) -> str | None:
-    """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
-    return next((hint for wrong, hint in mistakes if close(got, wrong)), None)
 
 
 # ------------------------------------------------------------------------------------------- drop_labels
@@ -86,7 +80,7 @@ def _drop_labels_probe(drop_labels, *, inputs: dict) -> dict:
     def drop(p: float) -> dict:
         given = c.clone()
         got = run_student("drop_labels", drop_labels, given, p, generator(inputs["seed"]))
-        return {"dropped": _recorded(got), "c_after": given}
+        return {"dropped": recorded(got), "c_after": given}
 
     return {"runs": [_attempt(lambda p=p: drop(p)) for p in (inputs["p_uncond"], 0.0, 1.0)]}
 
@@ -96,7 +90,7 @@ def _dropped(run, c: torch.Tensor) -> torch.Tensor:
     run = _succeeded(run)
     if not torch.equal(run["c_after"], c):
         raise CheckFailed("your drop_labels changed c in place: return a new tensor (e.g. c * keep[:, None])")
-    return _returned("dropped c", run["dropped"], c.shape)
+    return recorded_tensor("dropped c", run["dropped"], c.shape)
 
 
 def _drop_labels_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
@@ -169,17 +163,17 @@ def _unet_probe(cls, *, inputs: dict) -> dict:
                           inputs["c"].clone())
         with_other_c = run_student("ClassConditionalUNet.forward", model, inputs["x"].clone(), inputs["t"].clone(),
                                    inputs["other_c"].clone())
-    return {"noise": _recorded(got), "noise_other_c": _recorded(with_other_c)}
+    return {"noise": recorded(got), "noise_other_c": recorded(with_other_c)}
 
 
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     shape = (case["batch_size"], *IMAGE)
-    got = _returned("predicted noise", outputs["noise"], shape)
-    with_other_c = _returned("predicted noise", outputs["noise_other_c"], shape)
+    got = recorded_tensor("predicted noise", outputs["noise"], shape)
+    with_other_c = recorded_tensor("predicted noise", outputs["noise_other_c"], shape)
     if torch.allclose(got, with_other_c):
         raise CheckFailed("your output does not depend on c: multiply the Unflatten output by c1(c) and the first "
                           "UpBlock's output by c2(c)")
-    hint = _matching_hint(got, expected["mistakes"])
+    hint = matching_hint(got, expected["mistakes"])
     expect_close("predicted noise", got, expected["noise"], hint or "unflatten = c1 * unflatten + t1 and "
                  "up1 = c2 * up1 + t2, with each FCBlock output reshaped to (N, F, 1, 1)")
     return (f"ClassConditionalUNet(num_hiddens={case['num_hiddens']}) gives the reference output for "
@@ -244,7 +238,7 @@ def _guided_probe(guided_eps, *, inputs: dict) -> dict:
         with torch.no_grad():
             got = run_student("guided_eps", guided_eps, spy, inputs["x_t"].clone(), inputs["t"].clone(),
                               inputs["c"].clone(), scale)
-        return {"eps": _recorded(got), "batch_sizes": [int(call["x"].shape[0]) for call in spy.calls],
+        return {"eps": recorded(got), "batch_sizes": [int(call["x"].shape[0]) for call in spy.calls],
                 "zero_rows": [_zero_rows(call["c"]) for call in spy.calls]}
 
     return {"runs": [_attempt(lambda scale=scale: guided(scale)) for scale in inputs["scales"]]}
@@ -260,7 +254,7 @@ def _guided(run, batch_size: int, shape) -> torch.Tensor:
     if run["zero_rows"][0] != batch_size:
         raise CheckFailed("half of the batched forward pass must be unconditional, with c = zeros: "
                           + GUIDANCE_BATCH_HINT)
-    return _returned("guided eps", run["eps"], shape)
+    return recorded_tensor("guided eps", run["eps"], shape)
 
 
 def _guided_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
@@ -268,7 +262,7 @@ def _guided_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     shape = tuple(inputs["x_t"].shape)
     runs = outputs["runs"]
     got = _guided(runs[0], batch_size, shape)
-    hint = _matching_hint(got, expected["mistakes"])
+    hint = matching_hint(got, expected["mistakes"])
     expect_close(f"guided eps at guidance {guidance:g}", got, expected["guided"][0],
                  hint or "eps = eps_uncond + gamma (eps_cond - eps_uncond)", atol=_guided_atol(guidance))
     for run, scale, wanted, meaning in zip(runs[1:], (0.0, 1.0), expected["guided"][1:],
@@ -287,4 +281,248 @@ def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int =
     ``model`` is a seeded class-conditional noise predictor in eval mode (given code, wrapped to record its
     calls); the check runs ``fn`` at ``guidance`` and at 0 (the unconditional estimate) and 1 (the conditional
     one), each time expecting one call on a batch of 2 * batch_size of which batch_size rows have c = zeros.
+    """
+
+
+# ---------------------------------------------------------------------------------------------- cfg_loss
+
+LOSS_ORDER = ("drop", "t", "eps")  # the draws of the class-conditional loss, in the order the reference makes them
+ORDER_HINT = ("draw in this order, all with `generator`: first the dropout (drop_labels), then t "
+              "(torch.randint(0, T, (N,), ...)), then eps (torch.randn(x0.shape, ...))")
+
+
+def _loss_draws(x0: torch.Tensor, labels: torch.Tensor, schedule, p_uncond: float, seed: int, order) -> dict:
+    """What the model gets when the loss draws the dropout, t and eps from generator(seed) in ``order``."""
+    g = generator(seed)
+    n, steps = x0.shape[0], schedule.num_steps
+    c = objectives.one_hot(labels, NUM_CLASSES)
+    draws = {}
+    for what in order:
+        if what == "drop":
+            draws["c"] = c * (torch.rand(n, generator=g) >= p_uncond)[:, None].float()
+        elif what == "t":
+            draws["t"] = torch.randint(0, steps, (n,), generator=g)
+        else:
+            draws["eps"] = torch.randn(x0.shape, generator=g)
+    alpha_bar = schedule.alpha_bars[draws["t"]].view(-1, 1, 1, 1)
+    return {"c": draws["c"], "t": draws["t"].float() / steps,
+            "x": alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * draws["eps"], "eps": draws["eps"]}
+
+
+def _cfg_loss_reference(batch_size: int, num_steps: int, p_uncond: float, seed: int) -> tuple[dict, dict]:
+    schedule = DDPMSchedule(num_steps)
+    x0 = random_images(batch_size, seed + 1)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator(seed + 2))
+    spy = Spy(ToyModel())
+    loss = answers.load("cfg").class_conditional_loss(spy, x0, labels, schedule, p_uncond,
+                                                      generator=generator(seed)).detach()
+    call = spy.calls[0]
+    others = [_loss_draws(x0, labels, schedule, p_uncond, seed, order)
+              for order in itertools.permutations(LOSS_ORDER) if order != LOSS_ORDER]
+    if p_uncond != P_UNCOND:
+        fixed = _loss_draws(x0, labels, schedule, P_UNCOND, seed, LOSS_ORDER)["c"]
+    else:
+        fixed = call["c"]
+    right = _loss_draws(x0, labels, schedule, p_uncond, seed, LOSS_ORDER)
+    model = ToyModel()
+    with torch.no_grad():
+        output = model(right["x"], right["t"], right["c"])
+        loss_mistakes = [
+            (F.mse_loss(output, right["eps"], reduction="sum"), "use the mean squared error over all pixels "
+                                                                "(F.mse_loss), not the sum"),
+            (F.mse_loss(output, x0), "the network predicts the noise eps, not the clean image: the target is eps"),
+        ]
+    inputs = {"x0": x0, "labels": labels, "p_uncond": p_uncond, "generator_seed": seed,
+              **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
+    return inputs, {"loss": loss, "c": call["c"], "t": call["t"], "x": call["x"], "c_fixed_p": fixed,
+                    "orders": [{key: draw[key] for key in ("c", "t", "x")} for draw in others],
+                    "t_steps": right["t"] * num_steps, "loss_mistakes": loss_mistakes}
+
+
+def _cfg_loss_probe(cfg_loss, *, inputs: dict) -> dict:
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    spy = Spy(ToyModel())
+    got = run_student("cfg_loss", cfg_loss, spy, inputs["x0"].clone(), inputs["labels"].clone(), schedule,
+                      p_uncond=inputs["p_uncond"], generator=generator(inputs["generator_seed"]))
+    requires_grad = isinstance(got, torch.Tensor) and got.requires_grad
+    calls = [{"x": call["x"], "t": call["t"], "c": call["c"]} for call in spy.calls]
+    return {"loss": recorded(got), "requires_grad": requires_grad, "calls": calls}
+
+
+def _differs_in_order(got: torch.Tensor, key: str, expected: dict) -> bool:
+    """Whether ``got`` is what the model would get with the draws made in another order."""
+    return any(close(got, draw[key]) for draw in expected["orders"])
+
+
+def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    calls = outputs["calls"]
+    if not isinstance(calls, (list, tuple)) or not all(isinstance(call, dict) for call in calls):
+        raise CheckFailed("cfg_loss: the record of its model calls is malformed")
+    if not calls:
+        raise CheckFailed("your cfg_loss never calls the model: the loss compares model(x_t, t / T, c) with eps")
+    if len(calls) > 1:
+        raise CheckFailed(f"your cfg_loss called the model {len(calls)} times: call it once, on the whole batch, "
+                          "model(x_t, t / T, c)")
+    call, n = calls[0], case["batch_size"]
+    if call["c"] is None:
+        raise CheckFailed("your model got no classes: pass them as its third input, model(x_t, t / T, c)")
+    c = expect_tensor("the classes c your model got", call["c"], (n, NUM_CLASSES))
+    if not close(c, expected["c"]):
+        one_hot = objectives.one_hot(inputs["labels"], NUM_CLASSES)
+        rows_ok = bool((((c == one_hot).all(1)) | ((c == 0).all(1))).all())
+        if close(c, one_hot):
+            hint = ("no row of c was dropped: pass the one-hot classes through your drop_labels(c, p_uncond, "
+                    "generator) before the model")
+        elif not rows_ok:
+            hint = ("each row of c must be the one-hot class of its image, F.one_hot(labels, 10).float(), or zeros "
+                    "where drop_labels dropped it")
+        elif _differs_in_order(c, "c", expected):
+            hint = ORDER_HINT
+        elif close(c, expected["c_fixed_p"]):
+            hint = "use the p_uncond argument, not a fixed probability"
+        else:
+            hint = ("the rows dropped differ from the reference: call drop_labels(c, p_uncond, generator) first, "
+                    "before drawing t and eps (and check that drop_labels passes its check)")
+        dropped, wanted = (c == 0).all(1), (expected["c"] == 0).all(1)
+        raise CheckFailed(f"your model got {int(dropped.sum())} of {n} rows of c dropped, the reference "
+                          f"{int(wanted.sum())} (rows {_rows(dropped)} against {_rows(wanted)}): {hint}")
+    t = call["t"]
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,):
+        raise CheckFailed(f"the time your model got should be a tensor of shape ({n},): t / T, one per image")
+    if not close(t, expected["t"]):
+        if close(t, expected["t_steps"]):
+            hint = "pass the time to the model as t / T (floats in [0, 1)), not the integer step"
+        elif _differs_in_order(t, "t", expected):
+            hint = ORDER_HINT
+        else:
+            hint = "t = torch.randint(0, T, (N,), generator=generator, device=x0.device), drawn after the dropout"
+        expect_close("time input (t / T)", t.float(), expected["t"], hint)
+    x = expect_tensor("x_t your model got", call["x"], tuple(inputs["x0"].shape))
+    hint = (ORDER_HINT if _differs_in_order(x, "x", expected) else
+            "x_t = q_sample(x0, t, eps, schedule), with eps = torch.randn(x0.shape, generator=generator, "
+            "device=x0.device) drawn after t")
+    expect_close("x_t your model got", x, expected["x"], hint)
+    loss = recorded_loss(outputs)
+    compare("loss", loss.detach(), expected["loss"], expected["loss_mistakes"],
+            "loss = mean of (model(x_t, t / T, c) - eps)^2 over all pixels: F.mse_loss(model(...), eps)")
+    return (f"cfg_loss matches the reference (batch {n}, T = {case['num_steps']}, p_uncond = {case['p_uncond']:g}, "
+            f"{int((c == 0).all(1).sum())} rows dropped)")
+
+
+@check(reference=_cfg_loss_reference, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
+def check_cfg_loss(fn, batch_size: int = 16, num_steps: int = 50, p_uncond: float = 0.3, seed: int = 0):
+    """Check ``fn(model, x0, labels, schedule, p_uncond=..., generator=...)``: on a toy model (wrapped to record
+    what it gets), ``batch_size`` images in [-1, 1] with random digits and the linear schedule of ``num_steps``
+    steps, the model must get the reference's classes (one-hot, rows dropped with ``p_uncond``), times t / T and
+    x_t, drawn from a generator seeded with ``seed`` in the order dropout, t, eps; and the loss must be the
+    reference's scalar, with a gradient."""
+
+
+# -------------------------------------------------------------------------------------------- cfg_sample
+
+
+def _guided_chain(model, schedule, labels: torch.Tensor, guidance: float, seed: int, *, stochastic: bool = True,
+                  last_noise: bool = False) -> torch.Tensor:
+    """The guided sampler with a known mistake (no z at all, or noise at the last step): its trajectory
+    (T + 1, N, 1, 28, 28), x_T first and the samples last."""
+    cfg, ddpm = answers.load("cfg"), answers.load("ddpm")
+    g = generator(seed)
+    steps, n = schedule.num_steps, len(labels)
+    c = objectives.one_hot(labels, NUM_CLASSES)
+    x = torch.randn((n, *IMAGE), generator=g)
+    frames = [x]
+    model.eval()
+    with torch.no_grad():
+        for t in reversed(range(steps)):
+            eps = cfg.guided_eps(model, x, torch.full((n,), t / steps), c, guidance)
+            z = torch.randn(x.shape, generator=g) if stochastic and (t > 0 or last_noise) else None
+            x = ddpm.ddpm_step(x, eps, t, schedule, z)
+            if t == 0 and z is not None:
+                x = x + schedule.betas[0].sqrt() * z
+            frames.append(x)
+    return torch.stack(frames)
+
+
+def _cfg_sample_reference(num_samples: int, num_steps: int, guidance: float, seed: int) -> tuple[dict, dict]:
+    schedule = DDPMSchedule(num_steps)
+    labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator(seed + 1))
+    samples, trajectory = answers.load("cfg").cfg_sample(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule,
+                                                         labels, guidance, generator(seed), return_trajectory=True)
+
+    def variant(**kwargs) -> torch.Tensor:
+        return _guided_chain(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule, labels,
+                             kwargs.pop("scale", guidance), seed, **kwargs)
+
+    mistakes = [(variant(last_noise=True), "did you add noise at the last step t = 0? There the sample is the mean, "
+                                           "with no z (pass z=None, or draw z only for t > 0)"),
+                (variant(stochastic=False), "no noise was added: draw a fresh z = torch.randn(x.shape, "
+                                            "generator=generator, device=device) at every step t > 0"),
+                (variant(scale=1.0), "your sampler follows guidance 1, the plain conditional model: pass the "
+                                     "`guidance` argument to guided_eps")]
+    if guidance != 5.0:
+        mistakes.append((variant(scale=5.0), "your sampler follows guidance 5: pass the `guidance` argument to "
+                                             "guided_eps, not a fixed value"))
+    if guidance != 0.0:
+        mistakes.append((variant(scale=0.0), "your sampler follows guidance 0, the unconditional model: pass "
+                                             "the `guidance` argument to guided_eps"))
+    inputs = {"labels": labels, "guidance": guidance, "model_seed": seed, "generator_seed": seed,
+              **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
+    return inputs, {"samples": samples.clone(), "trajectory": trajectory.clone(), "mistakes": mistakes}
+
+
+def _cfg_sample_probe(cfg_sample, *, inputs: dict) -> dict:
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    spy = Spy(TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES))  # in train mode, as after training
+    got = run_student("cfg_sample", cfg_sample, spy, schedule, inputs["labels"].clone(), float(inputs["guidance"]),
+                      generator=generator(inputs["generator_seed"]))
+    calls = [{"x": call["x"], "t": call["t"], "c": call["c"], "training": bool(call["training"]),
+              "grad": bool(call["grad"])} for call in spy.calls]
+    return {"samples": recorded(got), "calls": calls}
+
+
+def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    num_steps, n = case["num_steps"], case["num_samples"]
+    calls = outputs["calls"]
+    if not isinstance(calls, (list, tuple)) or not all(isinstance(call, dict) for call in calls):
+        raise CheckFailed("cfg_sample: the record of its model calls is malformed")
+    if len(calls) == 2 * num_steps:
+        raise CheckFailed(f"your cfg_sample called the model {len(calls)} times for {num_steps} steps, twice per "
+                          "step: use your guided_eps, which makes both estimates in one batched pass (and check that "
+                          "guided_eps passes its check)")
+    if calls and len(calls) == num_steps and any(int(call["x"].shape[0]) != 2 * n for call in calls):
+        raise CheckFailed(f"at every step the model should get one batch of 2N = {2 * n} images (the images with "
+                          "their classes, then with zeros): compute each step's estimate with your guided_eps")
+    expect_sampling_calls(calls, [t / num_steps for t in reversed(range(num_steps))], "cfg_sample")
+    c = expect_tensor("the classes your model got", calls[0]["c"], (2 * n, NUM_CLASSES))
+    if not torch.equal(c[:n].float(), objectives.one_hot(inputs["labels"], NUM_CLASSES)) or c[n:].any():
+        raise CheckFailed("the model should get c = F.one_hot(labels, 10).float() for the first N images and zeros "
+                          "for the second N: pass c = F.one_hot(labels, 10).float() to guided_eps")
+    trajectory, mistakes = expected["trajectory"], expected["mistakes"]
+    for k, call in enumerate(calls):
+        frame = expect_tensor(f"x at step {k + 1}", call["x"], (2 * n, *IMAGE))[:n]
+        if close(frame, trajectory[k], atol=1e-4):
+            continue
+        if k == 0:
+            hint = ("draw x_T = torch.randn((N, 1, 28, 28), generator=generator, device=device) before anything "
+                    "else")
+        else:
+            hint = matching_hint(frame, [(path[k], hint) for path, hint in mistakes]) or (
+                f"the images first differ at x_{num_steps - k}, after {k} step{'s' if k > 1 else ''}: use your "
+                "guided_eps with `guidance`, draw one z per step t > 0 after the estimate with torch.randn(x.shape, "
+                "generator=generator, device=device), and pass it to ddpm_step")
+        expect_close(f"x_{num_steps - k} (the images the model got at step {k + 1})", frame, trajectory[k], hint,
+                     atol=1e-4)
+    samples = recorded_tensor("samples", outputs["samples"], tuple(expected["samples"].shape))
+    compare("samples", samples, expected["samples"], [(path[-1], hint) for path, hint in mistakes],
+            "return the images after the last step, x_0 = ddpm_step(x_1, eps, 0, schedule, None)", atol=1e-4)
+    return (f"cfg_sample reproduces guided sampling ({n} digits, {num_steps} steps, guidance {case['guidance']:g}) "
+            "in eval mode without gradients")
+
+
+@check(reference=_cfg_sample_reference, probe=_cfg_sample_probe, judge=_cfg_sample_judge)
+def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: float = 3.0, seed: int = 0):
+    """Check ``fn(model, schedule, labels, guidance, generator=...)`` against the reference guided sampler on a small
+    seeded class-conditional noise predictor (given code, in train mode, wrapped to record its calls), the linear
+    schedule of ``num_steps`` steps, ``num_samples`` random digits and one generator: the same x_T, the same
+    images at every step, the same samples; one batched call per step, in eval mode, without autograd, at t / T.
     """

@@ -22,25 +22,15 @@ from .. import answers
 from ..noise import DDPMSchedule
 from .conditional_unets import unet_mutants
 from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
-                      expect_sampling_calls, expect_scalar_loss, expect_tensor, generator, load_weights,
-                      random_images, reference_weights, run_student, scramble_weights)
+                      expect_sampling_calls, recorded_loss, generator, load_weights, random_images, recorded,
+                      recorded_tensor, reference_weights, run_student, scramble_weights)
 from .protocol import check
 
 # ------------------------------------------------------------------------------------- shared by the parts
 
 
-def _recorded(value):
-    """What a probe records of a returned value: a detached CPU tensor, or the name of the type that came instead."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    return {"not_a_tensor": type(value).__name__}
 
 
-def _returned(name: str, value, shape) -> torch.Tensor:
-    """Fail unless the recorded ``value`` is a floating tensor of ``shape`` (see :func:`_recorded`)."""
-    if isinstance(value, dict) and "not_a_tensor" in value:
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['not_a_tensor']}")
-    return expect_tensor(name, value, shape)
 
 
 def _tables(schedule: DDPMSchedule) -> dict:
@@ -76,11 +66,11 @@ def _fc_block_probe(cls, *, inputs: dict) -> dict:
     block = run_student("FCBlock", cls, inputs["in_features"], inputs["out_features"])
     load_weights(block, inputs["weights"], inputs["num_parameters"], "FCBlock", FC_HINT)
     with torch.no_grad():
-        return {"output": _recorded(run_student("FCBlock.forward", block, inputs["x"].clone()))}
+        return {"output": recorded(run_student("FCBlock.forward", block, inputs["x"].clone()))}
 
 
 def _fc_block_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    got = _returned("FCBlock output", outputs["output"], (case["batch_size"], case["out_features"]))
+    got = recorded_tensor("FCBlock output", outputs["output"], (case["batch_size"], case["out_features"]))
     compare("FCBlock output", got, expected["output"], expected["mistakes"], f"{FC_HINT}, applied in this order")
     return f"FCBlock({case['in_features']}, {case['out_features']}) matches the reference"
 
@@ -115,13 +105,13 @@ def _unet_probe(cls, *, inputs: dict) -> dict:
     with torch.no_grad():
         got = run_student("TimeConditionalUNet.forward", model, inputs["x"].clone(), inputs["t"].clone())
         other_t = run_student("TimeConditionalUNet.forward", model, inputs["x"].clone(), 1 - inputs["t"])
-    return {"noise": _recorded(got), "noise_other_t": _recorded(other_t)}
+    return {"noise": recorded(got), "noise_other_t": recorded(other_t)}
 
 
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     shape = (case["batch_size"], *IMAGE)
-    got = _returned("predicted noise", outputs["noise"], shape)
-    other_t = _returned("predicted noise", outputs["noise_other_t"], shape)
+    got = recorded_tensor("predicted noise", outputs["noise"], shape)
+    other_t = recorded_tensor("predicted noise", outputs["noise_other_t"], shape)
     if torch.allclose(got, other_t):
         raise CheckFailed("your output does not change with t: add t1(t) to the Unflatten output and t2(t) to the "
                           "output of the first UpBlock (t reshaped to (N, 1) for the FCBlocks)")
@@ -186,18 +176,13 @@ def _loss_probe(ddpm_loss, *, inputs: dict) -> dict:
     got = run_student("ddpm_loss", ddpm_loss, spy, inputs["x0"].clone(), _schedule(inputs),
                       generator(inputs["generator_seed"]))
     requires_grad = isinstance(got, torch.Tensor) and got.requires_grad
-    return {"loss": _recorded(got), "requires_grad": requires_grad, "model_calls": len(spy.calls)}
+    return {"loss": recorded(got), "requires_grad": requires_grad, "model_calls": len(spy.calls)}
 
 
 def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     if outputs["model_calls"] == 0:
         raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
-    loss = outputs["loss"]
-    if isinstance(loss, dict) and "not_a_tensor" in loss:
-        raise CheckFailed(f"your loss should be a torch.Tensor, got {loss['not_a_tensor']}: do not call .item()")
-    if isinstance(loss, torch.Tensor) and loss.is_floating_point():
-        loss = loss.detach().clone().requires_grad_(outputs["requires_grad"] is True)
-    expect_scalar_loss(loss)
+    loss = recorded_loss(outputs)
     compare("loss", loss.detach(), expected["loss"], expected["mistakes"], "draw t, then eps, with `generator`; "
             "x_t by the closed form; loss = mean of (model(x_t, t / T) - eps)^2")
     return f"ddpm_loss matches the reference (batch {case['batch_size']}, T = {case['num_steps']})"
@@ -272,7 +257,7 @@ def _step_probe(ddpm_step, *, inputs: dict) -> dict:
     results = []
     for case in inputs["cases"]:
         t, x_t, eps = int(case["t"]), case["x_t"].clone(), case["eps"].clone()  # both calls get the same tensors
-        result = {name: _recorded(run_student("ddpm_step", ddpm_step, x_t, eps, t, schedule, noise))
+        result = {name: recorded(run_student("ddpm_step", ddpm_step, x_t, eps, t, schedule, noise))
                   for name, noise in (("with_z", case["z"].clone()), ("without_z", None))}
         try:  # read only for a hint when the step is wrong
             result["coefficients"] = _step_coefficients(ddpm_step, t, schedule)
@@ -289,7 +274,7 @@ def _step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
         raise CheckFailed("ddpm_step: the recorded result is incomplete")
     for t, got, want in zip(times, outputs["cases"], expected["cases"]):
         for name, noise in (("with_z", True), ("without_z", False)):
-            result = _returned("x_{t-1}", got[name], shape)
+            result = recorded_tensor("x_{t-1}", got[name], shape)
             if close(result, want[name], STEP_ATOL, STEP_RTOL):
                 continue
             hint = ("with z=None return the mean only (no noise term)" if not noise and t > 0
@@ -334,7 +319,7 @@ def _sample_probe(ddpm_sample, *, inputs: dict) -> dict:
             raise CheckFailed("ddpm_sample should return a pair (samples, trajectory)")
         calls = [{"x": call["x"].clone(), "t": call["t"].clone(), "training": bool(call["training"]),
                   "grad": bool(call["grad"])} for call in spy.calls]
-        runs.append({"samples": _recorded(result[0]), "trajectory": _recorded(result[1]), "calls": calls})
+        runs.append({"samples": recorded(result[0]), "trajectory": recorded(result[1]), "calls": calls})
     return {"runs": runs}
 
 
@@ -343,8 +328,8 @@ def _sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     if len(outputs["runs"]) != len(SAMPLE_MODES):
         raise CheckFailed("ddpm_sample: the recorded result is incomplete")
     for stochastic, run, want in zip(SAMPLE_MODES, outputs["runs"], expected["runs"]):
-        samples = _returned("samples", run["samples"], want["samples"].shape)
-        path = _returned("trajectory", run["trajectory"], want["trajectory"].shape)
+        samples = recorded_tensor("samples", run["samples"], want["samples"].shape)
+        path = recorded_tensor("trajectory", run["trajectory"], want["trajectory"].shape)
         expect_sampling_calls(run["calls"], [t / num_steps for t in reversed(range(num_steps))], "ddpm_sample")
         expected_path = want["trajectory"]
         expect_close("trajectory[0] (x_T)", path[0], expected_path[0],

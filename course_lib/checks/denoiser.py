@@ -1,5 +1,5 @@
-"""Checks for stage 2 (``02_denoiser``): the UNet operations and blocks, the UnconditionalUNet, and the
-denoising loss and training step.
+"""Checks for stage 2 (``02_denoiser``): the UNet operations and blocks, the UnconditionalUNet, the
+denoising loss and training step, and the training loop.
 
 Each check has three parts (see :mod:`course_lib.checks.protocol`). A network check's reference builds the
 seeded reference module and ships its parameters and buffers (in registration order, with their names) as
@@ -8,8 +8,12 @@ runs it once (its output shape), copies the reference's tensors into it in regis
 again in train and eval mode. The judge checks the output shape with a hint for the usual padding, stride and
 kernel slips, explains a parameter whose shape differs from the reference's, and compares the outputs. The
 training-step check runs the student's loss and one ``train_step`` on a tiny given model (:func:`_tiny_model`)
-and compares with the reference's loss, known mistakes and weights after one Adam step. Hidden tests call the
-same checks with other channel counts, sizes and seeds.
+and compares with the reference's loss, known mistakes and weights after one Adam step. The training-loop check
+runs the student's ``train_denoiser`` for a few epochs on a tiny given model with a BatchNorm (:func:`_loop_model`),
+wrapped so that every call's mode, autograd and batch size is recorded, on seeded random digits, twice under
+different global seeds; it compares the batches, the modes, the callbacks and the loss trajectories with the
+reference's and with loops that make the usual mistakes. Hidden tests call the same checks with other channel
+counts, sizes and seeds.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import answers
-from .harness import (CheckFailed, close, expect_close, expect_tensor, generator, layer_list, module_tensors,
-                      run_student)
+from ..data import DeviceImages
+from .harness import (CheckFailed, close, compare, expect_close, expect_tensor, generator, layer_list, module_tensors,
+                      recorded, recorded_tensor, run_student)
 from .protocol import check
 
 # ------------------------------------------------------------------------------------ shared by the module checks
@@ -42,18 +47,8 @@ def _activation_hint(student_out: torch.Tensor, pre_activation: torch.Tensor) ->
     return "check the order: convolution, then BatchNorm2d, then GELU, with the kernel, stride and padding given"
 
 
-def _returned(value):
-    """What a probe records of a value the student's code returned: a plain CPU tensor, or the type's name."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone().as_subclass(torch.Tensor)
-    return {"type": type(value).__name__}
 
 
-def _tensor(name: str, value, shape: tuple) -> torch.Tensor:
-    """:func:`expect_tensor` on a recorded value (see :func:`_returned`)."""
-    if isinstance(value, dict) and isinstance(value.get("type"), str):
-        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['type']}")
-    return expect_tensor(name, value, shape)
 
 
 def _check_shape(what: str, out, input_shape: tuple, expected_shape: tuple,
@@ -63,7 +58,7 @@ def _check_shape(what: str, out, input_shape: tuple, expected_shape: tuple,
         hint = (shape_hints or {}).get(tuple(out.shape), "")
         message = f"{what} maps {tuple(input_shape)} to {tuple(out.shape)}, expected {tuple(expected_shape)}"
         raise CheckFailed(f"{message}: {hint}" if hint else message)
-    return _tensor(f"{what}(x)", out, expected_shape)
+    return recorded_tensor(f"{what}(x)", out, expected_shape)
 
 
 def _weights_problem(what: str, reference: dict, student: dict, hints: dict[str, str] | None = None) -> str | None:
@@ -152,7 +147,7 @@ def _probe_module(student_cls, spec: dict, backward: bool = False) -> dict:
             if backward and ("channels" in str(error) or "size" in str(error)):
                 raise CheckFailed(f"{error}. Hint: {_FORWARD_CRASH_HINT}") from None
             raise
-        result["out"] = _returned(out)
+        result["out"] = recorded(out)
         if backward:
             if isinstance(out, torch.Tensor) and out.requires_grad:
                 run_student(f"{label} (backward pass)", lambda: out.square().mean().backward())
@@ -168,7 +163,7 @@ def _probe_module(student_cls, spec: dict, backward: bool = False) -> dict:
         for mode in ("train", "eval"):
             run_student(f"{label}.train", module.train, mode == "train")
             with torch.no_grad():
-                result[mode] = _returned(run_student(f"{label}.forward", module, spec["x"].clone()))
+                result[mode] = recorded(run_student(f"{label}.forward", module, spec["x"].clone()))
     except CheckFailed as failure:
         result["failed"] = str(failure)
     except Exception as error:  # noqa: BLE001 - a module that breaks the harness is the student's failure
@@ -201,7 +196,7 @@ def _judge_module(spec: dict, inputs: dict, result: dict, expected: dict, unused
     for mode in ("train", "eval"):
         name = f"{output_name or f'{label}(x)'} in {mode} mode"
         want = expected[mode]
-        got = _tensor(name, step(mode), tuple(want.shape))
+        got = recorded_tensor(name, step(mode), tuple(want.shape))
         if _near(got, want):
             continue
         if output_hint is not None:
@@ -444,7 +439,7 @@ def _training_step_probe(denoising_loss: Callable, train_step: Callable, *, inpu
                        generator=generator(inputs["loss_seed"]))
     again = run_student("denoising_loss", denoising_loss, model, x.clone(), sigma=sigma,
                         generator=generator(inputs["loss_seed"]))
-    outputs = {"loss": _returned(loss), "again": _returned(again),
+    outputs = {"loss": recorded(loss), "again": recorded(again),
                "requires_grad": bool(isinstance(loss, torch.Tensor) and loss.requires_grad)}
     student_model = _tiny_model(inputs["model_seed"])
     optimizer = torch.optim.Adam(student_model.parameters(), lr=inputs["learning_rate"])
@@ -460,7 +455,7 @@ def _training_step_probe(denoising_loss: Callable, train_step: Callable, *, inpu
 
 
 def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    loss = _tensor("denoising_loss(...)", outputs["loss"], ())
+    loss = recorded_tensor("denoising_loss(...)", outputs["loss"], ())
     if outputs["requires_grad"] is not True:
         raise CheckFailed("the loss does not depend on the model's weights: compute it from model(z) "
                           "without torch.no_grad() or .detach()")
@@ -483,7 +478,7 @@ def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict
     if not abs(returned - value) <= 1e-4 * max(1.0, abs(value)):
         raise CheckFailed(f"train_step returned {returned:.5g}, expected the batch's loss before the step, "
                           f"{value:.5g}")
-    got = _tensor("weights after train_step", outputs["weights"], tuple(expected["weights"].shape))
+    got = recorded_tensor("weights after train_step", outputs["weights"], tuple(expected["weights"].shape))
     if torch.equal(got, expected["initial_weights"]):
         raise CheckFailed("train_step did not change the weights: call loss.backward() and then optimizer.step()")
     if _near(got, expected["stale_weights"]) and not _near(got, expected["weights"]):
@@ -504,4 +499,258 @@ def check_training_step(denoising_loss, train_step, batch_size: int = 8, size: i
     On a tiny seeded model, the loss must equal the reference's on the same generator; one ``train_step``
     must return that loss as a float and leave the weights where one Adam step of the reference leaves them
     (starting from stale gradients, which ``optimizer.zero_grad()`` must clear).
+    """
+
+
+# ----------------------------------------------------------------------------------------------- the training loop
+
+_LOOP_LEARNING_RATE = 1e-2
+_GLOBAL_SEEDS = (11, 12)  # the loop runs twice, under these global seeds: its results must not depend on them
+_TRAIN_LOOP_HINT = ("each epoch: model.train(), then one train_step(model, optimizer, x, generator) for every batch "
+                    "x of train_data.batches(batch_size, generator), with one Adam optimizer made before the first "
+                    "epoch")
+_VALIDATION_HINT = ("after each epoch: model.eval(), torch.no_grad(), a fresh val_generator = "
+                    "torch.Generator(device=val_data.device).manual_seed(0), and the mean of denoising_loss(model, "
+                    "x, generator=val_generator) over val_data.batches(batch_size, shuffle=False, drop_last=False), "
+                    "each batch's loss weighted by its number of digits")
+
+
+def _loop_model(seed: int) -> nn.Module:
+    """The seeded model the loop check trains: given code, with a BatchNorm so that train and eval mode differ.
+
+    The convolution before the BatchNorm has no bias: the BatchNorm cancels it, so its gradient is rounding noise,
+    which Adam would blow up into steps that differ with the number of CPU threads (and move the eval-mode output).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.GELU(),
+                             nn.Conv2d(4, 1, 3, padding=1))
+
+
+class _CallRecorder(nn.Module):
+    """Wraps the loop's model; records every call as (train mode, autograd on, batch size)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple[int, int, int]] = []
+
+    def forward(self, x):
+        self.calls.append((int(self.training), int(torch.is_grad_enabled()), int(x.shape[0])))
+        return self.model(x)
+
+
+def _loop_data(train_size: int, val_size: int, size: int, seed: int) -> dict:
+    g = generator(seed)
+    images = torch.randint(0, 256, (train_size + val_size, 1, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (train_size + val_size,), generator=g)
+    return {"train_images": images[:train_size], "train_labels": labels[:train_size],
+            "val_images": images[train_size:], "val_labels": labels[train_size:]}
+
+
+def _float_list(value):
+    """A returned list of losses as a float64 tensor, or a description of what it is instead."""
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, (float, int)) and not isinstance(v, bool) for v in value):
+            return torch.tensor([float(v) for v in value], dtype=torch.float64)
+        kinds = sorted({type(v).__name__ for v in value})
+        return {"not_a_tensor": f"{type(value).__name__} of {', '.join(kinds)}"}
+    return {"not_a_tensor": type(value).__name__}
+
+
+def _callback_record(args: tuple, kwargs: dict, model: nn.Module) -> dict:
+    """What one call of on_epoch_end received: the epoch, whether the model is the loop's, the lengths so far."""
+    def length(value):
+        return len(value) if isinstance(value, (list, tuple)) else -1
+    args = list(args) + [None] * max(0, 4 - len(args))
+    return {"epoch": args[0] if isinstance(args[0], int) else -1, "model": args[1] is model,
+            "train": length(args[2]), "val": length(args[3]), "keywords": sorted(kwargs)}
+
+
+def _run_loop(train_denoiser: Callable, inputs: dict, global_seed: int) -> dict:
+    """Run a training loop on the check's data and recorded model; what it returned, its calls and callbacks."""
+    train_data = DeviceImages(inputs["train_images"], inputs["train_labels"], "unit")
+    val_data = DeviceImages(inputs["val_images"], inputs["val_labels"], "unit")
+    model = _CallRecorder(_loop_model(inputs["model_seed"]))
+    callbacks = []
+
+    def on_epoch_end(*args, **kwargs):
+        callbacks.append(_callback_record(args, kwargs, model))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(global_seed)
+        returned = run_student("train_denoiser", train_denoiser, model, train_data, val_data, inputs["epochs"],
+                               inputs["batch_size"], inputs["learning_rate"], generator(inputs["generator_seed"]),
+                               on_epoch_end=on_epoch_end)
+    if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
+        raise CheckFailed(f"train_denoiser should return two lists, (train_losses, val_losses), got "
+                          f"{type(returned).__name__}")
+    return {"train": _float_list(returned[0]), "val": _float_list(returned[1]),
+            "calls": torch.tensor(model.calls, dtype=torch.int64).view(-1, 3), "callbacks": callbacks}
+
+
+def _mutant_loop(stage, mistake: str) -> Callable:
+    """The reference loop with one usual mistake, for the judge's hints."""
+    def loop(model, train_data, val_data, epochs, batch_size, learning_rate, generator, on_epoch_end=None):
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+        made_once = torch.Generator(device=val_data.device).manual_seed(0)
+        train_losses, val_losses = [], []
+        for epoch in range(1, epochs + 1):
+            if mistake == "optimizer_per_epoch":
+                optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+            model.train()
+            for x, _ in train_data.batches(batch_size, generator, shuffle=mistake != "no_shuffle"):
+                if mistake == "no_zero_grad":
+                    loss = stage.denoising_loss(model, x, generator=generator)
+                    loss.backward()
+                    optimizer.step()
+                    train_losses.append(loss.item())
+                else:
+                    train_losses.append(stage.train_step(model, optimizer, x, generator))
+            model.eval()
+            val_generator = {"training_generator": generator, "generator_once": made_once}.get(
+                mistake, torch.Generator(device=val_data.device).manual_seed(0))
+            batch_losses, sizes = [], []
+            with torch.no_grad():
+                for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):
+                    batch_losses.append(stage.denoising_loss(model, x, generator=val_generator).item())
+                    sizes.append(len(x))
+            weighted = sum(loss * size for loss, size in zip(batch_losses, sizes))
+            val_losses.append({"unweighted": sum(batch_losses) / len(batch_losses), "last_batch": batch_losses[-1],
+                               "summed": weighted}.get(mistake, weighted / len(val_data)))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model, train_losses, val_losses)
+        return train_losses, val_losses
+    return loop
+
+
+_LOOP_MISTAKES = {
+    "no_zero_grad": "the gradients of earlier steps pile up: call optimizer.zero_grad() before every "
+                    "loss.backward() (your train_step does)",
+    "no_shuffle": "the batches come in the same order every epoch: shuffle them with "
+                  "train_data.batches(batch_size, generator)",
+    "optimizer_per_epoch": "a new Adam optimizer every epoch forgets its running averages: make it once, before "
+                           "the first epoch",
+    "training_generator": "the validation noise is drawn from the training generator, so validating changes the "
+                          "next epoch's batches and noise: draw it from its own torch.Generator("
+                          "device=val_data.device).manual_seed(0)",
+    "generator_once": "the validation noise differs from epoch to epoch: make the validation generator afresh "
+                      "(manual_seed(0)) in every epoch, so that every epoch is scored on the same noisy digits",
+    "unweighted": "the last batch of held-out digits is smaller: weight each batch's loss by its number of digits "
+                  "and divide by len(val_data), so every digit counts once",
+    "last_batch": "that is the last batch's loss: the validation loss is the mean over all held-out digits",
+    "summed": "divide the weighted sum by the number of held-out digits, len(val_data)",
+}
+
+
+def _train_loop_reference(train_size: int, val_size: int, batch_size: int, epochs: int, size: int,
+                          seed: int) -> tuple[dict, dict]:
+    stage = answers.load("denoiser")
+    inputs = {**_loop_data(train_size, val_size, size, seed), "epochs": epochs, "batch_size": batch_size,
+              "learning_rate": _LOOP_LEARNING_RATE, "model_seed": seed, "generator_seed": seed + 1,
+              "global_seeds": _GLOBAL_SEEDS}
+    reference = _run_loop(stage.train_denoiser, inputs, _GLOBAL_SEEDS[0])
+    mistakes = []
+    for mistake, hint in _LOOP_MISTAKES.items():
+        run = _run_loop(_mutant_loop(stage, mistake), inputs, _GLOBAL_SEEDS[0])
+        mistakes.append((run["train"], run["val"], hint))
+    return inputs, {"train": reference["train"], "val": reference["val"], "mistakes": mistakes}
+
+
+def _train_loop_probe(train_denoiser: Callable, *, inputs: dict) -> dict:
+    first = _run_loop(train_denoiser, inputs, inputs["global_seeds"][0])
+    second = _run_loop(train_denoiser, inputs, inputs["global_seeds"][1])
+    return {**first, "again": {"train": second["train"], "val": second["val"]}}
+
+
+def _losses(name: str, value, count: int, per: str) -> torch.Tensor:
+    if isinstance(value, dict) and isinstance(value.get("not_a_tensor"), str):
+        raise CheckFailed(f"{name} should be a list of Python floats, got {value['not_a_tensor']}: append loss.item() "
+                          "(what train_step returns), not the loss tensor")
+    got = expect_tensor(name, value, (len(value),))
+    if len(got) != count:
+        raise CheckFailed(f"{name} has {len(got)} entries, expected {count}: one per {per}")
+    return got
+
+
+def _judge_calls(calls: torch.Tensor, train_size: int, val_size: int, batch_size: int, epochs: int) -> None:
+    steps, evaluations = train_size // batch_size, -(-val_size // batch_size)
+    val_sizes = [batch_size] * (val_size // batch_size) + ([val_size % batch_size] if val_size % batch_size else [])
+    per_epoch = steps + evaluations
+    if len(calls) != epochs * per_epoch:
+        digits, trained = int(calls[:, 2].sum()), epochs * steps * batch_size
+        detail = ""
+        if digits == trained:
+            detail = ": no held-out digits went through the model, evaluate on val_data after every epoch"
+        elif digits == trained + epochs * (val_size - val_size % batch_size):
+            detail = (": the last, smaller batch of held-out digits is missing, use "
+                      "val_data.batches(batch_size, shuffle=False, drop_last=False)")
+        elif digits == trained + epochs * val_size:
+            detail = (": the held-out digits went in batches of another size, use "
+                      "val_data.batches(batch_size, shuffle=False, drop_last=False)")
+        raise CheckFailed(f"your loop called the model {len(calls)} times, expected {epochs * per_epoch}: per epoch "
+                          f"{steps} training batches of {batch_size} ({train_size} // {batch_size}), then the "
+                          f"{val_size} held-out digits in {evaluations} batches{detail}")
+    for epoch in range(epochs):
+        training = calls[epoch * per_epoch: epoch * per_epoch + steps]
+        evaluation = calls[epoch * per_epoch + steps: (epoch + 1) * per_epoch]
+        if not bool(training[:, 0].all()):
+            raise CheckFailed(f"in epoch {epoch + 1} the model trained in eval mode: call model.train() at the start "
+                              "of every epoch (the evaluation switched it to eval mode)")
+        if not bool(training[:, 1].all()):
+            raise CheckFailed(f"in epoch {epoch + 1} a training step ran without gradients: keep torch.no_grad() "
+                              "for the evaluation only")
+        if training[:, 2].tolist() != [batch_size] * steps:
+            raise CheckFailed(f"in epoch {epoch + 1} the training batches had {training[:, 2].tolist()} digits, "
+                              f"expected {steps} batches of {batch_size}: train_data.batches(batch_size, generator)")
+        if bool(evaluation[:, 0].any()):
+            raise CheckFailed(f"after epoch {epoch + 1} the evaluation ran in train mode: call model.eval() before "
+                              "it, so that BatchNorm uses its running statistics (and does not update them)")
+        if bool(evaluation[:, 1].any()):
+            raise CheckFailed(f"after epoch {epoch + 1} the evaluation tracked gradients: wrap it in "
+                              "torch.no_grad()")
+        if evaluation[:, 2].tolist() != val_sizes:
+            raise CheckFailed(f"after epoch {epoch + 1} the held-out batches had {evaluation[:, 2].tolist()} digits, "
+                              f"expected {val_sizes}: val_data.batches(batch_size, shuffle=False, drop_last=False)")
+
+
+def _train_loop_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    epochs, batch_size = case["epochs"], case["batch_size"]
+    steps = case["train_size"] // batch_size
+    train = _losses("train_losses", outputs["train"], epochs * steps,
+                    f"optimizer step ({epochs} epochs of {steps} batches of {batch_size})")
+    val = _losses("val_losses", outputs["val"], epochs, "epoch")
+    again = outputs["again"]
+    if not (isinstance(again["train"], torch.Tensor) and isinstance(again["val"], torch.Tensor)
+            and torch.equal(again["train"], train) and torch.equal(again["val"], val)):
+        raise CheckFailed("two runs with the same generator gave different losses: your loop draws from the global "
+                          "random state. Shuffle with train_data.batches(batch_size, generator), pass generator to "
+                          "train_step, and draw the validation noise from its own seeded generator")
+    _judge_calls(outputs["calls"], case["train_size"], case["val_size"], batch_size, epochs)
+    seen = [(c["epoch"], c["model"], c["train"], c["val"]) for c in outputs["callbacks"]]
+    wanted = [(epoch, True, epoch * steps, epoch) for epoch in range(1, epochs + 1)]
+    if seen != wanted:
+        raise CheckFailed(f"on_epoch_end was called {len(seen)} times, expected once per epoch: after each "
+                          "epoch's evaluation, if on_epoch_end is not None, call on_epoch_end(epoch, model, "
+                          "train_losses, val_losses) with epoch counting from 1 and the lists so far")
+    compare("train_losses", train, expected["train"], [(t, hint) for t, _, hint in expected["mistakes"]],
+            _TRAIN_LOOP_HINT, atol=1e-6, rtol=1e-4)
+    compare("val_losses", val, expected["val"], [(v, hint) for _, v, hint in expected["mistakes"]],
+            _VALIDATION_HINT, atol=1e-6, rtol=1e-4)
+    return (f"train_denoiser: {epochs} epochs of {steps} steps and a validation loss after each, the same losses "
+            f"as the reference (validation {float(val[0]):.4f} after epoch 1, {float(val[-1]):.4f} after epoch "
+            f"{epochs})")
+
+
+@check(reference=_train_loop_reference, probe=_train_loop_probe, judge=_train_loop_judge)
+def check_train_denoiser(train_denoiser, train_size: int = 20, val_size: int = 7, batch_size: int = 6,
+                         epochs: int = 2, size: int = 12, seed: int = 0):
+    """Check ``train_denoiser(model, train_data, val_data, epochs, batch_size, learning_rate, generator,
+    on_epoch_end)``.
+
+    It trains a tiny seeded model with a BatchNorm on ``train_size`` random digits (``size`` x ``size``) and
+    evaluates it on ``val_size`` others, twice under different global seeds. The losses must not depend on the
+    global seed; the model must be called on ``train_size // batch_size`` full batches in train mode with
+    gradients, then on every held-out digit in eval mode without; ``on_epoch_end`` must see every epoch; and the
+    per-step and per-epoch losses must be the reference's.
     """

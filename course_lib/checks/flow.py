@@ -15,21 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import answers
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, expect_close,
-                      expect_sampling_calls, expect_tensor, generator, random_images, run_student)
+from .harness import (recorded_loss, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close, expect_sampling_calls,
+                      expect_tensor, generator, matching_hint, random_images, recorded, run_student)
 from .protocol import check
 
 
-def _recorded(value):
-    """What a probe records of a returned value: a detached tensor, or the name of the type that came instead."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    return {"not_a_tensor": type(value).__name__}
 
 
-def _matching_hint(got: torch.Tensor, mistakes) -> str | None:
-    """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
-    return next((hint for wrong, hint in mistakes if close(got, wrong)), None)
 
 
 # ---------------------------------------------------------------------------------------------- flow_loss
@@ -74,23 +66,15 @@ def _flow_loss_reference(batch_size: int, seed: int) -> tuple[dict, dict]:
 def _flow_loss_probe(flow_loss, *, inputs: dict) -> dict:
     spy = Spy(ToyModel())
     got = run_student("flow_loss", flow_loss, spy, inputs["x0"].clone(), generator(inputs["seed"]))
-    return {"loss": _recorded(got), "requires_grad": bool(isinstance(got, torch.Tensor) and got.requires_grad),
+    return {"loss": recorded(got), "requires_grad": bool(isinstance(got, torch.Tensor) and got.requires_grad),
             "model_calls": len(spy.calls)}
 
 
 def _flow_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     if not outputs["model_calls"]:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
-    got = outputs["loss"]
-    if isinstance(got, dict) and "not_a_tensor" in got:  # what expect_scalar_loss says, from the record
-        raise CheckFailed(f"your loss should be a torch.Tensor, got {got['not_a_tensor']}: do not call .item()")
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"your loss should be a torch.Tensor, got {type(got).__name__}: do not call .item()")
-    if got.dim() != 0:
-        raise CheckFailed(f"your loss has shape {tuple(got.shape)}, expected a scalar: take the mean over all pixels")
-    if not outputs["requires_grad"]:
-        raise CheckFailed("your loss has no gradient: compute it from the model's output, outside torch.no_grad()")
-    hint = _matching_hint(got, expected["mistakes"])
+    got = recorded_loss(outputs)
+    hint = matching_hint(got, expected["mistakes"])
     expect_close("loss", got, expected["loss"], hint or "draw t, then eps, with `generator`; x_t = (1 - t) x0 + t eps "
                  "with t reshaped to (N, 1, 1, 1); loss = mean of (model(x_t, t) - (eps - x0))^2")
     return f"flow_loss matches the reference (batch {case['batch_size']})"
@@ -131,7 +115,7 @@ def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
     spy = Spy(TinyNoisePredictor(inputs["seed"]))
     got = run_student("flow_sample", flow_sample, spy, inputs["num_samples"], inputs["num_steps"],
                       generator(inputs["seed"]))
-    return {"samples": _recorded(got),
+    return {"samples": recorded(got),
             "calls": [{"t": call["t"], "training": bool(call["training"]), "grad": bool(call["grad"])}
                       for call in spy.calls],
             "first_x": spy.calls[0]["x"] if spy.calls else None}
@@ -146,7 +130,7 @@ def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
                           "start at t = 1 and evaluate v at the start of each step: t_k = 1 - k / num_steps")
     expect_close("first model input (x at t = 1)", outputs["first_x"], expected["x_start"],
                  "start from pure noise x = torch.randn((N, 1, 28, 28), generator=generator)")
-    hint = _matching_hint(got, expected["mistakes"])
+    hint = matching_hint(got, expected["mistakes"])
     expect_close("samples", got, expected["samples"], hint or "each Euler step is x <- x - v(x, t) / num_steps",
                  atol=1e-4)
     return f"flow_sample matches the reference Euler sampler ({case['num_steps']} steps)"

@@ -83,6 +83,26 @@ def compare(name: str, got: torch.Tensor, expected: torch.Tensor, mistakes: Sequ
     expect_close(name, got, expected, hint, atol, rtol)
 
 
+def recorded(value):
+    """What a probe records of a value the student's code returned: a plain detached CPU tensor, or the name of the
+    type that came instead (so that a record always loads with ``torch.load(weights_only=True)``)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone().as_subclass(torch.Tensor)
+    return {"not_a_tensor": type(value).__name__}
+
+
+def recorded_tensor(name: str, value, shape: tuple | torch.Size) -> torch.Tensor:
+    """:func:`expect_tensor` on a value a probe recorded with :func:`recorded`."""
+    if isinstance(value, dict) and isinstance(value.get("not_a_tensor"), str):
+        raise CheckFailed(f"{name} should be a torch.Tensor, got {value['not_a_tensor']}")
+    return expect_tensor(name, value, shape)
+
+
+def matching_hint(got: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]]) -> str | None:
+    """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
+    return next((hint for wrong, hint in mistakes if close(got, wrong)), None)
+
+
 def expect_close(name: str, got: torch.Tensor, expected: torch.Tensor, hint: str = "",
                  atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """Fail unless ``got`` matches ``expected``; the message names the worst entry and adds ``hint``."""
@@ -270,6 +290,18 @@ def expect_scalar_loss(got) -> None:
         raise CheckFailed(f"your loss has shape {tuple(got.shape)}, expected a scalar: take the mean over all pixels")
     if not got.requires_grad:
         raise CheckFailed("your loss has no gradient: compute it from the model's output, outside torch.no_grad()")
+
+
+def recorded_loss(outputs: dict) -> torch.Tensor:
+    """The loss a probe recorded (``outputs["loss"]`` with :func:`recorded`, ``outputs["requires_grad"]``), checked
+    as :func:`expect_scalar_loss` checks a live one; returned detached."""
+    loss = outputs["loss"]
+    if isinstance(loss, dict) and "not_a_tensor" in loss:
+        raise CheckFailed(f"your loss should be a torch.Tensor, got {loss['not_a_tensor']}: do not call .item()")
+    if isinstance(loss, torch.Tensor) and loss.is_floating_point():
+        loss = loss.detach().clone().requires_grad_(outputs["requires_grad"] is True)
+    expect_scalar_loss(loss)
+    return loss.detach()
 
 
 def expect_sampling_calls(calls: Spy | Sequence[dict], times: list[float], what: str,

@@ -1,18 +1,22 @@
-"""Checks for stage 1 (``01_noising``): ``add_noise``, the DDPM schedule and ``q_sample``.
+"""Checks for stage 1 (``01_noising``): ``add_noise``, the linear and cosine DDPM schedules, ``q_sample`` and one
+Euler-Maruyama step ``em_step``.
 
 Each check (three parts, see :mod:`course_lib.checks.protocol`) builds seeded inputs, runs the student's
 function on them, compares with the stage's answers on identical noise, and explains a typical mistake when the
-result matches it (sigma squared, alphas instead of alpha_bars, a forgotten square root, noise not drawn from the
-generator, ...). The notebook's hidden tests call the same checks with other sizes, seeds and parameters.
+result matches it (sigma squared, alphas instead of alpha_bars, a forgotten square root, unclipped cosine betas,
+dt where sqrt(dt) belongs, noise not drawn from the generator, ...). The notebook's hidden tests call the same
+checks with other sizes, seeds and parameters.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .. import answers
 from ..noise import DDPMSchedule
-from .harness import CheckFailed, compare, expect_tensor, generator, run_student
+from .harness import CheckFailed, close, compare, expect_close, expect_tensor, generator, run_student
 from .protocol import check
 
 # ----------------------------------------------------------------------------------------------- add_noise
@@ -168,4 +172,194 @@ def check_q_sample(q_sample, batch_size: int = 6, num_steps: int = 300, seed: in
 
     ``x0`` in [-1, 1] of shape (batch_size, 1, image_size, image_size); ``t`` integers in 0..T-1 that
     include 0 and T-1; ``schedule`` the linear schedule of ``num_steps`` steps.
+    """
+
+
+# ----------------------------------------------------------------------------------------------- the cosine schedule
+
+
+def _cosine_tables(num_steps: int, offset: float, max_beta: float, *, shift: int = 0, squared: bool = True,
+                   divide: bool = True, clip: str = "max") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cosine schedule written with one known mistake (float64): ``shift`` moves s by one step, ``squared``
+    and ``divide`` drop the square and the division by (1 + offset), ``clip`` is "max", "min" or "none"."""
+    s = torch.arange(num_steps + 1, dtype=torch.float64) + shift
+    angle = (s / num_steps + offset) / ((1 + offset) if divide else 1) * math.pi / 2
+    f = torch.cos(angle) ** (2 if squared else 1)
+    betas = 1 - f[1:] / f[:-1]
+    betas = {"max": betas.clamp(max=max_beta), "min": betas.clamp(min=max_beta), "none": betas}[clip]
+    alphas = 1 - betas
+    return betas, alphas, torch.cumprod(alphas, 0)
+
+
+def _cosine_reference(num_steps: int, offset: float, max_beta: float) -> tuple[dict, dict]:
+    betas, alphas, alpha_bars = (table.float() for table in
+                                 answers.load("noising").cosine_schedule(num_steps, offset, max_beta))
+    s = torch.arange(num_steps + 1, dtype=torch.float64)
+    f = torch.cos((s / num_steps + offset) / (1 + offset) * math.pi / 2) ** 2
+    variants = {
+        "unclipped": _cosine_tables(num_steps, offset, max_beta, clip="none"),
+        "floor": _cosine_tables(num_steps, offset, max_beta, clip="min"),
+        "shifted": _cosine_tables(num_steps, offset, max_beta, shift=1),
+        "no_offset": _cosine_tables(num_steps, 0.0, max_beta),
+        "not_squared": _cosine_tables(num_steps, offset, max_beta, squared=False),
+        "not_divided": _cosine_tables(num_steps, offset, max_beta, divide=False),
+    }
+    clip_hint = (f"the betas must be clipped from above, betas.clamp(max=max_beta): none may exceed {max_beta:g}, "
+                 "and the small ones stay as they are")
+    formula_mistakes = [
+        ("shifted", "off by one: betas[t] = 1 - f(t + 1) / f(t) with s = 0, 1, ..., T (T + 1 values of f, "
+                    "torch.arange(num_steps + 1))"),
+        ("no_offset", "the offset is missing: f(s) = cos^2((s / T + offset) / (1 + offset) * pi / 2)"),
+        ("not_divided", "divide by (1 + offset): f(s) = cos^2((s / T + offset) / (1 + offset) * pi / 2)"),
+        ("not_squared", "f is the square of the cosine: cos(...) ** 2"),
+    ]
+    # (table, hint, whole): a formula mistake shows in the first half of the table, where f is far from 0 and the
+    # float32 and float64 tables agree; a clipping mistake only where the betas reach max_beta
+    betas_mistakes = [(variants["unclipped"][0].float(), "betas go above max_beta: " + clip_hint, True),
+                      (variants["floor"][0].float(), "you clipped from below (clamp(min=...)): " + clip_hint, True)]
+    betas_mistakes += [(variants[name][0].float(), hint, False) for name, hint in formula_mistakes]
+    alpha_bars_mistakes = [
+        (f[1:].float() / f[0].float(), "alpha_bars must be the cumulative product of the clipped alphas "
+                                       "(torch.cumprod(1 - betas, 0)), not f(t + 1) / f(0): they differ from the "
+                                       "first clipped beta on"),
+        (variants["unclipped"][2].float(), "alpha_bars must come from the clipped betas: clip first, then "
+                                           "alphas = 1 - betas and their cumulative product"),
+        (alphas, "alpha_bars equals alphas: is it a cumulative product? torch.cumprod(alphas, dim=0)"),
+    ]
+    return {"num_steps": num_steps, "offset": offset, "max_beta": max_beta}, {
+        "betas": betas, "alphas": alphas, "alpha_bars": alpha_bars,
+        "betas_mistakes": betas_mistakes,
+        "alphas_mistakes": [(betas, "alphas equals betas: alpha_t = 1 - beta_t"),
+                            (alpha_bars, "these are the alpha_bars: alpha_t = 1 - beta_t, without the product")],
+        "alpha_bars_mistakes": alpha_bars_mistakes,
+    }
+
+
+def _cosine_probe(cosine_schedule, *, inputs: dict) -> dict:
+    result = run_student("cosine_schedule", cosine_schedule, inputs["num_steps"], offset=inputs["offset"],
+                         max_beta=inputs["max_beta"])
+    if not isinstance(result, (tuple, list)) or len(result) != 3:
+        raise CheckFailed("cosine_schedule should return three tensors: (betas, alphas, alpha_bars)")
+    return dict(zip(("betas", "alphas", "alpha_bars"), result))
+
+
+def _cosine_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    num_steps, max_beta = case["num_steps"], case["max_beta"]
+    tables = {name: expect_tensor(name, outputs[name], (num_steps,)) for name in ("betas", "alphas", "alpha_bars")}
+    betas, wanted = tables["betas"], expected["betas"]
+    head = slice(0, max(1, num_steps // 2))
+    if not close(betas, wanted):
+        for wrong, hint, whole in expected["betas_mistakes"]:
+            part = slice(None) if whole else head
+            if close(betas[part], wrong[part]) and not close(betas[part], wanted[part]):
+                expect_close("betas", betas, wanted, hint)
+    compare("betas", betas, wanted, [],
+            "f(s) = cos^2((s / T + offset) / (1 + offset) * pi / 2) for s = 0..T, betas[t] = 1 - f(t + 1) / f(t), "
+            "then betas.clamp(max=max_beta)")
+    compare("alphas", tables["alphas"], expected["alphas"], expected["alphas_mistakes"], "alpha_t = 1 - beta_t")
+    compare("alpha_bars", tables["alpha_bars"], expected["alpha_bars"], expected["alpha_bars_mistakes"],
+            "alpha_bars[t] = alphas[0] * ... * alphas[t], from the clipped betas: torch.cumprod(alphas, dim=0)")
+    clipped = int((expected["betas"] >= max_beta).sum())
+    return (f"cosine_schedule: T={num_steps}, offset={case['offset']:g}, {clipped} of {num_steps} betas clipped at "
+            f"{max_beta:g}, alpha_bars[-1] = {float(tables['alpha_bars'][-1]):.3g}")
+
+
+@check(reference=_cosine_reference, probe=_cosine_probe, judge=_cosine_judge)
+def check_cosine_schedule(cosine_schedule, num_steps: int = 300, offset: float = 0.008, max_beta: float = 0.02):
+    """Check ``cosine_schedule(num_steps, offset=..., max_beta=...) -> (betas, alphas, alpha_bars)`` against the
+    reference cosine schedule of Nichol & Dhariwal with the betas clipped at ``max_beta``. Each tensor has shape
+    (num_steps,)."""
+
+
+# ----------------------------------------------------------------------------------------------- em_step
+
+EM_TIME = 0.7  # t_k of the checked step
+
+
+def em_drift(x: torch.Tensor, t: float) -> torch.Tensor:
+    """The drift of the checked SDE, f(x, t) = -0.8 x + 1.5 t (given code: the probe and the reference share it)."""
+    return -0.8 * x + 1.5 * t
+
+
+def em_diffusion(x: torch.Tensor, t: float) -> torch.Tensor:
+    """The diffusion of the checked SDE, b(x, t) = 0.4 + 0.3 x^2 + 0.5 t, a tensor shaped like x."""
+    return 0.4 + 0.3 * x ** 2 + 0.5 * t
+
+
+def em_constant_diffusion(x: torch.Tensor, t: float) -> float:
+    """A diffusion that is a plain number, g = 0.7: the special case b(x, t) = g(t) of Brownian motion."""
+    return 0.7
+
+
+def _em_reference(num_paths: int, dt: float, seed: int) -> tuple[dict, dict]:
+    em_step = answers.load("noising").em_step
+    g = generator(seed)
+    x = torch.randn(num_paths, generator=g) * 2
+    z = torch.randn(num_paths, generator=g)
+    t = EM_TIME
+    f, b = em_drift(x, t), em_diffusion(x, t)
+    f_late, b_late = em_drift(x, t + dt), em_diffusion(x, t + dt)
+    root = math.sqrt(dt)
+    mistakes = [
+        (x + f * dt + b * z, "the noise term needs sqrt(dt): b(x, t) * sqrt(dt) * z (the variance of the kicks "
+                             "grows like dt, so their size like sqrt(dt))"),
+        (x + f * dt + b * dt * z, "you scaled the noise by dt: it is b(x, t) * sqrt(dt) * z"),
+        (x + b * root * z, "the drift is missing: add f(x, t) * dt"),
+        (x + f + b * root * z, "the drift needs dt: f(x, t) * dt"),
+        (x + f * dt + root * z, "the noise is not scaled by the diffusion: b(x, t) * sqrt(dt) * z"),
+        (x + f * dt + b.sqrt() * root * z, "b(x, t) is the size of the noise (a standard deviation): multiply by it, "
+                                           "no square root of b"),
+        (x + f * dt + b ** 2 * root * z, "b(x, t) is the size of the noise (a standard deviation): multiply by b, "
+                                         "not by b squared"),
+        (x + f * root + b * dt * z, "drift and noise swapped their step sizes: f(x, t) * dt + b(x, t) * sqrt(dt) * z"),
+        (x + b * dt + f * root * z, "drift and diffusion are swapped: f(x, t) * dt + b(x, t) * sqrt(dt) * z"),
+        (f * dt + b * root * z, "x_{k+1} starts from x_k: return x + f(x, t) dt + b(x, t) sqrt(dt) z"),
+        (x + f_late * dt + b_late * root * z, "evaluate f and b at the start of the step, (x_k, t_k), not at t + dt"),
+        (x - f * dt - b * root * z, "both terms are added: x + f(x, t) dt + b(x, t) sqrt(dt) z"),
+    ]
+    return {"x": x, "z": z, "t": t, "dt": dt}, {
+        "x_next": em_step(x, t, dt, em_drift, em_diffusion, z),
+        "x_next_constant": em_step(x, t, dt, em_drift, em_constant_diffusion, z),
+        "mistakes": mistakes}
+
+
+def _em_probe(em_step, *, inputs: dict) -> dict:
+    x, z, t, dt = inputs["x"], inputs["z"], float(inputs["t"]), float(inputs["dt"])
+    given, noise = x.clone(), z.clone()
+    try:
+        got = run_student("em_step", em_step, given, t, dt, em_drift, em_diffusion, noise)
+        again = run_student("em_step", em_step, x.clone(), t, dt, em_drift, em_diffusion, z.clone())
+        constant = run_student("em_step", em_step, x.clone(), t, dt, em_drift, em_constant_diffusion, z.clone())
+    except CheckFailed as error:
+        if any(text in str(error) for text in ("must be Tensor", "not float", "'float' object")):
+            raise CheckFailed(f"{error}. Hint: t and dt are plain floats and diffusion(x, t) may return a number: "
+                              "use math.sqrt(dt) or dt ** 0.5, not torch.sqrt") from None
+        raise
+    return {"x_next": got, "again": again, "constant": constant, "x_after": given, "z_after": noise}
+
+
+def _em_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    shape = tuple(inputs["x"].shape)
+    if not torch.equal(outputs["x_after"], inputs["x"]) or not torch.equal(outputs["z_after"], inputs["z"]):
+        raise CheckFailed("em_step changed x or z in place: return a new tensor (x + ...), keep its inputs as they are")
+    got = expect_tensor("em_step(x, t, dt, drift, diffusion, z)", outputs["x_next"], shape)
+    again = expect_tensor("em_step(x, t, dt, drift, diffusion, z)", outputs["again"], shape)
+    if not torch.equal(got, again):
+        raise CheckFailed("em_step gave two different results for the same inputs: use the z you are given, "
+                          "draw no noise of your own")
+    compare("x_{k+1}", got, expected["x_next"], expected["mistakes"],
+            "x_{k+1} = x + drift(x, t) * dt + diffusion(x, t) * sqrt(dt) * z")
+    constant = expect_tensor("em_step with a constant diffusion", outputs["constant"], shape)
+    compare("x_{k+1} with diffusion(x, t) = 0.7 (a number)", constant, expected["x_next_constant"], [],
+            "diffusion(x, t) may return a plain number (a constant g): multiply it with sqrt(dt) * z as it is")
+    return (f"em_step: {shape[0]} paths, dt={case['dt']:g}, with a diffusion b(x, t) and with a constant one, "
+            "x + f dt + b sqrt(dt) z")
+
+
+@check(reference=_em_reference, probe=_em_probe, judge=_em_judge)
+def check_em_step(em_step, num_paths: int = 6, dt: float = 0.01, seed: int = 0):
+    """Check ``em_step(x, t, dt, drift, diffusion, z)``, one Euler-Maruyama step, against the reference.
+
+    ``x`` and ``z`` hold ``num_paths`` random values; t = 0.7; the drift is f(x, t) = -0.8 x + 1.5 t and the
+    diffusion b(x, t) = 0.4 + 0.3 x^2 + 0.5 t, then the constant 0.7. Keep dt away from 1 (where sqrt(dt) = dt).
     """
