@@ -143,12 +143,16 @@ def _is_mask(index) -> bool:
     return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
 
 
-class _DispatchLevel(TorchDispatchMode):
-    """Sees every aten operation, including those of the backward pass and of torch.optim."""
+class _Counting:
+    """A torch mode that reports to ``counter``."""
 
     def __init__(self, counter: HostSyncCounter):
         super().__init__()
         self.counter = counter
+
+
+class _DispatchLevel(_Counting, TorchDispatchMode):
+    """Sees every aten operation, including those of the backward pass and of torch.optim."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -177,12 +181,8 @@ def _syncing_devices(func, args, kwargs) -> set[str] | None:
     return None
 
 
-class _FunctionLevel(TorchFunctionMode):
+class _FunctionLevel(_Counting, TorchFunctionMode):
     """Sees Python-level methods that copy to the host on a GPU but dispatch nothing on the CPU."""
-
-    def __init__(self, counter: HostSyncCounter):
-        super().__init__()
-        self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

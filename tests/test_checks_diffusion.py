@@ -288,14 +288,20 @@ def test_drop_labels_check():
     fails_with(cfg.check_drop_labels, lambda c, p, g: c.tolist(), "should be a torch.Tensor, got list")
 
 
-def test_drop_labels_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+def passes_with_the_answer(monkeypatch, check, name: str, **case) -> str:
+    """``check`` passes stage 4's answer ``name`` on its default case and on ``case``, also with the probe run
+    without the answers; returns the message of the latter."""
     from course_lib import answers
 
-    reference = answers.load("cfg").drop_labels
-    cfg.check_drop_labels(reference)
-    cfg.check_drop_labels(reference, batch_size=300, p_uncond=0.4, seed=3)
-    assert "300 rows" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels, (reference,),
-                                                              batch_size=300, p_uncond=0.4, seed=3)
+    answer = answers.load("cfg").__dict__[name]
+    check(answer)
+    check(answer, **case)
+    return judge_cfg_flow_probe_without_answers(monkeypatch, check, (answer,), **case)
+
+
+def test_drop_labels_check_passes_the_reference_and_probes_without_answers(monkeypatch):
+    assert "300 rows" in passes_with_the_answer(monkeypatch, cfg.check_drop_labels, "drop_labels", batch_size=300,
+                                                p_uncond=0.4, seed=3)
     judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels, (drop_labels,))
     with pytest.raises(CheckFailed, match="one number per row"):
         judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_drop_labels,
@@ -335,13 +341,8 @@ def test_guided_eps_check():
 
 
 def test_guided_eps_check_passes_the_reference_and_probes_without_answers(monkeypatch):
-    from course_lib import answers
-
-    reference = answers.load("cfg").guided_eps
-    cfg.check_guided_eps(reference)
-    cfg.check_guided_eps(reference, batch_size=1, guidance=10.0, seed=5)
-    assert "10" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_guided_eps, (reference,),
-                                                        batch_size=1, guidance=10.0, seed=5)
+    assert "10" in passes_with_the_answer(monkeypatch, cfg.check_guided_eps, "guided_eps", batch_size=1,
+                                          guidance=10.0, seed=5)
     with pytest.raises(CheckFailed, match="you swapped eps_cond and eps_uncond"):
         judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_guided_eps,
                                              (lambda *a: guided_eps(*a, swap=True),))
