@@ -20,7 +20,7 @@ from torch import nn
 from .. import answers, models, objectives
 from ..noise import DDPMSchedule
 from ..objectives import P_UNCOND
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
+from .harness import (condition_matters, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
                       expect_sampling_calls, recorded_loss, expect_tensor, generator, load_weights,
                       matching_hint, random_images, recorded, recorded_tensor, reference_weights, run_student,
                       scramble_weights)
@@ -167,12 +167,9 @@ def _unet_probe(cls, *, inputs: dict) -> dict:
 
 
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    shape = (case["batch_size"], *IMAGE)
-    got = recorded_tensor("predicted noise", outputs["noise"], shape)
-    with_other_c = recorded_tensor("predicted noise", outputs["noise_other_c"], shape)
-    if torch.allclose(got, with_other_c):
-        raise CheckFailed("your output does not depend on c: multiply the Unflatten output by c1(c) and the first "
-                          "UpBlock's output by c2(c)")
+    got = condition_matters(outputs, (case["batch_size"], *IMAGE), "noise_other_c",
+                            "your output does not depend on c: multiply the Unflatten output by c1(c) and the first "
+                            "UpBlock's output by c2(c)")
     hint = matching_hint(got, expected["mistakes"])
     expect_close("predicted noise", got, expected["noise"], hint or "unflatten = c1 * unflatten + t1 and "
                  "up1 = c2 * up1 + t2, with each FCBlock output reshaped to (N, F, 1, 1)")

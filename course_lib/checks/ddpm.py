@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import answers
 from ..noise import DDPMSchedule
 from .conditional_unets import unet_mutants
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
+from .harness import (condition_matters, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
                       expect_sampling_calls, recorded_loss, generator, load_weights, random_images, recorded,
                       recorded_tensor, reference_weights, run_student, scramble_weights)
 from .protocol import check
@@ -109,12 +109,9 @@ def _unet_probe(cls, *, inputs: dict) -> dict:
 
 
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    shape = (case["batch_size"], *IMAGE)
-    got = recorded_tensor("predicted noise", outputs["noise"], shape)
-    other_t = recorded_tensor("predicted noise", outputs["noise_other_t"], shape)
-    if torch.allclose(got, other_t):
-        raise CheckFailed("your output does not change with t: add t1(t) to the Unflatten output and t2(t) to the "
-                          "output of the first UpBlock (t reshaped to (N, 1) for the FCBlocks)")
+    got = condition_matters(outputs, (case["batch_size"], *IMAGE), "noise_other_t",
+                            "your output does not change with t: add t1(t) to the Unflatten output and t2(t) to the "
+                            "output of the first UpBlock (t reshaped to (N, 1) for the FCBlocks)")
     compare("predicted noise", got, expected["noise"], expected["mistakes"], "compare your forward with the diagram: "
             "unflatten + t1, then UpBlock(cat[h, 7x7 skip]) + t2, then UpBlock(cat[h, 14x14 skip])")
     return (f"TimeConditionalUNet(num_hiddens={case['num_hiddens']}) gives the reference output for "

@@ -98,6 +98,15 @@ def recorded_tensor(name: str, value, shape: tuple | torch.Size) -> torch.Tensor
     return expect_tensor(name, value, shape)
 
 
+def condition_matters(outputs: dict, shape: tuple, other: str, hint: str) -> torch.Tensor:
+    """The recorded model output ``outputs["noise"]`` (checked to be a tensor of ``shape``); fails with ``hint`` when
+    it equals ``outputs[other]``, the output for another condition (time or class)."""
+    got = recorded_tensor("predicted noise", outputs["noise"], shape)
+    if torch.allclose(got, recorded_tensor("predicted noise", outputs[other], shape)):
+        raise CheckFailed(hint)
+    return got
+
+
 def matching_hint(got: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]]) -> str | None:
     """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
     return next((hint for wrong, hint in mistakes if close(got, wrong)), None)
