@@ -20,9 +20,9 @@ from torch import nn
 from .. import answers, models, objectives
 from ..noise import DDPMSchedule
 from ..objectives import P_UNCOND
-from .harness import (condition_matters, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
-                      expect_sampling_calls, recorded_loss, expect_tensor, generator, load_weights,
-                      matching_hint, random_images, recorded, recorded_tensor, reference_weights, run_student,
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, condition_matters,
+                      expect_close, expect_sampling_calls, expect_tensor, generator, load_weights, matching_hint,
+                      random_images, recorded, recorded_loss, recorded_tensor, reference_weights, run_student,
                       scramble_weights)
 from .protocol import check
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from .. import answers
 from ..noise import DDPMSchedule
 from .conditional_unets import unet_mutants
-from .harness import (condition_matters, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, expect_close,
-                      expect_sampling_calls, recorded_loss, generator, load_weights, random_images, recorded,
-                      recorded_tensor, reference_weights, run_student, scramble_weights)
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, condition_matters,
+                      expect_close, expect_sampling_calls, generator, load_weights, random_images, recorded,
+                      recorded_loss, recorded_tensor, reference_weights, run_student, scramble_weights)
 from .protocol import check
 
 # ------------------------------------------------------------------------------------- shared by the parts

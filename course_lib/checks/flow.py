@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import answers
-from .harness import (recorded_loss, IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close, expect_sampling_calls,
-                      expect_tensor, generator, matching_hint, random_images, recorded, run_student)
+from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close, expect_sampling_calls,
+                      expect_tensor, generator, matching_hint, random_images, recorded, recorded_loss, run_student)
 from .protocol import check
 
 

@@ -45,7 +45,8 @@ def _embedding_reference(num_times: int, dim: int, seed: int) -> tuple[dict, dic
     if dim % 2 or dim < 4:
         raise ValueError(f"`dim` must be even and at least 4, got {dim}")
     if num_times < 3:
-        raise ValueError(f"`num_times` must be at least 3 (the check includes t = 0 and two tiny times), got {num_times}")
+        raise ValueError(f"`num_times` must be at least 3 (the check includes t = 0 and two tiny times), "
+                         f"got {num_times}")
     t = torch.rand(num_times, generator=generator(seed)) * 1000
     t[0], t[1], t[2] = 0.0, 1e-3, 2.5e-3  # tiny times: wrong frequencies give angles float32 still computes exactly
     half = dim // 2
@@ -83,7 +84,8 @@ def _embedding_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
         norms = got[:, :half].square() + got[:, half:].square()
         if matching_hint(got, expected["mistakes"]) is None and not close(norms, torch.ones_like(norms), 1e-3, 0):
             raise CheckFailed("each pair (sin(t w_i), cos(t w_i)) should have sin^2 + cos^2 = 1, yours does not: the "
-                              f"first h = dim // 2 columns are sines, the last h cosines of the same angles; {EMBEDDING_HINT}")
+                              "first h = dim // 2 columns are sines, the last h cosines of the same angles; "
+                              f"{EMBEDDING_HINT}")
     tiny = inputs["t"] < 0.01  # at large t, a mistake with huge angles is only known up to float32's rounding
     if not close(got, expected["embedding"], atol=1e-4, rtol=1e-4):
         hint = matching_hint(got, expected["mistakes"]) or next(
@@ -96,7 +98,8 @@ def _embedding_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
 
 @check(reference=_embedding_reference, probe=_embedding_probe, judge=_embedding_judge)
 def check_sinusoidal_embedding(sinusoidal_embedding, num_times: int = 6, dim: int = 16, seed: int = 0):
-    """Check ``sinusoidal_embedding(t, dim)`` on ``num_times`` >= 3 float times in [0, 1000) (the first 0, 0.001, 0.0025)
+    """Check ``sinusoidal_embedding(t, dim)`` on ``num_times`` >= 3 float times in [0, 1000)
+    (the first 0, 0.001, 0.0025)
     against the reference, (num_times, dim)."""
 
 
