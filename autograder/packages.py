@@ -39,7 +39,7 @@ import nbformat
 import torch
 
 from course_lib import stages
-from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, one_thread
+from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, compact, one_thread
 
 from .course import REPO_ROOT, SOLUTIONS_DIR
 from .library_view import LIBRARY_DIR, left_out, write_library_view
@@ -105,7 +105,7 @@ def build_fixtures(stage: str, solutions_dir: Path = SOLUTIONS_DIR) -> dict:
         key = case_key(check.name, case)
         if key not in fixtures:
             with one_thread():
-                inputs, expected = check.reference(**case)
+                inputs, expected = compact(check.reference(**case))
             fixtures[key] = {"inputs": inputs, "expected": expected}
     return fixtures
 

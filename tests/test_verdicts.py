@@ -153,3 +153,29 @@ def test_every_test_cell_of_the_course_is_made_of_check_calls(path):
         if is_test_cell(cell):
             assert check_calls(cell.source, cell.metadata["nbgrader"]["grade_id"])
     assert earliest_stage(notebook) == get(path.stem).key
+
+
+def test_everything_the_checks_save_holds_only_its_own_data():
+    """A tensor's storage can be larger than the tensor (a scalar loss keeps its reduction's 25 kB buffer, whose
+    tail is leftover memory); ``torch.save`` would write all of it into a record, grading inputs or a package's
+    fixtures. What the checks hand out is compact."""
+    from autograder.verdicts import load_check_modules
+    from course_lib.checks.protocol import CHECKS
+
+    load_check_modules()
+    oversized = []
+
+    def walk(value, where):
+        if isinstance(value, torch.Tensor):
+            if value.untyped_storage().nbytes() != value.numel() * value.element_size():
+                oversized.append(where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    for entry in CHECKS.values():
+        walk(entry.expectations(entry.case()), entry.name)
+    assert not oversized, oversized

@@ -396,7 +396,7 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
         expect_close("time input (t / T)", t.float(), expected["t"], hint)
     x = expect_tensor("x_t your model got", call["x"], tuple(inputs["x0"].shape))
     hint = (ORDER_HINT if _differs_in_order(x, "x", expected) else
-            "x_t = q_sample(x0, t, eps, schedule), with eps = torch.randn(x0.shape, generator=generator, "
+            "x_t comes from q_sample on x0, t and eps, with eps = torch.randn(x0.shape, generator=generator, "
             "device=x0.device) drawn after t")
     expect_close("x_t your model got", x, expected["x"], hint)
     loss = recorded_loss(outputs)
