@@ -1,8 +1,9 @@
-"""The real command line, ``python -m autograder grade``, on a small hostile class of the toy course.
+"""The real command line, ``python -m autograder grade`` then ``feedback``, on a hostile class of the toy course.
 
-tests/test_autograder.py grades a large class through ``autograder.commands.grade``; this file runs the
-command an instructor types, in its own process, and reads only what it writes: the exit status, the table on
-screen and ``grades.csv``.
+tests/test_autograder.py grades a larger class through ``autograder.commands`` and looks inside every notebook;
+this file runs the commands an instructor types, in their own processes, and reads only what they write: the
+exit status, the table on screen, ``grades.csv``, the course folder and the feedback pages. The hostile cells
+are those of tests/test_autograder.py.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from autograder.sandbox import sandbox_unavailable
+from test_autograder import (ACTIVE_HTML, COLAB_SECRETS, DETACHED, FILL_DISK, FORGE, PATCH_TORCH, _from_colab,
+                             _live_html)
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -38,29 +42,50 @@ def _notebook(body: str | None = None, extra_cell: str | None = None) -> nbforma
     return notebook
 
 
+def _run(*arguments: str, timeout: int) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "autograder", *arguments], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "COURSE_MODE": "quick"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_the_command_line_grades_a_hostile_class_and_keeps_the_honest_students_full_marks(tmp_path):
     wrong = "    return x + sigma**2 * torch.randn(x.shape, generator=generator, dtype=x.dtype)"
+    course = tmp_path / "course"
     students = {
         "honest": _notebook(),
         "rebinds": _notebook(wrong, "check_add_noise = lambda *args, **kwargs: print('✓ all good')"),
+        "patches_torch": _notebook(wrong, PATCH_TORCH),
+        "forges": _notebook(wrong, FORGE),
         "reference": _notebook("    import course_lib.noise\n    return course_lib.noise.add_noise(x, sigma, generator)"),
-        "reads_course": _notebook(extra_cell=f"print(open({str(tmp_path / 'course' / 'gradebook.db')!r}, 'rb').read(9))"),
+        "reads_course": _notebook(extra_cell=f"print(open({str(course / 'gradebook.db')!r}, 'rb').read(9))"),
+        "stuck": _notebook(extra_cell="import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"),
+        "detached": _notebook(extra_cell=DETACHED.format(marker=str(tmp_path / "outlived.txt"))),
+        "fills_disk": _notebook(extra_cell=FILL_DISK),
+        "colab_html": _from_colab(_notebook(extra_cell=ACTIVE_HTML)),
     }
     for student, notebook in students.items():
         folder = tmp_path / "submissions" / student / STAGE
         folder.mkdir(parents=True)
         nbformat.write(notebook, folder / f"{STAGE}.ipynb")
-    command = [sys.executable, "-m", "autograder", "grade", str(tmp_path / "submissions"), "--course",
-               str(tmp_path / "course"), "--stages", STAGE, "--solutions", str(TOY_DIR), "--jobs", "2",
-               "--cell-timeout", "30", "--memory-gb", "6"] + ([] if SANDBOXED else ["--no-sandbox"])
-    result = subprocess.run(command, capture_output=True, text=True, timeout=280,
-                            env={**os.environ, "COURSE_MODE": "quick"})
-    assert result.returncode == 0, result.stderr[-2000:]
+    common = ["--course", str(course), "--stages", STAGE, "--solutions", str(TOY_DIR)]
+    result = _run("grade", str(tmp_path / "submissions"), *common, "--jobs", "2", "--cell-timeout", "10",
+                  "--memory-gb", "6", *([] if SANDBOXED else ["--no-sandbox"]), timeout=400)
     assert "honest" in result.stdout and "Grades written to" in result.stdout
-    with open(tmp_path / "course" / "grades.csv") as handle:
+    with open(course / "grades.csv") as handle:
         rows = {row["student"]: row for row in csv.DictReader(handle)}
-    assert float(rows["honest"][STAGE]) == 4.0
-    assert float(rows["rebinds"][STAGE]) == 1.0, "the rebound check earns nothing; ddpm_schedule's point stays"
-    assert float(rows["reference"][STAGE]) == 1.0, "the reference is not in the grading kernel"
+    points = {student: float(row[STAGE]) for student, row in rows.items()}
+    # the wrong add_noise earns none of its 3 points; the forged record also costs ddpm_schedule's point
+    assert points == {"honest": 4.0, "rebinds": 1.0, "patches_torch": 1.0, "forges": 0.0, "reference": 1.0,
+                      "reads_course": 4.0, "stuck": 4.0, "detached": 4.0, "fills_disk": 4.0, "colab_html": 4.0}
+    assert "SIGINT ignored" in rows["stuck"]["problems"]
+    time.sleep(4)  # the detached process would have written by now
+    assert not (tmp_path / "outlived.txt").exists()
     if SANDBOXED:  # the course folder (and its gradebook) does not exist for the kernel: its own cell fails
-        assert float(rows["reads_course"][STAGE]) == 4.0 and not rows["reads_course"]["problems"]
+        assert not rows["reads_course"]["problems"]
+
+    _run("feedback", *common, timeout=200)
+    page = (course / "feedback" / "colab_html" / STAGE / f"{STAGE}.html").read_text()
+    live = _live_html(page)
+    assert not [script for script in live["scripts"] if "pwned" in script] and not live["handlers"], live
+    assert not [secret for secret in COLAB_SECRETS if secret in page]
