@@ -44,6 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .atomic import atomic_write_bytes
 from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
@@ -135,11 +136,7 @@ def _load_index(root: Path) -> dict:
 
 
 def _save_index(root: Path, index: dict) -> None:
-    path = Path(root) / EXECUTED / INDEX
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
-    os.replace(temporary, path)
+    atomic_write_bytes(Path(root) / EXECUTED / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
 
 
 def _notebook_hash(root: Path, student: str, stage: str) -> str | None:

@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import re
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import nbformat
 
 from course_lib import stages
 
+from .atomic import atomic_write_bytes
 from .course import SOLUTIONS_DIR, generate_student_notebooks
 from .library_view import left_out
 from .packages import build_wheel, wheel_name
@@ -372,17 +372,10 @@ def publish(directory: Path, url: str, solutions_through: str | None = None,
               "files": dict(sorted({**kept, **{name: _digest(data) for name, data in files.items()}}.items()))}
     directory.mkdir(parents=True, exist_ok=True)
     # The marker first: if writing stops half-way, the next publish still knows these files are its own.
-    _write(directory / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+    atomic_write_bytes(directory / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
     for name, data in files.items():
-        _write(directory / name, data)
+        atomic_write_bytes(directory / name, data)
     return publication
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------------------------------------------ command line
