@@ -168,12 +168,6 @@ def get(name: str) -> Stage:
                      f"got {name!r}")
 
 
-def stages_through(name: str) -> tuple[Stage, ...]:
-    """Every stage up to and including ``name``, in course order."""
-    last = STAGES.index(get(name))
-    return STAGES[: last + 1]
-
-
 def resolve(reference: str):
     """The object a ``"<answers module>:<name>"`` reference names (``"ddpm:ddpm_loss"``)."""
     module, name = reference.split(":")
@@ -213,11 +207,12 @@ def stage_loss(stage: str, schedule: DDPMSchedule) -> LossFunction:
     must not wait for the GPU to check values.
     """
     model = _training_stage(stage).model
-    loss, inputs = resolve(model.loss), model.loss_inputs
+    loss = resolve(model.loss)
+    positions = tuple(("images", "labels", "schedule").index(name) for name in model.loss_inputs)
 
     def loss_fn(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        available = {"images": images, "labels": labels, "schedule": schedule}
-        return loss(net, *(available[name] for name in inputs), generator=generator)
+        available = (images, labels, schedule)
+        return loss(net, *(available[i] for i in positions), generator=generator)
 
     return loss_fn
 

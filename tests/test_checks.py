@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import course_lib.noise
-from course_lib.checks import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
-from course_lib.models import ConvBlock
-from course_lib.noise import DDPMSchedule
-from course_lib.noise import q_sample as imported_under_another_name
+from course_lib.checks import CheckFailed, expect_close, expect_tensor, passed, run_student
 from check_helpers import round_trip
 
 
@@ -100,70 +96,6 @@ def test_run_student_lets_check_failures_through():
     with pytest.raises(CheckFailed) as failure:
         run_student("f", checks_inside)
     assert str(failure.value) == "inner message"
-
-
-# ----------------------------------------------------------------------------- forbid
-
-def closed_form(x0, t, eps, schedule):
-    """What a student's TODO might be: the reference called under another name."""
-    return imported_under_another_name(x0, t, eps, schedule)
-
-
-def q_sample_arguments():
-    return torch.ones(2, 1, 4, 4), torch.tensor([0, 5]), torch.zeros(2, 1, 4, 4), DDPMSchedule(10)
-
-
-def test_forbid_refuses_the_reference_under_any_alias_and_restores_it():
-    arguments = q_sample_arguments()
-    expected = course_lib.noise.q_sample(*arguments)
-    with forbid(course_lib.noise.q_sample):
-        with pytest.raises(CheckFailed, match="must be written by you"):
-            closed_form(*arguments)
-        with pytest.raises(CheckFailed):
-            course_lib.noise.q_sample(*arguments)
-        with pytest.raises(CheckFailed):
-            run_student("q_sample", closed_form, *arguments)
-    torch.testing.assert_close(closed_form(*arguments), expected)
-
-
-def test_forbid_restores_the_reference_after_an_error_in_the_block():
-    arguments = q_sample_arguments()
-    with pytest.raises(KeyError):
-        with forbid(imported_under_another_name):
-            raise KeyError("boom")
-    assert closed_form(*arguments).shape == (2, 1, 4, 4)
-
-
-def test_forbid_refuses_a_class_and_restores_its_init():
-    with forbid(DDPMSchedule):
-        with pytest.raises(CheckFailed):
-            DDPMSchedule(10)
-        assert len(ConvBlock(1, 2)) == 2, "other classes must still work"
-    assert len(DDPMSchedule(10)) == 10
-
-
-def test_forbid_a_class_without_its_own_init_restores_the_inherited_one():
-    class Plain:
-        pass
-
-    with forbid(Plain):
-        with pytest.raises(CheckFailed):
-            Plain()
-    assert "__init__" not in Plain.__dict__
-    assert isinstance(Plain(), Plain)
-
-
-def test_forbid_several_references_at_once_and_restore_them_all():
-    arguments = q_sample_arguments()
-    with pytest.raises(KeyError):
-        with forbid(course_lib.noise.q_sample, DDPMSchedule):
-            with pytest.raises(CheckFailed):
-                closed_form(*arguments)
-            with pytest.raises(CheckFailed):
-                DDPMSchedule(10)
-            raise KeyError("boom")
-    assert closed_form(*arguments).shape == (2, 1, 4, 4)
-    assert len(DDPMSchedule(10)) == 10
 
 
 def test_expect_close_shows_enough_digits_to_see_the_difference():

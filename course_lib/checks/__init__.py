@@ -8,6 +8,6 @@ Stage-specific checks live in the submodules (``course_lib.checks.noising`` and 
 harness (:mod:`course_lib.checks.harness`); the names a notebook needs are re-exported here.
 """
 
-from .harness import CheckFailed, expect_close, expect_tensor, forbid, passed, run_student
+from .harness import CheckFailed, expect_close, expect_tensor, passed, run_student
 
-__all__ = ["CheckFailed", "expect_close", "expect_tensor", "forbid", "passed", "run_student"]
+__all__ = ["CheckFailed", "expect_close", "expect_tensor", "passed", "run_student"]

@@ -2,7 +2,7 @@
 
 Feedback (:class:`CheckFailed`, :func:`passed`, :func:`run_student`), comparisons that explain a difference
 with enough digits to see it (:func:`expect_tensor`, :func:`expect_close`, :func:`compare` against known
-mistakes), refusing the reference inside a block (:func:`forbid`), seeded inputs and given stand-in models
+mistakes), seeded inputs and given stand-in models
 (:class:`TinyNoisePredictor`, :class:`ToyModel`), a :class:`Spy` that records a model's calls, and moving
 weights between the reference and a student's module (:func:`module_tensors`, :func:`layer_list`,
 :func:`reference_weights`, :func:`load_weights`, :func:`scramble_weights`). The stage modules hold only their cases;
@@ -11,7 +11,6 @@ weights between the reference and a student's module (:func:`module_tensors`, :f
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -125,46 +124,6 @@ def expect_close(name: str, got: torch.Tensor, expected: torch.Tensor, hint: str
     yours, wanted = format_pair(got[worst].item(), expected[worst].item())
     message = f"your {name}{where} is {yours}, expected {wanted}"
     raise CheckFailed(f"{message}: {hint}" if hint else message)
-
-
-def _refuse(*args, **kwargs):
-    raise __import__("course_lib.checks", fromlist=["CheckFailed"]).CheckFailed(
-        "this TODO must be written by you, not by calling the course_lib reference implementation")
-
-
-@contextlib.contextmanager
-def _forbid_one(reference):
-    if isinstance(reference, type):
-        original = reference.__dict__.get("__init__")
-        reference.__init__ = _refuse
-        try:
-            yield
-        finally:
-            if original is None:
-                del reference.__init__
-            else:
-                reference.__init__ = original
-        return
-    original_code = reference.__code__
-    reference.__code__ = _refuse.__code__
-    try:
-        yield
-    finally:
-        reference.__code__ = original_code
-
-
-@contextlib.contextmanager
-def forbid(*references):
-    """Within the block, any call of the ``references`` (course_lib functions or classes) raises :class:`CheckFailed`.
-
-    Hidden tests wrap the student's function in it, so that a TODO solved by calling our reference,
-    under any name it was imported as, earns nothing. Functions have their code swapped; classes
-    their ``__init__``. Everything is restored on leaving the block.
-    """
-    with contextlib.ExitStack() as stack:
-        for reference in references:
-            stack.enter_context(_forbid_one(reference))
-        yield
 
 
 def generator(seed: int) -> torch.Generator:
