@@ -1,17 +1,18 @@
 """Phase 1 of grading on a Dask distributed cluster (``grade --dask tcp://HOST:8786`` or ``--dask local:N``).
 
 The cut: one Dask task per notebook, running :func:`autograder.grading.execute_notebook` unchanged on the worker,
-in a fresh temporary course folder, in a child process set up as a ``--jobs`` worker process
-(:func:`autograder.grading._init_worker`: memory cap, thread share, quick mode, stderr into a log), with the
-same sandbox. Phase 2 (scoring into the gradebook) and ``grades.csv`` stay on the client, exactly as with
+in a fresh temporary course folder, in one of the worker's long-lived grading children
+(:mod:`autograder.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
+stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring into the gradebook) and ``grades.csv`` stay on the client, exactly as with
 ``--jobs``.
 
 What travels to a worker, as bytes (nothing else; no shared file system is needed):
 
-- once per stage (scattered): a copy of ``gradebook.db`` (nbgrader's ``Autograde`` restores edited and deleted
-  cells from it, so it holds the test cells' code, hidden tests included; never any expected value or
-  score of this run), ``release/<stage>/`` and ``source/<stage>/`` with the *solution cells of the source
-  notebook emptied* (only the cells' metadata is read there, for ``skip_when_grading``);
+- once per stage (one task's result, which the scheduler computes again if the worker holding it dies): a copy
+  of ``gradebook.db`` (nbgrader's ``Autograde`` restores edited and deleted cells from it, so it holds the test
+  cells' code, hidden tests included; never any expected value or score of this run), ``release/<stage>/`` and
+  ``source/<stage>/`` with the *solution cells of the source notebook emptied* (only the cells' metadata is read
+  there, for ``skip_when_grading``);
 - per task: the student's submitted files of that stage, the grading options, the name of the library view of
   the kernel (:func:`autograder.grading.view_stage`) and the version stamp.
 
@@ -32,18 +33,18 @@ options and the source notebook's hash) as it arrives, so if the scheduler goes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
-import os
+import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import grading_child
 from .atomic import atomic_write_bytes
 from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
@@ -113,8 +114,15 @@ def course_payload(root: Path, stage: str) -> dict[str, bytes]:
     return files
 
 
+def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """A stage's course files as a Dask task's result (see :func:`execute_all_dask`)."""
+    return files
+
+
 def _options_dict(options: GradingOptions) -> dict:
-    return {key: value for key, value in dataclasses.asdict(options).items() if key != "jobs"}
+    """The options that change a notebook's run (not ``jobs``), numbers as floats: 120 and 120.0 are one limit."""
+    return {key: float(value) if type(value) in (int, float) else value
+            for key, value in dataclasses.asdict(options).items() if key != "jobs"}
 
 
 def resume_key(root: Path, student: str, stage: str, options: GradingOptions) -> str:
@@ -146,45 +154,43 @@ def _notebook_hash(root: Path, student: str, stage: str) -> str | None:
 
 # --- the worker's side ---------------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """In the child: be killed when the worker that started it dies (Linux), so no orphan grades on."""
-    try:
-        import ctypes
-        import signal
+def _setup(options: dict, jobs_by_host: dict, host: str) -> dict:
+    """The set-up of the grading children (:mod:`autograder.grading_child`) of a worker on ``host``: the options,
+    with the kernels' thread share of the host (``jobs``: the Dask worker processes on it), and the log folder."""
+    jobs = max(1, int(jobs_by_host.get(host, 1)))
+    return {"options": {**options, "jobs": jobs},
+            "log_dir": str(Path(tempfile.gettempdir()) / "autograder-worker-logs")}
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def start_children(options: dict, jobs_by_host: dict, dask_worker) -> int:
+    """On a worker (``client.run``): start one grading child per thread, before the first task needs it."""
+    host = dask_worker.address.rsplit(":", 1)[0]
+    return grading_child.start(_setup(options, jobs_by_host, host), dask_worker.state.nthreads)
 
 
 def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], student: str, stage: str,
                         options: dict, library_view: str | None, stamp: str, jobs_by_host: dict) -> dict:
     """One notebook on a Dask worker: returns ``{"result": execute_notebook's record, "files": the executed
-    folder's files}``. Runs ``execute_notebook`` in a child process set up like a ``--jobs`` worker."""
-    import socket
-
+    folder's files}``. Runs ``execute_notebook`` in one of the worker's grading children."""
     local = environment_stamp()
     if local != stamp:
-        raise WorkerEnvironmentError(f"worker on {socket.gethostname()} has {local}, the client has {stamp}")
-    host = _worker_host()
-    jobs = max(1, int(jobs_by_host.get(host, 1)))
-    log_dir = Path(tempfile.gettempdir()) / "autograder-worker-logs"
+        raise WorkerEnvironmentError(f"worker on {_worker_host()} has {local}, the client has {stamp}")
+    setup = _setup(options, jobs_by_host, _worker_host())
     with tempfile.TemporaryDirectory(prefix="autograder-") as folder:
         root = Path(folder)
         _write_files(root, course)
         _write_files(root / "submitted" / student / stage, submission)
-        request = {"root": str(root), "student": student, "stage": stage, "options": {**options, "jobs": jobs},
-                   "view": library_view, "log_dir": str(log_dir)}
-        child = subprocess.run([sys.executable, "-m", "autograder.distributed"], input=json.dumps(request),
-                               capture_output=True, text=True, preexec_fn=_die_with_parent)
-        if child.returncode != 0 or not child.stdout.strip():
+        child = grading_child.take(setup)
+        result = child.execute({"root": str(root), "student": student, "stage": stage, "view": library_view})
+        where = f"{setup['log_dir']} on {_worker_host()}"
+        if result is None:
             result = {"student": student, "stage": stage, "seconds": 0.0,
-                      "problem": f"could not be graded (its grading process ended with {child.returncode}; "
-                                 f"see {log_dir} on {host})"}
+                      "problem": f"could not be graded (its grading process ended with {child.close()}; "
+                                 f"see {where})"}
             return {"result": result, "files": {}}
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+        grading_child.give_back(child)
         if result["problem"]:
-            result["problem"] = result["problem"].replace(str(root / LOGS), f"{log_dir} on {host}")
+            result["problem"] = result["problem"].replace(str(root / LOGS), where)
         executed = executed_path(root, student, stage).parent
         files = _files(executed) if executed.is_dir() else {}
     return {"result": result, "files": files}
@@ -197,22 +203,6 @@ def _worker_host() -> str:
         return get_worker().address.rsplit(":", 1)[0]
     except (ImportError, ValueError):
         return "localhost"
-
-
-def _child_main() -> int:
-    """``python -m autograder.distributed`` (the worker's child): a request on stdin, the record on stdout."""
-    from .grading import _init_worker, execute_notebook, kernel_python_path
-
-    request = json.loads(sys.stdin.read())
-    options = GradingOptions(**request["options"])
-    stdout = os.dup(1)
-    _init_worker(options, request["log_dir"])  # stderr into the worker's log, as a --jobs worker
-    os.dup2(2, 1)  # whatever else prints goes to the log too; the record goes to the saved stdout
-    root = Path(request["root"])
-    python_path = kernel_python_path(root, request["view"])
-    result = execute_notebook(str(root), request["student"], request["stage"], options, str(python_path))
-    os.write(stdout, (json.dumps(result) + "\n").encode())
-    return 0
 
 
 # --- the client's side ---------------------------------------------------------------------------------------
@@ -298,12 +288,17 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
 
     root = Path(root)
     client, cluster = connect(dask)
+    client_log = logging.getLogger("distributed.client")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # a lost scheduler is SchedulerLostError, not the reconnection's traceback
     try:
         stamp = environment_stamp()
         hosts = check_workers(client, stamp, options.sandbox)
         link = client.dashboard_link if client.scheduler_info().get("services", {}).get("dashboard") else None
         notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}"
                + (f"; dashboard {link}" if link else ""))
+        options_dict = dataclasses.asdict(options)
+        client.run(start_children, options_dict, hosts)  # their imports overlap with what follows
         index = _load_index(root)
         tasks, results = [], []
         for student, stages in work.items():
@@ -323,10 +318,13 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
                     index.pop(f"{student}/{stale.name}", None)
         if results:
             notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
-        courses = {stage: client.scatter(course_payload(root, stage), broadcast=False, hash=False)
-                   for stage in {stage for _, stage, _ in tasks}}
+        # a task rather than scattered data: the scheduler recomputes it when the worker holding it dies
+        courses = {}
+        for stage in {stage for _, stage, _ in tasks}:
+            files = course_payload(root, stage)
+            digest = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in sorted(files.items())))
+            courses[stage] = client.submit(_course_files, files, key=f"course-{stage}-{digest.hexdigest()[:16]}")
         views = {stage: view_stage(root, stage) for stage in courses}
-        options_dict = dataclasses.asdict(options)
         futures = {}
         for student, stage, key in tasks:
             submission = _files(root / "submitted" / student / stage)
@@ -371,18 +369,22 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
             raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
         _save_index(root, index)
     finally:
+        if client.status == "running":  # idle children hold torch in memory on the lab machines
+            with contextlib.suppress(Exception):
+                client.run(grading_child.close_all)
         if client is not dask:  # a client passed in stays open for its owner
             client.close()
         if cluster is not None:
             cluster.close()
+        client_log.setLevel(level)
     return runs_by_student(work, results)
 
 
 def _lost_message(client, finished: int, total: int, error: BaseException) -> str:
-    return (f"The Dask scheduler went away ({type(error).__name__}: {error}) after {finished} of {total} "
-            f"notebooks; those are kept in executed/ ({INDEX}). Start the scheduler again and rerun the same "
-            "command: it executes only the notebooks that are missing.")
+    from distributed.client import FutureCancelledError
 
-
-if __name__ == "__main__":
-    sys.exit(_child_main())
+    cause = ("the client lost its connection to it" if isinstance(error, FutureCancelledError)
+             else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return (f"The Dask scheduler at {client.scheduler.address} went away after {finished} of {total} notebooks "
+            f"({cause}). Those {finished} are kept in executed/ ({INDEX}). Start the scheduler and its workers "
+            "again and rerun the same command: it executes only the notebooks that are missing.")

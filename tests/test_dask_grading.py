@@ -1,14 +1,19 @@
 """Phase 1 on a Dask cluster (``grade --dask``): same grades as ``--jobs``, a killed worker loses and doubles
-nothing, a rerun executes only what is missing.
+nothing, a notebook that kills its worker every time costs only its student, a rerun executes only what is
+missing, and a scheduler that goes away stops grading with what was executed kept for the rerun.
 
 A small class of the toy course of ``tests/test_autograder.py`` (``tests/submissions/toy/``) on a LocalCluster of
-two one-thread worker processes.
+two one-thread worker processes, and on a scheduler and workers started as on lab machines (``dask scheduler``,
+``dask worker``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,8 +27,8 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from autograder.commands import grade, release  # noqa: E402
-from autograder.distributed import (ALLOWED_FAILURES, INDEX, WorkerEnvironmentError, check_workers,  # noqa: E402
-                                    resume_key)
+from autograder.distributed import (ALLOWED_FAILURES, INDEX, SchedulerLostError,  # noqa: E402
+                                    WorkerEnvironmentError, check_workers, resume_key)
 from autograder.grading import EXECUTED, GradingOptions, executed_path  # noqa: E402
 from autograder.sandbox import sandbox_unavailable  # noqa: E402
 
@@ -91,9 +96,15 @@ def by_jobs(course, tmp_path_factory):
 
 
 def _counting(client) -> list:
-    """Count the tasks that ``client`` is asked to run from now on."""
+    """The keys of the notebooks (``grade-<student>-...``) that ``client`` is asked to run from now on."""
     submitted, submit = [], client.submit
-    client.submit = lambda *args, **kwargs: submitted.append(kwargs.get("key")) or submit(*args, **kwargs)
+
+    def counted(*args, **kwargs):
+        if kwargs.get("key", "").startswith("grade-"):
+            submitted.append(kwargs["key"])
+        return submit(*args, **kwargs)
+
+    client.submit = counted
     return submitted
 
 
@@ -155,8 +166,141 @@ def test_a_rerun_executes_only_what_is_missing(course, by_jobs, client):
     key = resume_key(root, "slow", STAGE, OPTIONS)  # other grading options: executed again
     assert resume_key(root, "slow", STAGE, dataclasses.replace(OPTIONS, cell_timeout=21)) != key
     assert resume_key(root, "slow", STAGE, dataclasses.replace(OPTIONS, jobs=7)) == key
+    assert resume_key(root, "slow", STAGE, dataclasses.replace(OPTIONS, memory_gb=float(OPTIONS.memory_gb))) == key
 
 
 def test_a_worker_with_other_code_is_refused_before_grading(client):
     with pytest.raises(WorkerEnvironmentError, match="do not run this project's code"):
         check_workers(client, "course_lib 0.0.0, code 0000", sandbox=False)
+
+
+def _pod_memory_limit(limit_bytes: int):
+    """A worker plugin that does what a Kubernetes pod's memory limit (or the kernel's OOM killer) does: SIGKILL
+    the worker when its process tree (the worker, its grading children and their sandboxed kernels, seen from
+    outside the sandbox) holds more than ``limit_bytes`` of resident memory."""
+    import psutil
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class PodMemoryLimit(WorkerPlugin):  # local, so that cloudpickle sends it by value
+        name = "pod-memory-limit"
+
+        def setup(self, worker):
+            def watch():
+                worker_process = psutil.Process()
+                while True:
+                    resident = 0
+                    for process in [worker_process, *worker_process.children(recursive=True)]:
+                        try:
+                            resident += process.memory_info().rss
+                        except psutil.Error:
+                            pass
+                    if resident > limit_bytes:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    time.sleep(0.05)
+
+            threading.Thread(target=watch, daemon=True).start()
+
+    return PodMemoryLimit()
+
+
+def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(client, tmp_path):
+    root = tmp_path / "course"
+    release(root, STAGES, TOY_DIR, notebooks_dir=None)
+    hog = "import torch, time\nhog = torch.ones(2**29)  # 2 GiB, over the pod's limit\ntime.sleep(60)"
+    students = {"solution": _solution(), "hog": _with_first_in(_solution(), "ddpm_schedule", hog)}
+    for student, notebook in students.items():
+        (tmp_path / "class" / student / STAGE).mkdir(parents=True)
+        nbformat.write(notebook, tmp_path / "class" / student / STAGE / f"{STAGE}.ipynb")
+    # 3 GiB: above what a worker grading the toy notebook holds with its child and kernel (1.9 GiB measured here)
+    client.register_plugin(_pod_memory_limit(3 * 2**30))
+    try:
+        lines = []
+        table, _ = grade(tmp_path / "class", root, STAGES, OPTIONS, TOY_DIR, progress=lines.append, dask=client)
+    finally:
+        client.unregister_worker_plugin("pod-memory-limit")
+    grades = _grades(table)
+    assert grades["solution"] == (4.0, ())
+    assert grades["hog"] == (0.0, (STAGE,))
+    problem = next(line["problem"] for line in lines if line["student"] == "hog")
+    assert "killed the grading worker every time it ran" in problem
+    assert sorted(line["student"] for line in lines) == ["hog", "solution"]
+    assert not executed_path(root, "hog", STAGE).exists()
+    assert "hog/" + STAGE not in (root / EXECUTED / INDEX).read_text()  # a rerun tries it again
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).with_name("dask")), *command], stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _lab_cluster(folder: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
+    """A scheduler and two one-thread workers started as on lab machines (``dask scheduler``, ``dask worker``),
+    with the scheduler's retry bound; returns both processes and the scheduler's address."""
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / "scheduler.json"
+    file.unlink(missing_ok=True)
+    environment = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(ALLOWED_FAILURES)}
+    scheduler = subprocess.Popen([str(Path(sys.executable).with_name("dask")), "scheduler", "--port", "0",
+                                  "--no-dashboard", "--scheduler-file", str(file)],
+                                 stdout=(folder / "scheduler.log").open("ab"), stderr=subprocess.STDOUT,
+                                 env=environment, start_new_session=True)
+    workers = _start(["worker", "--scheduler-file", str(file), "--nworkers", "2", "--nthreads", "1",
+                      "--no-dashboard", "--death-timeout", "10"], folder / "workers.log")
+    deadline = time.monotonic() + 60
+    while not file.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    import json
+
+    return scheduler, workers, json.loads(file.read_text())["address"]
+
+
+def _stop(*processes: subprocess.Popen) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_a_lost_scheduler_stops_grading_and_the_rerun_executes_only_what_is_missing(course, by_jobs, tmp_path):
+    """The first run is the real command line, whose scheduler is killed after its first notebook."""
+    root, submissions = course
+    (root / EXECUTED / INDEX).unlink(missing_ok=True)
+    scheduler, workers, address = _lab_cluster(tmp_path / "lab")
+    command = [sys.executable, "-m", "autograder", "grade", str(submissions), "--course", str(root), "--stages", STAGE,
+               "--solutions", str(TOY_DIR), "--dask", address, "--cell-timeout", str(OPTIONS.cell_timeout),
+               "--notebook-timeout", str(OPTIONS.notebook_timeout), "--memory-gb", str(OPTIONS.memory_gb)]
+    command += [] if OPTIONS.sandbox else ["--no-sandbox"]
+    try:
+        cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "COURSE_MODE": "quick"})
+        printed = []
+        for line in cli.stdout:
+            printed.append(line)
+            if line.startswith("  ran "):
+                os.killpg(scheduler.pid, signal.SIGKILL)
+                break
+        printed += cli.stdout.readlines()
+        error = cli.stderr.read()
+        assert cli.wait(timeout=120) == 3, "".join(printed) + error
+    finally:
+        _stop(scheduler, workers)
+    kept = next(line.split()[1] for line in printed if line.startswith("  ran "))
+    assert error.strip() == (
+        f"The Dask scheduler at {address} went away after 1 of 3 notebooks (the client lost its connection to "
+        f"it). Those 1 are kept in executed/ ({INDEX}). Start the scheduler and its workers again and rerun the "
+        "same command: it executes only the notebooks that are missing.")
+    assert [p.parent.parent.name for p in (root / EXECUTED).glob(f"*/{STAGE}/{STAGE}.ipynb")] == [kept]
+    assert f"{kept}/{STAGE}" in (root / EXECUTED / INDEX).read_text()
+
+    scheduler, workers, address = _lab_cluster(tmp_path / "lab")  # the scheduler is back
+    try:
+        with Client(address, timeout="60s") as lab:
+            lab.wait_for_workers(2, timeout=120)
+            submitted = _counting(lab)
+            table, _ = grade(submissions, root, STAGES, OPTIONS, TOY_DIR, dask=lab)
+    finally:
+        _stop(scheduler, workers)
+    assert sorted(key.split("-")[1] for key in submitted) == sorted(
+        set(by_jobs) - {kept})
+    assert _grades(table) == by_jobs
