@@ -41,6 +41,7 @@ import json
 import logging
 import shutil
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -181,7 +182,11 @@ def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], 
         _write_files(root, course)
         _write_files(root / "submitted" / student / stage, submission)
         child = grading_child.take(setup)
-        result = child.execute({"root": str(root), "student": student, "stage": stage, "view": library_view})
+        try:
+            result = child.execute({"root": str(root), "student": student, "stage": stage, "view": library_view})
+        except BaseException:
+            child.close()
+            raise
         where = f"{setup['log_dir']} on {_worker_host()}"
         if result is None:
             result = {"student": student, "stage": stage, "seconds": 0.0,
@@ -268,6 +273,19 @@ def check_workers(client, stamp: str, sandbox: bool = True) -> dict[str, int]:
     return hosts
 
 
+def dashboard_link(client) -> str | None:
+    """The address of the scheduler's dashboard when it serves one: ``dask scheduler`` serves its status page
+    only with ``bokeh`` installed and without ``--no-dashboard`` (it lists a dashboard port either way)."""
+    if not client.scheduler_info().get("services", {}).get("dashboard"):
+        return None
+    link = client.dashboard_link
+    try:
+        with urllib.request.urlopen(link, timeout=3) as response:
+            return link if response.status == 200 else None
+    except (OSError, ValueError):
+        return None
+
+
 def _retries(client, keys: list[str]) -> int:
     def count(dask_scheduler, keys):
         return sum(getattr(dask_scheduler.tasks.get(key), "suspicious", 0) for key in keys)
@@ -294,9 +312,10 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
     try:
         stamp = environment_stamp()
         hosts = check_workers(client, stamp, options.sandbox)
-        link = client.dashboard_link if client.scheduler_info().get("services", {}).get("dashboard") else None
-        notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}"
-               + (f"; dashboard {link}" if link else ""))
+        link = dashboard_link(client)
+        notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}; "
+               + (f"dashboard {link}" if link else "no dashboard (the scheduler serves one when bokeh is installed "
+                                                   "beside it)"))
         options_dict = dataclasses.asdict(options)
         client.run(start_children, options_dict, hosts)  # their imports overlap with what follows
         index = _load_index(root)

@@ -186,6 +186,9 @@ def _run_autograde(config, stage: str, student: str) -> None:
     from nbgrader.converters import Autograde
     from nbgrader.coursedir import CourseDirectory
 
+    from . import schema_once
+
+    schema_once.install()
     coursedir = CourseDirectory(config=config)
     coursedir.assignment_id = stage
     coursedir.student_id = student

@@ -13,10 +13,14 @@ this machine's caches that grading gives it (``autograder.grading.home_seed``).
     python benchmarks/grading.py --copies 2            # 6 students, all five stages
     python benchmarks/grading.py --stages 01_noising   # one stage only
     python benchmarks/grading.py --jobs --kernel-starts 10   # the sandbox's cost only
-    python benchmarks/grading.py --jobs 2 --dask local:2     # a Dask LocalCluster against --jobs 2
+    python benchmarks/grading.py --jobs 2 --dask local:2 --rounds 3   # a Dask LocalCluster against --jobs 2
 
 ``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed``; the wall time includes
-starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook.
+starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook, and
+checks that both give the same grades. With ``--rounds R`` the modes take turns R times and the medians are
+compared: on a shared machine one run's wall time can be off by a third.
+The last line times phase 2 alone (scoring every executed notebook into the gradebook, which one process does
+after phase 1 whatever ran phase 1), per notebook.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autograder.commands import grade, release  # noqa: E402
 from autograder.course import SOLUTIONS_DIR, STAGES  # noqa: E402
 from autograder.demo import write_demo_submissions  # noqa: E402
-from autograder.grading import GradingOptions  # noqa: E402
+from autograder.grading import GradingOptions, score_all  # noqa: E402
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:
@@ -85,6 +89,10 @@ def sandbox_cost(pairs: int) -> tuple[float, float, float]:
     return statistics.median(times[True]), statistics.median(times[False]), cost
 
 
+def _grades(table) -> dict:
+    return {row.student: (row.points, sorted(row.problems)) for row in table.rows}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=1, help="copies of the three demo students (default 1)")
@@ -94,11 +102,13 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel-starts", type=int, default=5,
                         help="kernel starts with and without the sandbox for the sandbox s/nb column (default 5)")
     parser.add_argument("--dask", default=None, help="also grade on this Dask cluster (local:N or tcp://...)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times each mode grades the class, taking turns (default 1; medians are compared)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
     args = parser.parse_args(argv)
-    if args.copies < 1:
-        parser.error(f"--copies must be >= 1, got {args.copies}")
+    if args.copies < 1 or args.rounds < 1:
+        parser.error(f"--copies and --rounds must be >= 1, got {args.copies} and {args.rounds}")
     nan = float("nan")
     sandboxed, plain, cost = sandbox_cost(args.kernel_starts) if args.kernel_starts > 0 else (nan, nan, nan)
     if not args.jobs:
@@ -113,29 +123,37 @@ def main(argv=None) -> int:
         print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU, "
               f"{'no sandbox' if args.no_sandbox else 'sandboxed'}")
         print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}  {'sandbox s/nb':>12}")
-        walls = {}
-        for jobs in args.jobs:
-            started = time.perf_counter()
-            _, runs = grade(submissions, root, args.stages, GradingOptions(jobs=jobs, sandbox=not args.no_sandbox),
-                            args.solutions)
-            wall = walls[jobs] = time.perf_counter() - started
-            alone = sum(run["seconds"] for run in runs) / len(runs)
-            print(f"{jobs:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}")
-        if args.dask:
-            (root / "executed" / "index.json").unlink(missing_ok=True)  # execute everything again
-            started = time.perf_counter()
-            _, runs = grade(submissions, root, args.stages, GradingOptions(sandbox=not args.no_sandbox),
-                            args.solutions, dask=args.dask)
-            wall = time.perf_counter() - started
-            alone = sum(run["seconds"] for run in runs) / len(runs)
-            notebooks = students * len(args.stages)
-            print(f"{args.dask}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  "
-                  f"(run s/notebook {alone / len(args.stages):.2f})")
-            workers = int(args.dask.split(":")[1]) if args.dask.startswith("local:") else None
-            if workers in walls:
-                extra = wall - walls[workers]
-                print(f"Dask overhead over --jobs {workers}: {extra:+.1f} s wall ({extra / notebooks:+.2f} s per "
-                      f"notebook, {100 * extra / walls[workers]:+.0f} %), cluster start included")
+        notebooks = students * len(args.stages)
+        modes = [*args.jobs, *([args.dask] if args.dask else [])]
+        walls, tables = {mode: [] for mode in modes}, {}
+        for _ in range(args.rounds):  # the modes take turns, so that a busy spell of the machine hits them alike
+            for mode in modes:
+                (root / "executed" / "index.json").unlink(missing_ok=True)  # --dask: execute everything again
+                options = GradingOptions(jobs=mode if isinstance(mode, int) else 1, sandbox=not args.no_sandbox)
+                started = time.perf_counter()
+                table, runs = grade(submissions, root, args.stages, options, args.solutions,
+                                    dask=None if isinstance(mode, int) else mode)
+                wall = time.perf_counter() - started
+                walls[mode].append(wall)
+                alone = sum(run["seconds"] for run in runs) / len(runs)
+                print(f"{mode:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}"
+                      f"  (run s/notebook {alone / len(args.stages):.2f})", flush=True)
+                if tables and _grades(table) != _grades(next(iter(tables.values()))):
+                    print(f"The grades of {mode} differ:\n{next(iter(tables.values())).format()}\n{table.format()}")
+                    return 1
+                tables[mode] = table
+        workers = int(args.dask.split(":")[1]) if args.dask and args.dask.startswith("local:") else None
+        if workers in walls:
+            dask, jobs = statistics.median(walls[args.dask]), statistics.median(walls[workers])
+            extra = dask - jobs
+            print(f"Dask overhead over --jobs {workers} (medians of {args.rounds} rounds): {extra:+.1f} s wall "
+                  f"({extra / notebooks:+.2f} s per notebook, {100 * extra / jobs:+.0f} %), cluster start included")
+        notebooks = len(list((root / "executed").glob("*/*/*.ipynb")))
+        started = time.perf_counter()
+        score_all(root, tuple(args.stages))
+        scoring = time.perf_counter() - started
+        print(f"Phase 2 (scoring into the gradebook, this process alone): {scoring:.1f} s for {notebooks} notebooks, "
+              f"{scoring / notebooks:.2f} s per notebook")
     return 0
 
 

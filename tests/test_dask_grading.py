@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -27,8 +28,8 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from autograder.commands import grade, release  # noqa: E402
-from autograder.distributed import (ALLOWED_FAILURES, INDEX, SchedulerLostError,  # noqa: E402
-                                    WorkerEnvironmentError, check_workers, resume_key)
+from autograder.distributed import (ALLOWED_FAILURES, INDEX, WorkerEnvironmentError, check_workers,  # noqa: E402
+                                    resume_key)
 from autograder.grading import EXECUTED, GradingOptions, executed_path  # noqa: E402
 from autograder.sandbox import sandbox_unavailable  # noqa: E402
 
@@ -108,9 +109,12 @@ def _counting(client) -> list:
     return submitted
 
 
-def test_dask_cluster_gives_the_same_grades_as_jobs(course, by_jobs, client):
+def test_dask_cluster_gives_the_same_grades_as_jobs(course, by_jobs, client, capsys):
     root, submissions = course
     table, runs = grade(submissions, root, STAGES, OPTIONS, TOY_DIR, dask=client)
+    link = capsys.readouterr().out.split("; dashboard ")[1].split()[0]
+    with urllib.request.urlopen(link, timeout=10) as page:
+        assert page.status == 200 and b"Dask" in page.read()
     assert _grades(table) == by_jobs
     assert by_jobs["solution"][0] == 4.0 and by_jobs["exits"][1] == (STAGE,)
     assert (root / "grades.csv").is_file()
@@ -285,6 +289,7 @@ def test_a_lost_scheduler_stops_grading_and_the_rerun_executes_only_what_is_miss
         assert cli.wait(timeout=120) == 3, "".join(printed) + error
     finally:
         _stop(scheduler, workers)
+    assert printed[0].startswith(f"Dask: 2 workers on 1 machine(s) at {address}; no dashboard")  # --no-dashboard
     kept = next(line.split()[1] for line in printed if line.startswith("  ran "))
     assert error.strip() == (
         f"The Dask scheduler at {address} went away after 1 of 3 notebooks (the client lost its connection to "
