@@ -10,6 +10,7 @@ two one-thread worker processes, and on a scheduler and workers started as on la
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -233,9 +234,9 @@ def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(clie
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
 
 
-def _start(command: list[str], log: Path) -> subprocess.Popen:
+def _start(command: list[str], log: Path, environment: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([str(Path(sys.executable).with_name("dask")), *command], stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 
 def _lab_cluster(folder: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
@@ -245,18 +246,18 @@ def _lab_cluster(folder: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]
     file = folder / "scheduler.json"
     file.unlink(missing_ok=True)
     environment = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(ALLOWED_FAILURES)}
-    scheduler = subprocess.Popen([str(Path(sys.executable).with_name("dask")), "scheduler", "--port", "0",
-                                  "--no-dashboard", "--scheduler-file", str(file)],
-                                 stdout=(folder / "scheduler.log").open("ab"), stderr=subprocess.STDOUT,
-                                 env=environment, start_new_session=True)
-    workers = _start(["worker", "--scheduler-file", str(file), "--nworkers", "2", "--nthreads", "1",
-                      "--no-dashboard", "--death-timeout", "10"], folder / "workers.log")
+    scheduler = _start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                        str(file)], folder / "scheduler.log", environment)
+    workers = _start(["worker", "--scheduler-file", str(file), "--host", "127.0.0.1", "--nworkers", "2",
+                      "--nthreads", "1", "--no-dashboard", "--death-timeout", "10"], folder / "workers.log")
     deadline = time.monotonic() + 60
-    while not file.is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    import json
-
-    return scheduler, workers, json.loads(file.read_text())["address"]
+    while time.monotonic() < deadline:
+        try:
+            return scheduler, workers, json.loads(file.read_text())["address"]
+        except (OSError, ValueError, KeyError):  # not written yet, or half written
+            time.sleep(0.2)
+    _stop(scheduler, workers)
+    raise TimeoutError(f"no scheduler file after 60 s; see {folder}")
 
 
 def _stop(*processes: subprocess.Popen) -> None:
