@@ -18,8 +18,8 @@ this machine's caches that grading gives it (``autograder.grading.home_seed``).
 ``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed``; the wall time includes
 starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook, and
 checks that both give the same grades. With ``--rounds R`` the modes take turns R times and the medians of
-rounds 2 to R are compared: on a shared machine one run's wall time can be off by a third, and the first
-grading run of a process is slower (by up to a third here, whichever mode goes first).
+rounds 2 to R are compared. On a shared machine one run's wall time can be off by a third or more, and the
+first round was the slowest one in each of the four runs made here, whichever mode went first.
 The last line times phase 2 alone (scoring every executed notebook into the gradebook, which one process does
 after phase 1 whatever ran phase 1), per notebook.
 """
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                 tables[mode] = table
         workers = int(args.dask.split(":")[1]) if args.dask and args.dask.startswith("local:") else None
         if workers in walls:
-            counted = slice(1 if args.rounds > 1 else 0, None)  # the first grading of a process is slower
+            counted = slice(1 if args.rounds > 1 else 0, None)  # round 1 was the slowest in every run here
             dask, jobs = statistics.median(walls[args.dask][counted]), statistics.median(walls[workers][counted])
             extra = dask - jobs
             print(f"Dask overhead over --jobs {workers} (medians of rounds {counted.start + 1} to {args.rounds}): "
