@@ -405,5 +405,6 @@ def _lost_message(client, finished: int, total: int, error: BaseException) -> st
     cause = ("the client lost its connection to it" if isinstance(error, FutureCancelledError)
              else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     return (f"The Dask scheduler at {client.scheduler.address} went away after {finished} of {total} notebooks "
-            f"({cause}). Those {finished} are kept in executed/ ({INDEX}). Start the scheduler and its workers "
-            "again and rerun the same command: it executes only the notebooks that are missing.")
+            f"({cause}). {'The executed one is' if finished == 1 else f'The {finished} executed are'} kept in "
+            f"executed/ ({INDEX}). Start the scheduler and its workers again and rerun the same command: it "
+            "executes only the notebooks that are missing.")

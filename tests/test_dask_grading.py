@@ -294,8 +294,8 @@ def test_a_lost_scheduler_stops_grading_and_the_rerun_executes_only_what_is_miss
     kept = next(line.split()[1] for line in printed if line.startswith("  ran "))
     assert error.strip() == (
         f"The Dask scheduler at {address} went away after 1 of 3 notebooks (the client lost its connection to "
-        f"it). Those 1 are kept in executed/ ({INDEX}). Start the scheduler and its workers again and rerun the "
-        "same command: it executes only the notebooks that are missing.")
+        f"it). The executed one is kept in executed/ ({INDEX}). Start the scheduler and its workers again and "
+        "rerun the same command: it executes only the notebooks that are missing.")
     assert [p.parent.parent.name for p in (root / EXECUTED).glob(f"*/{STAGE}/{STAGE}.ipynb")] == [kept]
     assert f"{kept}/{STAGE}" in (root / EXECUTED / INDEX).read_text()
 
