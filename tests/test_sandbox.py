@@ -210,8 +210,13 @@ def test_nothing_outside_the_notebooks_folder_can_be_read(probed, probe):
 @needs_sandbox
 @pytest.mark.parametrize("probe", ["write_environment", "write_python_path", "write_repository", "write_root"])
 def test_nothing_outside_the_notebooks_folder_can_be_written(probed, probe):
-    assert probed["outcomes"][probe].startswith(("OSError", "FileNotFoundError", "PermissionError")), \
-        probed["outcomes"][probe]
+    outcome = probed["outcomes"][probe]
+    if probe == "write_repository" and Path("/tmp") in REPO_ROOT.parents:
+        # a checkout under /tmp: inside the sandbox /tmp is its own tmpfs, where bwrap makes the folders above the
+        # environment's read-only mount, so the write lands there; the host's repository is checked below
+        assert outcome == "succeeded" or outcome.startswith(("OSError", "FileNotFoundError", "PermissionError"))
+    else:
+        assert outcome.startswith(("OSError", "FileNotFoundError", "PermissionError")), outcome
     assert not Path(sys.prefix, "hacked.txt").exists() and not Path("/hacked.txt").exists()
     assert not (REPO_ROOT / "hacked.txt").exists()
 
