@@ -3,8 +3,8 @@
 The cut: one Dask task per notebook, running :func:`autograder.grading.execute_notebook` unchanged on the worker,
 in a fresh temporary course folder, in one of the worker's long-lived grading children
 (:mod:`autograder.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
-stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring into the gradebook) and ``grades.csv`` stay on the client, exactly as with
-``--jobs``.
+stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
+into the gradebook) and ``grades.csv`` stay on the client, exactly as with ``--jobs``.
 
 What travels to a worker, as bytes (nothing else; no shared file system is needed):
 
@@ -338,11 +338,8 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
         if results:
             notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
         # a task rather than scattered data: the scheduler recomputes it when the worker holding it dies
-        courses = {}
-        for stage in {stage for _, stage, _ in tasks}:
-            files = course_payload(root, stage)
-            digest = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in sorted(files.items())))
-            courses[stage] = client.submit(_course_files, files, key=f"course-{stage}-{digest.hexdigest()[:16]}")
+        courses = {stage: client.submit(_course_files, course_payload(root, stage))
+                   for stage in {stage for _, stage, _ in tasks}}
         views = {stage: view_stage(root, stage) for stage in courses}
         futures = {}
         for student, stage, key in tasks:

@@ -9,6 +9,7 @@ two one-thread worker processes, and on a scheduler and workers started as on la
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -208,7 +209,19 @@ def _pod_memory_limit(limit_bytes: int):
     return PodMemoryLimit()
 
 
-def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(client, tmp_path):
+def _cli_grade(submissions: Path, root: Path, address: str) -> subprocess.Popen:
+    """``python -m autograder grade`` on the cluster at ``address``, with this module's options, in its own process."""
+    command = [sys.executable, "-m", "autograder", "grade", str(submissions), "--course", str(root), "--stages", STAGE,
+               "--solutions", str(TOY_DIR), "--dask", address, "--cell-timeout", str(OPTIONS.cell_timeout),
+               "--notebook-timeout", str(OPTIONS.notebook_timeout), "--memory-gb", str(OPTIONS.memory_gb)]
+    command += [] if OPTIONS.sandbox else ["--no-sandbox"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COURSE_MODE": "quick"})
+
+
+def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(tmp_path):
+    """The real command line on a scheduler and workers started as on lab machines, whose workers are killed
+    whenever their process tree goes over a pod's memory limit."""
     root = tmp_path / "course"
     release(root, STAGES, TOY_DIR, notebooks_dir=None)
     hog = "import torch, time\nhog = torch.ones(2**29)  # 2 GiB, over the pod's limit\ntime.sleep(60)"
@@ -216,22 +229,27 @@ def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(clie
     for student, notebook in students.items():
         (tmp_path / "class" / student / STAGE).mkdir(parents=True)
         nbformat.write(notebook, tmp_path / "class" / student / STAGE / f"{STAGE}.ipynb")
-    # 3 GiB: above what a worker grading the toy notebook holds with its child and kernel (1.9 GiB measured here)
-    client.register_plugin(_pod_memory_limit(3 * 2**30))
+    scheduler, workers, address = _lab_cluster(tmp_path / "lab")
     try:
-        lines = []
-        table, _ = grade(tmp_path / "class", root, STAGES, OPTIONS, TOY_DIR, progress=lines.append, dask=client)
+        with Client(address, timeout="60s") as lab:
+            lab.wait_for_workers(2, timeout=120)
+            # 3 GiB: above what a worker grading the toy notebook holds with its child and kernel (1.9 GiB here)
+            lab.register_plugin(_pod_memory_limit(3 * 2**30))
+            cli = _cli_grade(tmp_path / "class", root, address)
+            printed, error = cli.communicate(timeout=280)
+            assert cli.returncode == 0, printed + error
+            lab.wait_for_workers(2, timeout=60)  # the nannies restarted the killed workers
     finally:
-        client.unregister_worker_plugin("pod-memory-limit")
-    grades = _grades(table)
-    assert grades["solution"] == (4.0, ())
-    assert grades["hog"] == (0.0, (STAGE,))
-    problem = next(line["problem"] for line in lines if line["student"] == "hog")
-    assert "killed the grading worker every time it ran" in problem
-    assert sorted(line["student"] for line in lines) == ["hog", "solution"]
+        _stop(scheduler, workers)
+    with open(root / "grades.csv") as handle:
+        grades = {row["student"]: row for row in csv.DictReader(handle)}
+    assert (grades["solution"][STAGE], grades["solution"]["problems"]) == ("4", "")
+    assert grades["hog"][STAGE] == "0"
+    assert "killed the grading worker every time it ran" in grades["hog"]["problems"]
+    ran = [line.split()[1] for line in printed.splitlines() if line.startswith("  ran ")]
+    assert sorted(ran) == ["hog", "solution"]  # each notebook reported once
     assert not executed_path(root, "hog", STAGE).exists()
     assert "hog/" + STAGE not in (root / EXECUTED / INDEX).read_text()  # a rerun tries it again
-    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
 
 
 def _start(command: list[str], log: Path, environment: dict | None = None) -> subprocess.Popen:
@@ -272,13 +290,8 @@ def test_a_lost_scheduler_stops_grading_and_the_rerun_executes_only_what_is_miss
     root, submissions = course
     (root / EXECUTED / INDEX).unlink(missing_ok=True)
     scheduler, workers, address = _lab_cluster(tmp_path / "lab")
-    command = [sys.executable, "-m", "autograder", "grade", str(submissions), "--course", str(root), "--stages", STAGE,
-               "--solutions", str(TOY_DIR), "--dask", address, "--cell-timeout", str(OPTIONS.cell_timeout),
-               "--notebook-timeout", str(OPTIONS.notebook_timeout), "--memory-gb", str(OPTIONS.memory_gb)]
-    command += [] if OPTIONS.sandbox else ["--no-sandbox"]
     try:
-        cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "COURSE_MODE": "quick"})
+        cli = _cli_grade(submissions, root, address)
         printed = []
         for line in cli.stdout:
             printed.append(line)
