@@ -9,7 +9,9 @@ from pathlib import Path
 
 from . import publish
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
+from .collect.sources import Limits
 from .grading import GradingOptions
+from .safe_text import shown
 
 DEFAULT_COURSE = REPO_ROOT / "build" / "course"
 
@@ -30,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     running.add_argument("--notebook-timeout", type=float, default=GradingOptions.notebook_timeout,
                          help="seconds per notebook")
     running.add_argument("--memory-gb", type=float, default=GradingOptions.memory_gb,
-                         help="memory (address space) cap of each student's kernel in GiB; 0: none")
+                         help="GiB that all processes of one student's kernel may hold together (shared pages "
+                              "counted once); over it the kernel is stopped; 0: no cap")
+    running.add_argument("--max-processes", type=int, default=GradingOptions.max_processes,
+                         help="processes one student's kernel may run at once; over it the kernel is stopped; "
+                              "0: no cap")
     running.add_argument("--no-sandbox", action="store_true",
                          help="run the notebooks without the bubblewrap sandbox, with your rights (trusted "
                               "notebooks only; the table and CSV say so)")
@@ -41,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("submissions", type=Path,
                        help="nbgrader layout <student>/<stage>/*.ipynb, or a folder or .zip of LMS downloads")
     grade.add_argument("--csv", type=Path, default=None, help="where to write the grades (default <course>/grades.csv)")
+    grade.add_argument("--max-notebook-mb", type=_positive("--max-notebook-mb"), default=Limits.notebook_bytes / 2**20,
+                       help="a handed-in notebook larger than this (MiB, measured while reading or inflating) is "
+                            "refused, with a line for its student")
+    grade.add_argument("--max-ratio", type=_positive("--max-ratio"), default=Limits.ratio,
+                       help="an archive member past 1 MiB that inflates more than this many times its compressed "
+                            "size is refused (a zip bomb)")
     commands.add_parser("feedback", parents=[common], help="HTML feedback per student (hidden tests not shown)")
     commands.add_parser("demo", parents=[common, running], help="release, then grade three built-in submissions")
     publish.add_arguments(commands.add_parser(
@@ -50,15 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(option: str):
+    """An argparse type: a number > 0, else an error naming ``option``."""
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{option} must be a number > 0, got {text!r}")
+        return value
+
+    return number
+
+
 def _options(args) -> GradingOptions:
     return GradingOptions(jobs=args.jobs, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
-                          memory_gb=args.memory_gb, sandbox=not args.no_sandbox)
+                          memory_gb=args.memory_gb, max_processes=args.max_processes, sandbox=not args.no_sandbox)
 
 
 def _print_progress(result: dict) -> None:
-    note = f" ({result['problem']})" if result["problem"] else ""
+    note = f" ({shown(result['problem'])})" if result["problem"] else ""
     counts = f"  [{result['progress']}]" if result.get("progress") else ""
-    print(f"  ran {result['student']} / {result['stage']} in {result['seconds']:.1f} s{note}{counts}", flush=True)
+    print(f"  ran {shown(result['student'])} / {result['stage']} in {result['seconds']:.1f} s{note}{counts}",
+          flush=True)
 
 
 def _print_graded(table, runs, started: float, csv_path: Path) -> None:
@@ -73,11 +100,12 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 
 def main(argv=None) -> int:
     from . import commands
+    from .collect import SubmissionsError
     from .sandbox import SandboxUnavailableError
     args = _parser().parse_args(argv)
     try:
         return _run(commands, args)
-    except SandboxUnavailableError as error:
+    except (SandboxUnavailableError, SubmissionsError) as error:
         print(error, file=sys.stderr)
         return 2
     except RuntimeError as error:  # the Dask cluster: workers' environment, scheduler gone
@@ -98,8 +126,9 @@ def _run(commands, args) -> int:
         for path in commands.release(args.course, stages, args.solutions, args.notebooks):
             print(path)
     elif args.command == "grade":
+        limits = Limits(notebook_bytes=int(args.max_notebook_mb * 2**20), ratio=args.max_ratio)
         table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv,
-                                     _print_progress, dask=args.dask)
+                                     _print_progress, dask=args.dask, limits=limits)
         _print_graded(table, runs, started, args.csv or args.course.resolve() / "grades.csv")
     elif args.command == "feedback":
         for path in commands.feedback(args.course, stages):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .collect import collect_submissions
+from .collect import Limits, collect_submissions
 from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config,
                      write_course_config)
 from .demo import write_demo_submissions
@@ -53,8 +53,9 @@ def check_sandbox(options: GradingOptions) -> None:
 
 def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
           solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
-          progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
-    """Collect, execute (on ``options.jobs`` processes, or on a Dask cluster when ``dask`` is given: ``"local:N"``,
+          progress: Callable[[dict], None] | None = None, dask=None,
+          limits: Limits = Limits()) -> tuple[GradeTable, list[dict]]:
+    """Collect (:mod:`autograder.collect`, within ``limits``), execute (on ``options.jobs`` processes, or on a Dask cluster when ``dask`` is given: ``"local:N"``,
     ``"tcp://HOST:8786"`` or a ``distributed.Client``; :mod:`autograder.distributed`), score; write the CSV
     (default ``<root>/grades.csv``).
 
@@ -69,15 +70,17 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
 
     Raises:
         SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
+        ValueError: ``submissions`` is neither a folder nor a readable zip (before anything runs).
     """
     check_sandbox(options)
     root = Path(root).resolve()
     quiet_nbgrader()
     if not is_released(root, stages):
         release(root, stages, solutions_dir, notebooks_dir=None)
-    students, problems = collect_submissions(submissions, root, stages)
+    collection = collect_submissions(submissions, root, stages, limits)
+    problems = dict(collection.problems)
     not_run = set(problems)
-    work = {student: tuple(s for s in stages if (student, s) not in not_run) for student in students}
+    work = {student.id: tuple(s for s in stages if (student.id, s) not in not_run) for student in collection.students}
     if dask:
         from .distributed import execute_all_dask
 
@@ -88,7 +91,7 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
     not_scored = score_all(root, stages)
     problems.update(not_scored)
-    table = read_grade_table(root, stages, students, problems, not_run | set(not_scored), sandboxed=options.sandbox)
+    table = read_grade_table(root, stages, collection, problems, not_run | set(not_scored), sandboxed=options.sandbox)
     table.write_csv(csv_path or root / "grades.csv")
     return table, runs
 

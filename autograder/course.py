@@ -1,8 +1,10 @@
 """The nbgrader course folder: where sources, releases, submissions and the gradebook live.
 
 Layout (nbgrader's own): ``<root>/source/<stage>/<stage>.ipynb`` (copied from ``solutions/``),
-``<root>/release/...``, ``<root>/submitted/<student>/<stage>/<stage>.ipynb``, ``<root>/autograded/...``,
-``<root>/feedback/...`` and the gradebook ``<root>/gradebook.db``. One nbgrader assignment per stage.
+``<root>/release/...``, ``<root>/collected/<student>/<stage>/<stage>.ipynb`` (nbgrader's "submitted" folder:
+what grading collected from the hand-ins, :mod:`autograder.collect`; a ``<root>/submitted/`` folder is only one
+more source of hand-ins), ``<root>/autograded/...``, ``<root>/feedback/...`` and the gradebook
+``<root>/gradebook.db``. One nbgrader assignment per stage.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS_DIR = REPO_ROOT / "solutions"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 STAGES = NOTEBOOKS  # one nbgrader assignment per notebook of the stage registry
+#: the folder of ``<root>`` nbgrader reads submissions from: what grading collected (:mod:`autograder.collect`),
+#: never what was handed in (``submitted/``, an LMS download) itself
+SUBMITTED = "collected"
 
 
 def put_python_tools_on_path() -> None:
@@ -39,6 +44,7 @@ def nbgrader_config(root: Path):
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.course_id = "diffusion-course"
     config.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    config.CourseDirectory.submitted_directory = SUBMITTED
     config.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     config.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     return config
@@ -69,6 +75,7 @@ here = os.path.dirname(os.path.realpath(__file__))
 c.CourseDirectory.root = here
 c.CourseDirectory.course_id = {config.CourseDirectory.course_id!r}
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(here, "gradebook.db")
+c.CourseDirectory.submitted_directory = {SUBMITTED!r}
 c.ClearSolutions.code_stub = {dict(config.ClearSolutions.code_stub)!r}
 c.ClearSolutions.text_stub = {config.ClearSolutions.text_stub!r}
 '''

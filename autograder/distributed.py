@@ -47,6 +47,7 @@ from typing import Callable
 
 from . import grading_child
 from .atomic import atomic_write_bytes
+from .course import SUBMITTED
 from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
@@ -130,7 +131,7 @@ def resume_key(root: Path, student: str, stage: str, options: GradingOptions) ->
     """What decides whether an executed notebook can be reused: the submission's files, the grading options
     (not ``jobs``) and the source notebook."""
     digest = hashlib.sha256()
-    for relative, data in _files(Path(root) / "submitted" / student / stage).items():
+    for relative, data in _files(Path(root) / SUBMITTED / student / stage).items():
         digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
     digest.update(json.dumps(_options_dict(options), sort_keys=True).encode())
     digest.update((Path(root) / "source" / stage / f"{stage}.ipynb").read_bytes())
@@ -180,7 +181,7 @@ def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], 
     with tempfile.TemporaryDirectory(prefix="autograder-") as folder:
         root = Path(folder)
         _write_files(root, course)
-        _write_files(root / "submitted" / student / stage, submission)
+        _write_files(root / SUBMITTED / student / stage, submission)
         child = grading_child.take(setup)
         try:
             result = child.execute({"root": str(root), "student": student, "stage": stage, "view": library_view})
@@ -343,7 +344,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
         views = {stage: view_stage(root, stage) for stage in courses}
         futures = {}
         for student, stage, key in tasks:
-            submission = _files(root / "submitted" / student / stage)
+            submission = _files(root / SUBMITTED / student / stage)
             future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_dict,
                                    views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
                                    pure=False, retries=0)

@@ -17,12 +17,15 @@ Two phases, so that several processes can run notebooks while exactly one writes
    own ``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
    ``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
 2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
-   ``submitted/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
+   ``collected/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
    graded notebooks into ``<root>/autograded/``, exactly as a plain ``nbgrader autograde`` would.
 
-Each worker process sets ``RLIMIT_AS`` (``memory_gb``) on itself before starting kernels; kernels inherit it,
-so a student who allocates a huge tensor gets a ``RuntimeError`` in their own cell instead of taking the
-machine. Workers share the CPU: each kernel gets ``cpu_count // jobs`` torch threads.
+Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.limits`): a watchdog thread of
+the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or number more
+than ``max_processes``; the cell that was running then gets an error naming the cap, later cells do not run, and
+the points earned before stay. No address-space limit is set, neither on the workers nor on the kernels (an
+honest kernel with torch imported has an address space of about 3 GiB). Workers share the CPU: each kernel gets
+``cpu_count // jobs`` torch threads.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import time
 import warnings
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .course import REPO_ROOT, nbgrader_config, put_python_tools_on_path
+from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path
 
 EXECUTED = "executed"
 WORK = "work"
@@ -56,7 +58,9 @@ class GradingOptions:
         jobs: worker processes that execute notebooks at the same time (>= 1).
         cell_timeout: seconds one cell may run before it is interrupted.
         notebook_timeout: seconds one notebook may run; later cells are marked "not run".
-        memory_gb: address-space cap of every kernel, in GiB (0: no cap).
+        memory_gb: GiB that all processes of one kernel (the kernel and whatever it starts) may hold together
+            (0: no cap).
+        max_processes: processes one kernel may run at once, itself included (0: no cap).
         sandbox: run every kernel in a bubblewrap sandbox (False: with this user's rights, as ``--no-sandbox``).
     """
 
@@ -64,6 +68,7 @@ class GradingOptions:
     cell_timeout: int = 120
     notebook_timeout: float = 600.0
     memory_gb: float = 8.0
+    max_processes: int = 256
     sandbox: bool = True
 
     def __post_init__(self):
@@ -74,6 +79,8 @@ class GradingOptions:
                              f"and {self.notebook_timeout!r}")
         if self.memory_gb < 0:
             raise ValueError(f"`memory_gb` must be >= 0 (0: no cap), got {self.memory_gb!r}")
+        if not isinstance(self.max_processes, int) or isinstance(self.max_processes, bool) or self.max_processes < 0:
+            raise ValueError(f"`max_processes` must be an integer >= 0 (0: no cap), got {self.max_processes!r}")
 
 
 def executed_path(root: Path, student: str, stage: str) -> Path:
@@ -155,8 +162,9 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
     config.SkipDemoCells.source_root = str(scratch / "source")
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
-    config.GuardedExecute.memory_limit_gb = float(options.memory_gb)
     config.GuardedExecute.sandbox = options.sandbox
+    config.LimitedKernelManager.memory_gb = float(options.memory_gb)  # SandboxedKernelManager's too (a subclass)
+    config.LimitedKernelManager.max_processes = options.max_processes
     config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
     config.SandboxedKernelManager.seed = home_seed()
     data = _data_dir()
@@ -210,16 +218,13 @@ def quiet_nbgrader() -> None:
 
 
 def _init_worker(options: GradingOptions, log_dir: str) -> None:
-    """Set up a worker process: memory cap, thread share, quick mode, not the repository on the kernel's path,
-    and stderr (its own and its kernels') into ``<log_dir>/worker-<pid>.log``."""
+    """Set up a worker process: thread share, quick mode, not the repository on the kernel's path, and stderr
+    (its own and its kernels') into ``<log_dir>/worker-<pid>.log``. No memory limit: the caps watch the kernels."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)
     os.close(log)
     quiet_nbgrader()
-    if options.memory_gb:
-        limit = int(options.memory_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
     inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                  if entry and Path(entry).resolve() != REPO_ROOT]
@@ -256,12 +261,11 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     started = time.perf_counter()
     scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
-    (scratch / "submitted" / student).mkdir(parents=True)
+    (scratch / SUBMITTED / student).mkdir(parents=True)
     shutil.copy2(root / "gradebook.db", scratch / "gradebook.db")
     for name in ("source", "release"):
         (scratch / name).symlink_to(root / name, target_is_directory=True)
-    (scratch / "submitted" / student / stage).symlink_to(root / "submitted" / student / stage,
-                                                         target_is_directory=True)
+    (scratch / SUBMITTED / student / stage).symlink_to(root / SUBMITTED / student / stage, target_is_directory=True)
     try:
         with _kernel_python_path(python_path):
             _run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
@@ -272,7 +276,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(scratch / "autograded" / student / stage, target)
-        timestamp = root / "submitted" / student / stage / "timestamp.txt"
+        timestamp = root / SUBMITTED / student / stage / "timestamp.txt"
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})

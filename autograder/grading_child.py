@@ -1,16 +1,19 @@
 """Long-lived grading processes on a Dask worker: what a ``--jobs`` worker process is, for a Dask task.
 
-A Dask worker must not run a notebook itself: phase 1 caps its own address space (``RLIMIT_AS``, which the kernels
-inherit), sets the kernels' thread share and quick mode in its environment and sends its stderr into a log
-(:func:`autograder.grading._init_worker`). So every notebook runs in a child process of the worker,
-``python -m autograder.grading_child``, set up that way once and then kept: importing nbgrader, nbconvert and torch
-takes about a second, which a child started per notebook paid every time.
+A Dask worker must not run a notebook itself: phase 1 sets the kernels' thread share and quick mode in its
+environment and sends its stderr into a log (:func:`autograder.grading._init_worker`). So every notebook runs in a
+child process of the worker, ``python -m autograder.grading_child``, set up that way once and then kept: importing
+nbgrader, nbconvert and torch takes about a second, which a child started per notebook paid every time. (The caps
+on a kernel's memory and processes are kept by a watchdog thread in that child, :mod:`autograder.limits`.)
 
 Protocol (one JSON document per line): the child reads its set-up ``{"options", "log_dir"}`` from stdin, imports
 what grading needs, then answers each request ``{"root", "student", "stage", "view"}`` with
 :func:`autograder.grading.execute_notebook`'s record on stdout. Anything else the child or nbgrader prints goes to
-the log. The child ends when stdin closes or when the worker that started it is gone (its parent changes), and
-a sandboxed kernel ends with it (``bwrap --die-with-parent``).
+the log. The child ends when stdin closes or when the worker that started it is gone: the worker passes its PID
+(``--parent``), and the child's first instruction starts a watch that exits as soon as its parent is another
+process, before the imports that take seconds. A sandboxed kernel ends with it (``bwrap --die-with-parent``).
+(Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that started the child ends, and a Dask worker's threads
+come and go.)
 
 :func:`take` and :func:`give_back` keep the idle children of this worker process; a worker with several threads
 gets one child per notebook it runs at the same time.
@@ -33,8 +36,8 @@ class GradingChild:
 
     def __init__(self, setup: dict):
         self.setup = setup
-        self.process = subprocess.Popen([sys.executable, "-m", "autograder.grading_child"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.process = subprocess.Popen([sys.executable, "-m", "autograder.grading_child", "--parent", str(os.getpid())],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.process.stdin.write(json.dumps(setup) + "\n")
         self.process.stdin.flush()
 
@@ -109,7 +112,12 @@ def close_all() -> int:
 # --- the child's side ----------------------------------------------------------------------------------------
 
 def _end_when_orphaned(parent: int) -> None:
-    """In the child: exit as soon as the process that started it is gone (checked twice a second)."""
+    """In the child: exit at once when ``parent`` (the worker's PID, from the command line) is no longer this
+    process's parent, and as soon as it stops being so (checked twice a second). Started before any import that
+    takes time, so a worker that dies while the child imports torch is followed too."""
+    if os.getppid() != parent:
+        os._exit(1)
+
     def watch():
         while os.getppid() == parent:
             threading.Event().wait(0.5)
@@ -118,11 +126,15 @@ def _end_when_orphaned(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def main() -> int:
-    """``python -m autograder.grading_child``: the set-up line, then one record per request line."""
+def main(argv: list[str]) -> int:
+    """``python -m autograder.grading_child --parent PID``: the set-up line, then one record per request line."""
+    if len(argv) != 2 or argv[0] != "--parent" or not argv[1].isdigit():
+        print("usage: python -m autograder.grading_child --parent PID (the PID of the process that starts it)",
+              file=sys.stderr)
+        return 2
+    _end_when_orphaned(int(argv[1]))  # first: the imports below take seconds
     from .grading import GradingOptions, _init_worker, execute_notebook, kernel_python_path
 
-    _end_when_orphaned(os.getppid())
     setup = json.loads(sys.stdin.readline())
     options = GradingOptions(**setup["options"])
     records = os.dup(1)
@@ -140,4 +152,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

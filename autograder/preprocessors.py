@@ -9,8 +9,9 @@ Autograding (see :mod:`autograder.grading` for the order they run in):
   removed after execution.
 - :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run (they keep
   the outputs the student saved with them, marked: :mod:`autograder.submitted_outputs`).
-- :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.sandbox`),
-  survives a kernel that dies or ignores interrupts, and caps the whole notebook's run time; every cell it
+- :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.sandbox`)
+  under caps on the memory and processes of its whole process tree (:mod:`autograder.limits`), survives a kernel
+  that dies, is stopped at a cap or ignores interrupts, and caps the whole notebook's run time; every cell it
   could not run gets an error output that says why.
 - :class:`StderrIsNotFailure`: nbgrader scores a test cell 0 when anything was written to stderr (a progress
   bar, a warning); this turns such output into stdout so only errors fail a test.
@@ -146,10 +147,13 @@ class GuardedExecute(Execute):
     """nbgrader's ``Execute`` (per-cell ``timeout``, interrupt on timeout) made robust for hostile notebooks.
 
     - ``sandbox``: the kernel runs in a bubblewrap sandbox (:class:`autograder.sandbox.SandboxedKernelManager`,
-      configured through ``config.SandboxedKernelManager``).
-    - A kernel that dies (``os._exit``, a segfault, the memory cap) no longer aborts the notebook: the cell
-      gets an error output naming the cause, every later code cell a "not run" error, and the outputs of
-      the cells before are kept, so the tests that passed keep their points.
+      configured through ``config.SandboxedKernelManager``); else it runs as this user, in a
+      :class:`autograder.limits.LimitedKernelManager`. The caps on the memory and processes of the kernel's tree
+      are both managers' ``memory_gb`` and ``max_processes`` (``config.LimitedKernelManager``).
+    - A kernel that dies (``os._exit``, a segfault) or that the watchdog of the caps stops no longer aborts the
+      notebook: the cell gets an error output naming the cause (the cap and what the processes held), every later
+      code cell a "not run" error, and the outputs of the cells before are kept, so the tests that passed keep
+      their points.
     - A cell that does not stop within ``interrupt_grace`` seconds of its timeout's interrupt (it ignores
       SIGINT) costs only itself: the kernel is killed, a new one runs the notebook's earlier code cells
       again (but not the demo cells that were skipped nor cells that were themselves stopped; their outputs
@@ -162,17 +166,16 @@ class GuardedExecute(Execute):
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
-    memory_limit_gb = Float(0.0, help="The kernel's memory cap, only to explain deaths (0: none).").tag(config=True)
     sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.sandbox).").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"
 
     def create_kernel_manager(self):
-        if self.sandbox:
-            from .sandbox import SandboxedKernelManager
+        from .limits import LimitedKernelManager
+        from .sandbox import SandboxedKernelManager
 
-            self.kernel_manager_class = SandboxedKernelManager
+        self.kernel_manager_class = SandboxedKernelManager if self.sandbox else LimitedKernelManager
         return super().create_kernel_manager()
 
     def preprocess(self, nb, resources=None, km=None):
@@ -213,10 +216,11 @@ class GuardedExecute(Execute):
             self._replace_kernel(index)
             return cell, resources
         except DeadKernelError:
-            memory = f", or over the {self.memory_limit_gb:g} GiB memory cap" if self.memory_limit_gb else ""
-            self._problem = (f"the kernel died in {name} (os._exit, a crash such as a segfault{memory}); "
-                             "later cells did not run")
-            cell.outputs.append(error_output("DeadKernelError", self._problem))
+            limit = getattr(self.km, "limit_exceeded", None)
+            self._problem = (f"{limit}; the kernel was stopped in {name}" if limit else
+                             f"the kernel died in {name} (os._exit, a crash such as a segfault)"
+                             ) + "; later cells did not run"
+            cell.outputs.append(error_output("LimitExceeded" if limit else "DeadKernelError", self._problem))
             return cell, resources
         if any(output.get("ename") == self.error_on_timeout["ename"] for output in cell.get("outputs", [])):
             self._timed_out.append(name)
@@ -244,8 +248,9 @@ class GuardedExecute(Execute):
             try:
                 self.execute_cell(copy.deepcopy(cell), position, store_history=True)
             except (CellTimeoutError, DeadKernelError) as error:
+                cause = getattr(self.km, "limit_exceeded", None) or type(error).__name__
                 self._problem = (f"the cells before a stopped cell could not be run again in a new kernel "
-                                 f"({type(error).__name__}); later cells did not run")
+                                 f"({cause}); later cells did not run")
                 return
             finally:
                 self.nb.cells[position] = cell  # execute_cell stores the copy; keep the first run's outputs

@@ -6,7 +6,9 @@ The kernel that runs a student's notebook sees:
   ``/etc/ld.so.cache``, fonts), all read-only, plus the folders of ``python_path`` (read-only, first on
   ``PYTHONPATH``) and ``read_only`` (data);
 - one writable folder, the notebook's working folder, at its own absolute path: a tmpfs of ``disk_mb`` MiB,
-  filled at start with a copy of the host folder's files (and of the ``seed`` files: caches). What the
+  filled at start with a copy of the host folder's files except notebooks (:func:`workdir_copies`: the notebook
+  being graded reaches the kernel only cell by cell, so its hidden tests are never a file the kernel can read),
+  and of the ``seed`` files (caches). What the
   notebook writes there stays in the sandbox (it is gone with the kernel: it costs memory, not disk), and a
   cell that fills it gets ``OSError: No space left on device`` in that cell; the host's disk never sees a byte;
 - a private ``/tmp`` and ``/dev/shm`` (tmpfs of ``tmp_mb`` MiB each), a minimal ``/dev``, its own ``/proc``;
@@ -18,6 +20,12 @@ The kernel that runs a student's notebook sees:
 Processes: the sandbox has its own PID namespace with bwrap's init as PID 1 and ``--die-with-parent``;
 when the kernel exits or is killed, every process it started (double-forked, ``setsid``, ignoring
 SIGHUP and SIGTERM) is killed with the namespace.
+
+Memory and process caps (``memory_gb``, ``max_processes``): no limit is set on any process of the sandbox; a
+watchdog thread of the host (:mod:`autograder.limits`) lists every process of the namespace in the sandbox's own
+``/proc`` ten times a second and kills the whole sandbox when they hold more memory together than ``memory_gb``
+(shared pages counted once) or number more than ``max_processes``; :attr:`SandboxedKernelManager.limit_exceeded`
+then says which.
 
 Talking to the kernel: with the network namespace off, the kernel binds its five ZeroMQ sockets as IPC
 (Unix) sockets in a small private tmpfs ``/run/kernel``; the host reaches them through
@@ -45,8 +53,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from jupyter_client.manager import AsyncKernelManager
 from traitlets import Dict, Integer, List, Unicode
+
+from .limits import LimitedKernelManager, TreeWatchdog, sandbox_watchdog
 
 #: environment variables passed from the grader's environment into the sandbox (all others are cleared;
 #: ``PYTHONPATH``, ``HOME`` and ``PATH`` are set by the sandbox itself).
@@ -175,6 +184,20 @@ def bwrap_command(command: list[str], workdir: str, *, python_path=(), read_only
     return [*args, "--chdir", workdir, "--", *command]
 
 
+def workdir_copies(workdir: str) -> list[tuple[str, str]]:
+    """``(host path, relative target)`` of every regular file below ``workdir`` except notebooks: what the kernel
+    gets of its working folder. The notebook being graded is sent cell by cell over the kernel protocol, so no
+    ``.ipynb`` file (which would hold the restored hidden tests) enters the sandbox; links are not followed."""
+    found = []
+    for folder, subfolders, files in os.walk(workdir):
+        subfolders[:] = [name for name in subfolders if not os.path.islink(os.path.join(folder, name))]
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if not name.lower().endswith(".ipynb") and os.path.isfile(path) and not os.path.islink(path):
+                found.append((path, os.path.relpath(path, workdir)))
+    return found
+
+
 def boot_command(command: list[str], copies) -> list[str]:
     """``command``, after copying each ``(host path, target relative to the working folder)`` of ``copies`` (bound
     by :func:`bwrap_command` with the same ``copies``) into the working folder; ``command`` itself without copies."""
@@ -231,11 +254,13 @@ def _children(pid: int) -> list[tuple[int, int]]:
     return sorted(found)
 
 
-class SandboxedKernelManager(AsyncKernelManager):
+class SandboxedKernelManager(LimitedKernelManager):
     """An ``AsyncKernelManager`` whose kernel runs in a bubblewrap sandbox (see the module's docstring).
 
     Use it with nbclient as ``km=SandboxedKernelManager(...)`` or as ``kernel_manager_class``; the kernel's
-    working folder is the ``cwd`` nbclient starts it in (the notebook's folder), else ``workdir``.
+    working folder is the ``cwd`` nbclient starts it in (the notebook's folder), else ``workdir``. The caps
+    ``memory_gb`` and ``max_processes`` (0: none) hold for the whole sandbox; ``limit_exceeded`` says why the
+    watchdog killed it (None when it did not).
     """
 
     workdir = Unicode("", help="The kernel's writable folder when start_kernel gets no cwd.").tag(config=True)
@@ -280,7 +305,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         if not self.workdir and not os.path.isdir(workdir):
             raise ValueError(f"a sandboxed kernel needs its working folder, got {workdir!r}")
         self._write_identity(workdir)
-        copies = [(workdir, ".")] if os.path.isdir(workdir) and os.listdir(workdir) else []
+        copies = workdir_copies(workdir)
         copies += [(source, target) for source, target in self.seed.items() if os.path.exists(source)]
         kernel_cmd = [f"{KERNEL_DIR}/connection.json" if arg == self.connection_file else arg for arg in kernel_cmd]
         self._launch_dirs = (workdir, copies)
@@ -338,6 +363,10 @@ class SandboxedKernelManager(AsyncKernelManager):
             except ValueError:
                 continue
         raise RuntimeError("the kernel's sandbox did not start (bwrap's error is in the kernel's stderr)")
+
+    def _watchdog_of_kernel(self, caps: dict) -> TreeWatchdog:
+        """A watchdog of every process of the sandbox's PID namespace."""
+        return sandbox_watchdog(self._kernel_pid, **caps)
 
     # -- signals -------------------------------------------------------------------------------------------
     def _kernel_host_pid(self) -> int | None:

@@ -16,7 +16,7 @@ import pytest
 from autograder import grading_child
 from autograder.grading import GradingOptions
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 def _setup(tmp_path, **options) -> dict:
@@ -51,19 +51,66 @@ def test_a_child_that_dies_during_a_notebook_is_reported_and_dropped(tmp_path):
     assert "FileNotFoundError" in "".join(p.read_text() for p in (tmp_path / "logs").glob("worker-*.log"))
 
 
-def test_a_child_ends_when_its_worker_is_gone(tmp_path):
-    """A stand-in worker starts a child and is killed (SIGKILL, as by the OOM killer); the child must follow."""
+def _gone(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` ends (or is a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return not psutil.pid_exists(pid)
+
+
+@pytest.fixture
+def busy_cpus():
+    """Every CPU of this machine kept busy by a spinning process while the test runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
+
+
+def _has_loaded_torch(pid: int) -> bool:
+    try:
+        return any("libtorch" in region.path for region in psutil.Process(pid).memory_maps())
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("dies", ["while the child imports", "once the child has imported torch"])
+def test_a_child_ends_when_its_worker_is_gone(tmp_path, busy_cpus, dies):
+    """A stand-in worker starts a child and is killed (SIGKILL, as by the OOM killer), at once, while the child is
+    still starting and importing nbgrader and torch, or later; in both cases the child must end."""
+    at_once = dies == "while the child imports"
     worker = subprocess.Popen([sys.executable, "-c", (
-        "import json, sys, time\n"
+        "import json, os, signal, time\n"
         "from autograder import grading_child\n"
         f"child = grading_child.GradingChild(json.loads({repr(__import__('json').dumps(_setup(tmp_path)))}))\n"
         "print(child.process.pid, flush=True)\n"
-        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+        + ("os.kill(os.getpid(), signal.SIGKILL)\n" if at_once else "time.sleep(600)\n"))],
+        stdout=subprocess.PIPE, text=True)
     pid = int(worker.stdout.readline())
-    assert psutil.pid_exists(pid)
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
-        time.sleep(0.1)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    if not at_once:
+        deadline = time.monotonic() + 120
+        while not _has_loaded_torch(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _has_loaded_torch(pid)
+        worker.kill()
+    assert worker.wait() == -signal.SIGKILL
+    assert _gone(pid, seconds=60), "the grading child outlived its worker"
+
+
+def test_a_child_whose_parent_is_not_the_worker_it_names_exits_at_once():
+    """The worker died before the child's first instruction: the child, adopted by another process, must not even
+    read its set-up (its stdin stays open here)."""
+    child = subprocess.Popen([sys.executable, "-m", "autograder.grading_child", "--parent", "1"],
+                             stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.wait(timeout=60) == 1
+    child.stdin.close()
+    usage = subprocess.run([sys.executable, "-m", "autograder.grading_child"], capture_output=True, text=True,
+                           timeout=60)
+    assert usage.returncode == 2 and "--parent PID" in usage.stderr
