@@ -26,19 +26,19 @@ class StudentGrades:
 
     Attributes:
         student: the student id (the folder of their collected notebooks).
-        name: their name as the LMS or the folder wrote it.
         points: auto-graded points per stage (0.0 for a stage that was not graded).
         problems: per stage, why it was not graded normally ("missing", "the kernel died ...").
         manual_pending: stages whose written answers still wait for the instructor.
         notes: what collecting noted, per stage (``""``: no stage): refusals, resubmissions, the copy chosen.
+        name: their name as the LMS or the folder wrote it.
     """
 
     student: str
-    name: str = ""
     points: dict[str, float] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     manual_pending: list[str] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    name: str = ""
 
     @property
     def total(self) -> float:
@@ -122,7 +122,7 @@ def read_grade_table(root: Path, stages, collection, problems: dict[tuple[str, s
         max_points = {stage: float(gradebook.find_assignment(stage).max_code_score) for stage in stages}
         for person in collection.students:
             student = person.id
-            row = StudentGrades(student, person.name)
+            row = StudentGrades(student, name=person.name)
             for (who, stage), lines in collection.notes.items():
                 if who == student:
                     row.notes[stage] = lines

@@ -622,6 +622,7 @@ def test_release_writes_a_course_config_that_nbgraders_own_apps_read(course, mon
     loaded = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     assert loaded.CourseDirectory.db_url == expected.CourseDirectory.db_url
     assert loaded.CourseDirectory.course_id == expected.CourseDirectory.course_id
+    assert loaded.CourseDirectory.submitted_directory == expected.CourseDirectory.submitted_directory == "collected"
     assert loaded.ClearSolutions.code_stub == expected.ClearSolutions.code_stub
     assert loaded.ClearSolutions.text_stub == expected.ClearSolutions.text_stub
     monkeypatch.chdir(course)  # as `jupyter lab` started in the course folder: formgrader loads it so

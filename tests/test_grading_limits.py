@@ -19,6 +19,7 @@ import pytest
 
 from autograder.grading import GradingOptions
 from autograder.sandbox import sandbox_unavailable
+from test_limits import CHILDREN, FORKS
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -26,20 +27,10 @@ SANDBOXED = sandbox_unavailable() is None
 
 pytestmark = pytest.mark.timeout(400)
 
-#: three children of 0.4 GiB each: every one under the 1 GiB cap, together (with the kernel) over it
-CHILDREN = """import subprocess, sys, time
-child = "import time; held = b'x' * int(0.4 * 2**30); time.sleep(600)"
-children = [subprocess.Popen([sys.executable, '-c', child]) for _ in range(3)]
-time.sleep(600)
-"""
-#: a linear loop of forks whose children sleep
-FORKS = """import os, time
-for _ in range(5000):
-    if os.fork() == 0:
-        time.sleep(600)
-        os._exit(0)
-time.sleep(600)
-"""
+#: three children of 0.4 GiB each: every one under the 1 GiB cap, together (with the kernel) over it; and a linear
+#: loop of thousands of forks whose children sleep
+CHILDREN_CELL = CHILDREN.format(marker="cli-hog", gib=0.4)
+FORKS_CELL = FORKS.format(marker="cli-fork")
 
 
 def _notebook(cell: str | None = None) -> nbformat.NotebookNode:
@@ -54,8 +45,8 @@ def _notebook(cell: str | None = None) -> nbformat.NotebookNode:
 
 
 def test_the_caps_stop_a_notebooks_whole_process_tree_and_keep_the_points_earned_before(tmp_path):
-    for student, notebook in {"honest": _notebook(), "children": _notebook(CHILDREN),
-                              "forks": _notebook(FORKS)}.items():
+    for student, notebook in {"honest": _notebook(), "children": _notebook(CHILDREN_CELL),
+                              "forks": _notebook(FORKS_CELL)}.items():
         folder = tmp_path / "submissions" / student / STAGE
         folder.mkdir(parents=True)
         nbformat.write(notebook, folder / f"{STAGE}.ipynb")

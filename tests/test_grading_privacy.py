@@ -148,4 +148,5 @@ def test_atomic_writes_leave_the_old_file_whole_on_failure(tmp_path, monkeypatch
     monkeypatch.undo()
     table.rows.pop()
     table.write_csv(target)
-    assert target.read_text().splitlines() == ["student,00_toy,total,max_total,problems", "ann,4,4,4,"]
+    assert target.read_text().splitlines() == ["student,name,00_toy,total,max_total,problems,notes",
+                                                  "ann,,4,4,4,,"]

@@ -369,8 +369,8 @@ def test_no_sandbox_grades_as_before_and_says_so_in_the_table_and_the_csv(tmp_pa
     out = capsys.readouterr().out
     assert code == 0 and "NOT SANDBOXED (--no-sandbox)" in out
     header, row = (course / "grades.csv").read_text().splitlines()
-    assert header == f"student,{STAGE},total,max_total,problems,sandboxed"
-    assert row == "solution,4,4,4,,no"
+    assert header == f"student,name,{STAGE},total,max_total,problems,notes,sandboxed"
+    assert row == "solution,solution,4,4,4,,,no"
 
 
 @needs_sandbox

@@ -187,12 +187,15 @@ def zip_entries(archive: zipfile.ZipFile, limits: Limits) -> list[Entry]:
 
 
 def _member_parts(name: str) -> tuple[tuple[str, ...], bool]:
-    """The member's path as names, and whether it stays inside the archive (not absolute, no ``..``)."""
+    """The member's path as names (without a leading ``/``, a drive such as ``C:`` and any ``..``), and whether it
+    stays inside the archive (not absolute, no ``..``)."""
     unified = name.replace("\\", "/")
-    absolute = unified.startswith("/") or (len(unified) > 1 and unified[1] == ":")
+    drive = len(unified) > 1 and unified[1] == ":" and unified[0].isalpha()
+    if drive:
+        unified = unified[2:]
     parts = [part for part in unified.split("/") if part not in ("", ".")]
-    climbs = ".." in parts
-    return tuple(part for part in parts if part != ".." and not part.endswith(":")), not (absolute or climbs)
+    safe = not (drive or unified.startswith("/") or ".." in parts)
+    return tuple(part for part in parts if part != ".."), safe
 
 
 def _zip_time(info: zipfile.ZipInfo) -> float:
