@@ -80,6 +80,13 @@ def _grade(source: Path, course: Path, *options: str, timeout: int = 500) -> tup
     return result, usage.ru_maxrss // 1024
 
 
+def _release(course: Path) -> None:
+    """``python -m autograder release`` of the toy stage into ``course`` (its student notebook beside it)."""
+    subprocess.run([sys.executable, "-m", "autograder", "release", "--course", str(course), "--stages", STAGE,
+                    "--solutions", str(TOY_DIR), "--notebooks", str(course.parent / "notebooks")],
+                   check=True, capture_output=True, timeout=120)
+
+
 def _rows(course: Path) -> dict[str, dict]:
     with open(course / "grades.csv", newline="") as handle:
         return {row["student"]: row for row in csv.DictReader(handle)}
@@ -130,8 +137,7 @@ def _moodle_zip(path: Path) -> None:
 @pytest.mark.parametrize("runner", [["--jobs", "2"], ["--dask", "local:2"]], ids=["jobs", "dask"])
 def test_a_moodle_zip_of_a_messy_class_grades_every_student_and_only_their_own_work(tmp_path, runner):
     course = tmp_path / "course"
-    subprocess.run([sys.executable, "-m", "autograder", "release", "--course", str(course), "--stages", STAGE,
-                    "--solutions", str(TOY_DIR)], check=True, capture_output=True, timeout=120)
+    _release(course)
     (tmp_path / "release.ipynb").write_bytes((course / "release" / STAGE / f"{STAGE}.ipynb").read_bytes())
     archive = tmp_path / "moodle.zip"
     _moodle_zip(archive)
@@ -179,8 +185,7 @@ def _assert_clean(course: Path, peak: int, links_allowed: Path | None = None) ->
 
 def test_a_course_folders_own_submitted_folder_is_graded_in_place_without_following_links(tmp_path):
     course = tmp_path / "course"
-    subprocess.run([sys.executable, "-m", "autograder", "release", "--course", str(course), "--stages", STAGE,
-                    "--solutions", str(TOY_DIR)], check=True, capture_output=True, timeout=120)
+    _release(course)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "shadow").write_text("root:SECRET-HASH:19000:0:99999:7:::\n")
