@@ -1,4 +1,4 @@
-"""``python -m autograder release | grade SUBMISSIONS | feedback | demo | publish DIR`` (``--help`` on each)."""
+"""``python -m autograder release | grade SUBMISSIONS | feedback | report | export | demo | publish DIR`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from . import publish
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
 from .collect.sources import Limits
 from .grading import GradingOptions
+from .lms_export import FORMATS
 from .safe_text import shown
 
 DEFAULT_COURSE = REPO_ROOT / "build" / "course"
@@ -54,7 +55,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="an archive member past 1 MiB that inflates more than this many times its compressed "
                             "size is refused (a zip bomb)")
     commands.add_parser("feedback", parents=[common], help="HTML feedback per student (hidden tests not shown)")
-    commands.add_parser("demo", parents=[common, running], help="release, then grade three built-in submissions")
+    commands.add_parser("demo", parents=[common, running],
+                        help="release, grade three built-in submissions, then write the class report")
+    course_only = argparse.ArgumentParser(add_help=False)
+    course_only.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                             help=f"the graded course folder; default {DEFAULT_COURSE}")
+    commands.add_parser("report", parents=[course_only],
+                        help="the class report of the last grading run: scores, mistakes per TODO, problems, kernel "
+                             "time, similar code (<course>/report/index.html)")
+    export = commands.add_parser("export", parents=[course_only], help="the last grading run's grades for an LMS")
+    export.add_argument("--format", choices=FORMATS, default="csv",
+                        help="canvas: gradebook import; moodle: assignment grading worksheet; csv: plain")
+    export.add_argument("--stages", nargs="+", default=None, help="the stages to export (default: all graded)")
+    export.add_argument("--output", type=Path, default=None, help="default <course>/export-<format>.csv")
+    export.add_argument("--missing-as-zero", action="store_true",
+                        help="a stage not handed in is 0 (default: an empty cell)")
     publish.add_arguments(commands.add_parser(
         "publish", help="write the student-facing folder: notebooks and one course_lib package per stage",
         description="Publish the student notebooks and course_lib packages of the released stages and of the "
@@ -101,11 +116,13 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 def main(argv=None) -> int:
     from . import commands
     from .collect import SubmissionsError
+    from .lms_export import ExportError
+    from .run_record import NoGradingRun
     from .sandbox import SandboxUnavailableError
     args = _parser().parse_args(argv)
     try:
         return _run(commands, args)
-    except (SandboxUnavailableError, SubmissionsError) as error:
+    except (SandboxUnavailableError, SubmissionsError, NoGradingRun, ExportError) as error:
         print(error, file=sys.stderr)
         return 2
     except RuntimeError as error:  # the Dask cluster: workers' environment, scheduler gone
@@ -117,9 +134,26 @@ def main(argv=None) -> int:
         return 3
 
 
+def _report_or_export(args) -> int:
+    if args.command == "report":
+        from .class_report import write_report
+
+        print(write_report(args.course))
+        return 0
+    from .lms_export import export_grades
+
+    path, left_out = export_grades(args.course, args.format, args.output, args.stages, args.missing_as_zero)
+    for line in left_out:
+        print(f"left out: {shown(line)}", file=sys.stderr)
+    print(path)
+    return 0
+
+
 def _run(commands, args) -> int:
     if args.command == "publish":
         return publish.run(args)
+    if args.command in ("report", "export"):
+        return _report_or_export(args)
     stages = tuple(args.stages)
     started = time.perf_counter()
     if args.command == "release":
@@ -137,4 +171,7 @@ def _run(commands, args) -> int:
         table, runs = commands.demo(args.course, stages, _options(args), args.solutions, progress=_print_progress,
                                     dask=args.dask)
         _print_graded(table, runs, started, args.course.resolve() / "grades.csv")
+        from .class_report import write_report
+
+        print(f"Class report: {write_report(args.course)}")
     return 0

@@ -11,6 +11,7 @@ from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_note
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
+from .run_record import write_run_record
 from .sandbox import SandboxUnavailableError, sandbox_unavailable
 
 
@@ -66,11 +67,12 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
     worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
     :func:`~autograder.grading.score_all`, one notebook at a time, a failure costing only that notebook, which
-    then scores 0 whatever an earlier run left in the gradebook), then the CSV, atomically.
+    then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
+    (:mod:`autograder.run_record`, for ``report`` and ``export``), atomically.
 
     Raises:
         SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
-        ValueError: ``submissions`` is neither a folder nor a readable zip (before anything runs).
+        SubmissionsError: ``submissions`` is neither a folder nor a readable zip (before anything runs).
     """
     check_sandbox(options)
     root = Path(root).resolve()
@@ -81,18 +83,26 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     problems = dict(collection.problems)
     not_run = set(problems)
     work = {student.id: tuple(s for s in stages if (student.id, s) not in not_run) for student in collection.students}
+    seconds: dict[tuple[str, str], float] = {}
+
+    def timed(result: dict) -> None:
+        seconds[result["student"], result["stage"]] = result["seconds"]
+        if progress is not None:
+            progress(result)
+
     if dask:
         from .distributed import execute_all_dask
 
-        runs = execute_all_dask(root, work, options, dask, progress)
+        runs = execute_all_dask(root, work, options, dask, timed)
     else:
-        runs = execute_all(root, work, options, progress)
+        runs = execute_all(root, work, options, timed)
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
     not_scored = score_all(root, stages)
     problems.update(not_scored)
     table = read_grade_table(root, stages, collection, problems, not_run | set(not_scored), sandboxed=options.sandbox)
     table.write_csv(csv_path or root / "grades.csv")
+    write_run_record(root, table, collection, not_run, seconds)
     return table, runs
 
 

@@ -30,6 +30,8 @@ def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
     run = _autograder("demo", "--course", str(course), "--jobs", "2")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "solutions" in run.stdout and "Grades written to" in run.stdout
+    report = course / "report" / "index.html"
+    assert f"Class report: {report}" in run.stdout and "<h2>Most frequent mistakes per TODO</h2>" in report.read_text()
     with (course / "grades.csv").open() as handle:
         rows = {row["student"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"solutions", "untouched", "mistakes"}
