@@ -1,4 +1,5 @@
-"""``python -m autograder release | grade SUBMISSIONS | feedback | report | export | demo | publish DIR`` (``--help`` on each)."""
+"""``python -m autograder release | grade SUBMISSIONS | feedback | report | export | demo | publish DIR``
+(``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -48,13 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("submissions", type=Path,
                        help="nbgrader layout <student>/<stage>/*.ipynb, or a folder or .zip of LMS downloads")
     grade.add_argument("--csv", type=Path, default=None, help="where to write the grades (default <course>/grades.csv)")
+    grade.add_argument("--student", action="append", default=[], metavar="ID",
+                       help="grade only this student again (repeatable), in a class graded before: late or regraded "
+                            "work; everyone else's grades, graded copies and rows stay as they are")
     grade.add_argument("--max-notebook-mb", type=_positive("--max-notebook-mb"), default=Limits.notebook_bytes / 2**20,
                        help="a handed-in notebook larger than this (MiB, measured while reading or inflating) is "
                             "refused, with a line for its student")
     grade.add_argument("--max-ratio", type=_positive("--max-ratio"), default=Limits.ratio,
                        help="an archive member past 1 MiB that inflates more than this many times its compressed "
                             "size is refused (a zip bomb)")
-    commands.add_parser("feedback", parents=[common], help="HTML feedback per student (hidden tests not shown)")
+    feedback = commands.add_parser("feedback", parents=[common],
+                                   help="HTML feedback per student (hidden tests not shown)")
+    feedback.add_argument("--student", action="append", default=[], metavar="ID",
+                          help="only this student's pages (repeatable); the others' stay as they are")
     commands.add_parser("demo", parents=[common, running],
                         help="release, grade three built-in submissions, then write the class report")
     course_only = argparse.ArgumentParser(add_help=False)
@@ -162,10 +169,10 @@ def _run(commands, args) -> int:
     elif args.command == "grade":
         limits = Limits(notebook_bytes=int(args.max_notebook_mb * 2**20), ratio=args.max_ratio)
         table, runs = commands.grade(args.submissions, args.course, stages, _options(args), args.solutions, args.csv,
-                                     _print_progress, dask=args.dask, limits=limits)
+                                     _print_progress, dask=args.dask, limits=limits, students=tuple(args.student))
         _print_graded(table, runs, started, args.csv or args.course.resolve() / "grades.csv")
     elif args.command == "feedback":
-        for path in commands.feedback(args.course, stages):
+        for path in commands.feedback(args.course, stages, tuple(args.student)):
             print(path)
     else:
         table, runs = commands.demo(args.course, stages, _options(args), args.solutions, progress=_print_progress,

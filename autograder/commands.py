@@ -11,7 +11,7 @@ from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_note
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
-from .run_record import write_run_record
+from .run_record import read_run_record, with_earlier_rows, write_run_record
 from .sandbox import SandboxUnavailableError, sandbox_unavailable
 
 
@@ -52,37 +52,9 @@ def check_sandbox(options: GradingOptions) -> None:
             "(GradingOptions(sandbox=False)), only for notebooks you trust.")
 
 
-def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
-          solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
-          progress: Callable[[dict], None] | None = None, dask=None,
-          limits: Limits = Limits()) -> tuple[GradeTable, list[dict]]:
-    """Collect (:mod:`autograder.collect`, within ``limits``), execute (on ``options.jobs`` processes, or on a Dask cluster when ``dask`` is given: ``"local:N"``,
-    ``"tcp://HOST:8786"`` or a ``distributed.Client``; :mod:`autograder.distributed`), score; write the CSV
-    (default ``<root>/grades.csv``).
-
-    Releases first when the course folder has not been released. Returns the table and, per student,
-    what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
-    notebook's result as it finishes.
-
-    The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
-    worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
-    :func:`~autograder.grading.score_all`, one notebook at a time, a failure costing only that notebook, which
-    then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
-    (:mod:`autograder.run_record`, for ``report`` and ``export``), atomically.
-
-    Raises:
-        SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
-        SubmissionsError: ``submissions`` is neither a folder nor a readable zip (before anything runs).
-    """
-    check_sandbox(options)
-    root = Path(root).resolve()
-    quiet_nbgrader()
-    if not is_released(root, stages):
-        release(root, stages, solutions_dir, notebooks_dir=None)
-    collection = collect_submissions(submissions, root, stages, limits)
-    problems = dict(collection.problems)
-    not_run = set(problems)
-    work = {student.id: tuple(s for s in stages if (student.id, s) not in not_run) for student in collection.students}
+def _execute(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, dask,
+             progress: Callable[[dict], None] | None) -> tuple[list[dict], dict[tuple[str, str], float]]:
+    """Phase 1 of ``work`` on ``options.jobs`` processes or on ``dask``; the runs and each notebook's seconds."""
     seconds: dict[tuple[str, str], float] = {}
 
     def timed(result: dict) -> None:
@@ -93,21 +65,62 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     if dask:
         from .distributed import execute_all_dask
 
-        runs = execute_all_dask(root, work, options, dask, timed)
-    else:
-        runs = execute_all(root, work, options, timed)
+        return execute_all_dask(root, work, options, dask, timed), seconds
+    return execute_all(root, work, options, timed), seconds
+
+
+def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions = GradingOptions(),
+          solutions_dir: Path = SOLUTIONS_DIR, csv_path: Path | None = None,
+          progress: Callable[[dict], None] | None = None, dask=None, limits: Limits = Limits(),
+          students: tuple[str, ...] = ()) -> tuple[GradeTable, list[dict]]:
+    """Collect (:mod:`autograder.collect`, within ``limits``), execute (on ``options.jobs`` processes, or on a
+    Dask cluster when ``dask`` is given: ``"local:N"``, ``"tcp://HOST:8786"`` or a ``distributed.Client``;
+    :mod:`autograder.distributed`), score; write the CSV (default ``<root>/grades.csv``).
+
+    Releases first when the course folder has not been released. Returns the table and, per student,
+    what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
+    notebook's result as it finishes. ``students`` (ids): grade only these again, in a class graded before
+    (late or regraded work); every other student's collected notebooks, graded copies, gradebook entries, CSV row
+    and record stay as the last run left them.
+
+    The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
+    worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
+    :func:`~autograder.grading.score_all`, one notebook at a time, a failure costing only that notebook, which
+    then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
+    (:mod:`autograder.run_record`, for ``report`` and ``export``), atomically.
+
+    Raises:
+        SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
+        SubmissionsError: ``submissions`` is neither a folder nor a readable zip, or lacks a student of
+            ``students`` (before anything runs).
+        NoGradingRun: ``students`` given, and ``root`` holds no earlier grading run.
+    """
+    check_sandbox(options)
+    root = Path(root).resolve()
+    earlier = read_run_record(root) if students else None
+    quiet_nbgrader()
+    if not is_released(root, stages):
+        release(root, stages, solutions_dir, notebooks_dir=None)
+    collection = collect_submissions(submissions, root, stages, limits, frozenset(students) or None)
+    problems = dict(collection.problems)
+    not_run = set(problems)
+    work = {student.id: tuple(s for s in stages if (student.id, s) not in not_run) for student in collection.students}
+    runs, seconds = _execute(root, work, options, dask, progress)
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
-    not_scored = score_all(root, stages)
+    not_scored = score_all(root, stages, list(work) if students else None)
     problems.update(not_scored)
     table = read_grade_table(root, stages, collection, problems, not_run | set(not_scored), sandboxed=options.sandbox)
+    if earlier is not None:
+        table = with_earlier_rows(table, earlier)
     table.write_csv(csv_path or root / "grades.csv")
-    write_run_record(root, table, collection, not_run, seconds)
+    write_run_record(root, table, collection, not_run, seconds, earlier)
     return table, runs
 
 
-def feedback(root: Path, stages=STAGES) -> list[Path]:
-    """HTML feedback for every graded student in ``<root>/feedback/<student>/<stage>/<stage>.html``.
+def feedback(root: Path, stages=STAGES, students: tuple[str, ...] = ()) -> list[Path]:
+    """HTML feedback for every graded student (or only ``students``, ids) in
+    ``<root>/feedback/<student>/<stage>/<stage>.html``; the others' pages stay as they are.
 
     nbgrader's feedback with :class:`~autograder.preprocessors.HideHiddenTests` added: failed checks show
     their message, never the hidden tests' code. No student HTML or JavaScript is live in a page, no editor's
@@ -123,11 +136,13 @@ def feedback(root: Path, stages=STAGES) -> list[Path]:
     for stage in stages:
         if not any((root / "autograded").glob(f"*/{stage}/{stage}.ipynb")):
             continue
-        coursedir = CourseDirectory(config=config)
-        coursedir.assignment_id = stage
-        app = AtomicGenerateFeedback(coursedir=coursedir, config=config)
-        app.force = True
-        app.start()
+        for student in students or ("*",):
+            coursedir = CourseDirectory(config=config)
+            coursedir.assignment_id = stage
+            coursedir.student_id = student
+            app = AtomicGenerateFeedback(coursedir=coursedir, config=config)
+            app.force = True
+            app.start()
     return sorted((root / "feedback").glob("*/*/*.html"))
 
 

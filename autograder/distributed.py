@@ -48,6 +48,7 @@ from typing import Callable
 from . import grading_child
 from .atomic import atomic_write_bytes
 from .course import SUBMITTED
+from .progress import Progress
 from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
@@ -349,7 +350,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
                                    views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
                                    pure=False, retries=0)
             futures[future] = (student, stage, key)
-        finished = failed = 0
+        finished, counter = 0, Progress(len(futures))
         try:
             for future in as_completed(list(futures)):
                 student, stage, key = futures[future]
@@ -374,8 +375,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
                                                        "notebook": _notebook_hash(root, student, stage)}
                         _save_index(root, index)
                 finished += 1
-                failed += bool(result["problem"])
-                result["progress"] = (f"{finished}/{len(futures)} done, {failed} with problems, "
+                result["progress"] = (f"{counter.record(result)}, "
                                       f"{_retries(client, [f.key for f in futures])} retried")
                 results.append(result)
                 if progress is not None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path
+from .progress import Progress
 
 EXECUTED = "executed"
 WORK = "work"
@@ -295,7 +296,8 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     """Phase 1 on ``options.jobs`` processes, one notebook per task; ``work`` maps students to stages to run.
 
     Notebooks rather than students are the unit of work, so a class of few students still keeps every
-    process busy. ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes. Returns one
+    process busy. ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
+    ``"progress"`` (:class:`autograder.progress.Progress`: done of all, with problems, time left). Returns one
     ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``
     is the time their notebooks took to run, added up.
     """
@@ -308,9 +310,12 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
                              initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
         futures = [pool.submit(execute_notebook, str(root), student, stage, options, python_paths[stage])
                    for student, stage in tasks]
+        counter = Progress(len(futures))
         for future in as_completed(futures):
+            result = future.result()
+            result["progress"] = counter.record(result)
             if progress is not None:
-                progress(future.result())
+                progress(result)
         results = [future.result() for future in futures]
     shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
     return runs_by_student(work, results)
@@ -328,14 +333,15 @@ def runs_by_student(work: dict[str, tuple[str, ...]], results: list[dict]) -> li
     return list(runs.values())
 
 
-def score_all(root: Path, stages: tuple[str, ...]) -> dict[tuple[str, str], str]:
-    """Phase 2: write the scores of every executed notebook into the gradebook; returns failures by (student, stage)."""
+def score_all(root: Path, stages: tuple[str, ...], only: list[str] | None = None) -> dict[tuple[str, str], str]:
+    """Phase 2: write the scores of every executed notebook (of the students ``only``, when given) into the
+    gradebook; returns failures by (student, stage)."""
     quiet_nbgrader()
     config = _score_config(Path(root))
     failures = {}
     for stage in stages:
         students = sorted(p.parent.parent.name for p in (Path(root) / EXECUTED).glob(f"*/{stage}/{stage}.ipynb"))
-        for student in students:
+        for student in [s for s in students if only is None or s in only]:
             try:
                 _run_autograde(config, stage, student)
             except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on

@@ -36,7 +36,8 @@ class GradingChild:
 
     def __init__(self, setup: dict):
         self.setup = setup
-        self.process = subprocess.Popen([sys.executable, "-m", "autograder.grading_child", "--parent", str(os.getpid())],
+        command = [sys.executable, "-m", "autograder.grading_child", "--parent", str(os.getpid())]
+        self.process = subprocess.Popen(command,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.process.stdin.write(json.dumps(setup) + "\n")
         self.process.stdin.flush()

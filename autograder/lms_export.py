@@ -81,7 +81,8 @@ def export_grades(root: Path, form: str, path: Path | None = None, stages=None,
     stages = list(stages or record["stages"])
     unknown = [stage for stage in stages if stage not in record["stages"]]
     if unknown:
-        raise ExportError(f"`--stages`: {', '.join(unknown)} were not graded in this run ({', '.join(record['stages'])})")
+        raise ExportError(f"`--stages`: {', '.join(unknown)} were not graded in this run "
+                          f"({', '.join(record['stages'])})")
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
     matched = {"canvas": _canvas, "moodle": _moodle, "csv": _plain}[form](record, stages, missing_as_zero, writer)

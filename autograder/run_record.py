@@ -30,12 +30,17 @@ class NoGradingRun(FileNotFoundError):
 
 
 def write_run_record(root: Path, table, collection, not_run: set[tuple[str, str]],
-                     seconds: dict[tuple[str, str], float]) -> Path:
+                     seconds: dict[tuple[str, str], float], earlier: dict | None = None) -> Path:
     """Write the record of ``table`` (a :class:`autograder.report.GradeTable`) and ``collection`` (whose roster
-    gives each student's LMS and participant id); returns its path."""
+    gives each student's LMS and participant id); a student of ``table`` not in ``collection`` keeps their entry
+    of ``earlier`` (the record of the run before, ``grade --student``). Returns its path."""
     people = {student.id: student for student in collection.students}
+    kept = {entry["id"]: entry for entry in (earlier or {}).get("students", [])}
     students = []
     for row in table.rows:
+        if row.student not in people:
+            students.append(kept[row.student])
+            continue
         person = people[row.student]
         students.append({
             "id": row.student, "name": person.name, "lms": person.lms, "participant": person.participant,
@@ -47,6 +52,18 @@ def write_run_record(root: Path, table, collection, not_run: set[tuple[str, str]
     record = {"stages": list(table.stages), "max_points": table.max_points, "sandboxed": table.sandboxed,
               "unowned": table.unowned, "students": students}
     return atomic_write_text(Path(root) / RUN_RECORD, json.dumps(record, indent=1, ensure_ascii=False))
+
+
+def with_earlier_rows(table, earlier: dict):
+    """``table`` (the students graded now) with the rows of every other student of ``earlier`` (a record) as that
+    run left them, sorted by id."""
+    from .report import StudentGrades
+
+    now = {row.student for row in table.rows}
+    kept = [StudentGrades(entry["id"], entry["points"], entry["problems"], entry["manual_pending"], entry["notes"],
+                          entry["name"]) for entry in earlier["students"] if entry["id"] not in now]
+    table.rows = sorted(table.rows + kept, key=lambda row: row.student)
+    return table
 
 
 def read_run_record(root: Path) -> dict:

@@ -25,6 +25,21 @@ def _autograder(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=580)
 
 
+def _assert_the_report_finds_each_planted_mistake(course) -> None:
+    """The class report's failing-check messages hold the planted mistake of each stage, and none of the solutions."""
+    from nbgrader.api import Gradebook
+
+    from autograder.class_report.gather import gather_stage
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for stage in STAGES:
+            found = gather_stage(course, stage, ["solutions", "untouched", "mistakes"], gradebook)
+            failed = {student for mistakes in found.mistakes.values() for mistake in mistakes.values()
+                      for student in mistake.students}
+            assert "solutions" not in failed and "untouched" in failed, stage
+            assert ("mistakes" in failed) == (stage in MISTAKES), stage
+
+
 def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
     course = tmp_path / "course"
     run = _autograder("demo", "--course", str(course), "--jobs", "2")
@@ -42,6 +57,7 @@ def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
     assert 0 < float(rows["mistakes"]["total"]) < maximum
     for stage in MISTAKES:  # each planted mistake costs points in its own stage
         assert float(rows["mistakes"][stage]) < float(rows["solutions"][stage])
+    _assert_the_report_finds_each_planted_mistake(course)
 
     pages = _autograder("feedback", "--course", str(course))
     assert pages.returncode == 0, pages.stderr[-3000:]

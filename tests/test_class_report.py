@@ -58,7 +58,8 @@ COPIED = """    # my own schedule </pre><script>alert("copied")</script><img src
 HONEST_1 = """    grid = torch.arange(num_steps, dtype=torch.float32) / max(num_steps - 1, 1)
     betas = beta_start + (beta_end - beta_start) * grid
     return betas, 1 - betas, torch.exp(torch.cumsum(torch.log(1 - betas), 0))"""
-HONEST_2 = """    betas = torch.tensor([beta_start + (beta_end - beta_start) * k / (num_steps - 1) for k in range(num_steps)])
+HONEST_2 = """    span = beta_end - beta_start
+    betas = torch.tensor([beta_start + span * k / (num_steps - 1) for k in range(num_steps)])
     alphas = torch.ones_like(betas).sub(betas)
     return betas, alphas, alphas.cumprod(0)"""
 

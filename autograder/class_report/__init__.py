@@ -90,7 +90,8 @@ def _similarity_section(pairs: dict[str, list[Pair]], like_reference: dict[str, 
     parts = ['<p class="lead">Similar code is a lead for a human reader, never a penalty: short answers to the same '
              "question often look alike. The released starter code and given code never count; renamed names and "
              "comments do not hide shared code. Shared runs are marked.</p>"]
-    rows = [[text(f"{stage} / {pair.what}"), f"{feedback_link(pair.first, stage)}<br>{feedback_link(pair.second, stage)}",
+    rows = [[text(f"{stage} / {pair.what}"),
+             f"{feedback_link(pair.first, stage)}<br>{feedback_link(pair.second, stage)}",
              f"{pair.similarity:.0%}", f"<pre>{pair.shared[0]}</pre>", f"<pre>{pair.shared[1]}</pre>"]
             for stage, found in pairs.items() for pair in found]
     parts.append(table(["stage / TODO", "students", "shared", "first", "second"], rows) if rows

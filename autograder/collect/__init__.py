@@ -235,12 +235,40 @@ def _released_answers(root: Path, stages) -> dict[str, dict[str, str]]:
             for stage in stages}
 
 
-def collect_submissions(source: Path, root: Path, stages, limits: Limits = Limits()) -> Collection:
+def _selected(by_student: dict[Student, list[Item]], only: frozenset[str] | None) -> list[Student]:
+    """The students to collect: all, or those of ``only`` (ids), each of which must be in the source."""
+    found = sorted(by_student, key=lambda s: s.id)
+    if only is None:
+        return found
+    unknown = sorted(only - {student.id for student in found})
+    if unknown:
+        raise SubmissionsError(f"`--student`: no {', '.join(unknown)} in the submissions (their ids: "
+                               f"{', '.join(student.id for student in found[:20])}{' ...' if len(found) > 20 else ''})")
+    return [student for student in found if student.id in only]
+
+
+def _start_from(collected: Path, fresh: Path, only: frozenset[str] | None) -> dict:
+    """Fill ``fresh`` with what ``collected`` holds of the students not in ``only`` (nothing when ``only`` is None);
+    returns their roster."""
+    if only is None or not collected.is_dir():
+        return {}
+    roster = json.loads((collected / ROSTER).read_text()) if (collected / ROSTER).is_file() else {}
+    for folder in collected.iterdir():
+        if folder.is_dir() and folder.name not in only:
+            shutil.copytree(folder, fresh / folder.name, symlinks=True)
+    return {student: entry for student, entry in roster.items() if student not in only}
+
+
+def collect_submissions(source: Path, root: Path, stages, limits: Limits = Limits(),
+                        only: frozenset[str] | None = None) -> Collection:
     """Collect ``source`` into ``<root>/collected`` (see the module's docstring); ``root`` must be released.
 
+    ``only``: the ids of the students to collect again (``grade --student``); what ``collected/`` holds of the
+    others stays as it is, and the returned collection lists the selected students only.
+
     Raises:
-        SubmissionsError: ``source`` is neither a folder nor a readable zip, or lies in ``<root>/collected``
-            (nothing is changed then).
+        SubmissionsError: ``source`` is neither a folder nor a readable zip, lies in ``<root>/collected``, or lacks
+            a student of ``only`` (nothing is changed then).
     """
     source, root = Path(source).absolute(), Path(root).resolve()
     collected = root / SUBMITTED
@@ -252,17 +280,19 @@ def collect_submissions(source: Path, root: Path, stages, limits: Limits = Limit
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o700)
     try:
+        roster = _start_from(collected, fresh, only)
         with _entries(source, limits) as entries:
             items, collection.unowned = attribute(entries, stages)
             _unique_students(items)
             by_student: dict[Student, list[Item]] = {}
             for item in items:
                 by_student.setdefault(item.student, []).append(item)
-            for student in sorted(by_student, key=lambda s: s.id):
+            for student in _selected(by_student, only):
                 _collect_student(student, by_student[student], stages, released, fresh, collection)
                 collection.students.append(student)
-        roster = {s.id: {"name": s.name, "lms": s.lms, "participant": s.participant} for s in collection.students}
-        _write_private(fresh / ROSTER, json.dumps(roster, indent=1, ensure_ascii=False).encode())
+        roster |= {s.id: {"name": s.name, "lms": s.lms, "participant": s.participant} for s in collection.students}
+        _write_private(fresh / ROSTER, json.dumps(dict(sorted(roster.items())), indent=1,
+                                                  ensure_ascii=False).encode())
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise

@@ -17,7 +17,8 @@ import unicodedata
 from dataclasses import dataclass
 
 MOODLE = re.compile(r"^(?P<name>.+?)_(?P<participant>\d{1,20})_assignsubmission_[a-z]+_(?P<rest>.*)$", re.S)
-CANVAS = re.compile(r"^(?P<name>[^_]+)_(?:LATE_)?(?P<participant>\d{1,20})_(?P<submission>\d{1,20})_(?P<rest>.+)$", re.S)
+CANVAS = re.compile(r"^(?P<name>[^_]+)_(?:LATE_)?(?P<participant>\d{1,20})_(?P<submission>\d{1,20})_(?P<rest>.+)$",
+                    re.S)
 OTHER = re.compile(r"^(?P<name>[^_]+)_(?P<rest>.+)$", re.S)
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 #: a resubmission's suffix before ``.ipynb``: Canvas's ``-1``, a browser's `` (1)``

@@ -1,7 +1,8 @@
 """What a folder or a zip archive of submissions holds, read as data and never followed.
 
-:func:`folder_entries` (a context manager) and :func:`zip_entries` list every entry of a source as an :class:`Entry`: its path inside
-the source, its kind and, for a regular file, a way to read it within :class:`Limits`. Nothing here writes a file.
+:func:`folder_entries` (a context manager) and :func:`zip_entries` list every entry of a source as an
+:class:`Entry`: its path inside the source, its kind and, for a regular file, a way to read it within
+:class:`Limits`. Nothing here writes a file.
 
 - A folder is walked through file descriptors, one name at a time with ``O_NOFOLLOW``: a symbolic link is listed
   as a link and never opened, a file is checked to be the same regular file once it is open, and reading stops
