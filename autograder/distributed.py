@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -46,13 +45,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import grading_child
-from .atomic import atomic_write_bytes
 from .course import SUBMITTED
 from .progress import Progress
-from .grading import EXECUTED, LOGS, GradingOptions, executed_path, runs_by_student, view_stage
+from .resume import INDEX, folder_files, load_index, plan, remember, save_index
+from .grading import LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
-INDEX = "index.json"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
@@ -77,11 +75,6 @@ def environment_stamp() -> str:
                 digest.update(f"{package.name}/{path.relative_to(package)}\0".encode())
                 digest.update(path.read_bytes())
     return f"course_lib {course_lib.__version__}, code {digest.hexdigest()[:16]}"
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes()
-            for path in sorted(Path(folder).rglob("*")) if path.is_file()}
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
@@ -110,7 +103,7 @@ def course_payload(root: Path, stage: str) -> dict[str, bytes]:
     root = Path(root)
     files = {"gradebook.db": (root / "gradebook.db").read_bytes()}
     for name in ("release", "source"):
-        for relative, data in _files(root / name / stage).items():
+        for relative, data in folder_files(root / name / stage).items():
             if name == "source" and relative.endswith(".ipynb"):
                 data = _without_solutions(data)
             files[f"{name}/{stage}/{relative}"] = data
@@ -120,39 +113,6 @@ def course_payload(root: Path, stage: str) -> dict[str, bytes]:
 def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
     """A stage's course files as a Dask task's result (see :func:`execute_all_dask`)."""
     return files
-
-
-def _options_dict(options: GradingOptions) -> dict:
-    """The options that change a notebook's run (not ``jobs``), numbers as floats: 120 and 120.0 are one limit."""
-    return {key: float(value) if type(value) in (int, float) else value
-            for key, value in dataclasses.asdict(options).items() if key != "jobs"}
-
-
-def resume_key(root: Path, student: str, stage: str, options: GradingOptions) -> str:
-    """What decides whether an executed notebook can be reused: the submission's files, the grading options
-    (not ``jobs``) and the source notebook."""
-    digest = hashlib.sha256()
-    for relative, data in _files(Path(root) / SUBMITTED / student / stage).items():
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(data).digest())
-    digest.update(json.dumps(_options_dict(options), sort_keys=True).encode())
-    digest.update((Path(root) / "source" / stage / f"{stage}.ipynb").read_bytes())
-    return digest.hexdigest()
-
-
-def _load_index(root: Path) -> dict:
-    try:
-        return json.loads((Path(root) / EXECUTED / INDEX).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_index(root: Path, index: dict) -> None:
-    atomic_write_bytes(Path(root) / EXECUTED / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
-
-
-def _notebook_hash(root: Path, student: str, stage: str) -> str | None:
-    path = executed_path(root, student, stage)
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 # --- the worker's side ---------------------------------------------------------------------------------------
@@ -199,7 +159,7 @@ def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], 
         if result["problem"]:
             result["problem"] = result["problem"].replace(str(root / LOGS), where)
         executed = executed_path(root, student, stage).parent
-        files = _files(executed) if executed.is_dir() else {}
+        files = folder_files(executed) if executed.is_dir() else {}
     return {"result": result, "files": files}
 
 
@@ -320,23 +280,8 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
                                                    "beside it)"))
         options_dict = dataclasses.asdict(options)
         client.run(start_children, options_dict, hosts)  # their imports overlap with what follows
-        index = _load_index(root)
-        tasks, results = [], []
-        for student, stages in work.items():
-            done = set()
-            for stage in stages:
-                key = resume_key(root, student, stage, options)
-                entry = index.get(f"{student}/{stage}")
-                if entry and entry["key"] == key and entry["notebook"] == _notebook_hash(root, student, stage):
-                    done.add(stage)
-                    results.append({**entry["result"], "seconds": entry["result"]["seconds"], "resumed": True})
-                else:
-                    tasks.append((student, stage, key))
-            folder = root / EXECUTED / student
-            for stale in (folder.iterdir() if folder.is_dir() else ()):
-                if stale.name not in done:
-                    shutil.rmtree(stale, ignore_errors=True)
-                    index.pop(f"{student}/{stale.name}", None)
+        index = load_index(root)
+        tasks, results = plan(root, work, options, index)
         if results:
             notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
         # a task rather than scattered data: the scheduler recomputes it when the worker holding it dies
@@ -345,7 +290,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
         views = {stage: view_stage(root, stage) for stage in courses}
         futures = {}
         for student, stage, key in tasks:
-            submission = _files(root / SUBMITTED / student / stage)
+            submission = folder_files(root / SUBMITTED / student / stage)
             future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_dict,
                                    views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
                                    pure=False, retries=0)
@@ -370,10 +315,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
                 if answer["files"]:
                     target.mkdir(parents=True)
                     _write_files(target, answer["files"])
-                    if not (result["problem"] or "").startswith("could not be graded"):
-                        index[f"{student}/{stage}"] = {"key": key, "result": result,
-                                                       "notebook": _notebook_hash(root, student, stage)}
-                        _save_index(root, index)
+                    remember(root, index, key, result)
                 finished += 1
                 result["progress"] = (f"{counter.record(result)}, "
                                       f"{_retries(client, [f.key for f in futures])} retried")
@@ -384,7 +326,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
             if isinstance(error, (SchedulerLostError, WorkerEnvironmentError)) or client.status == "running":
                 raise
             raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
-        _save_index(root, index)
+        save_index(root, index)
     finally:
         if client.status == "running":  # idle children hold torch in memory on the lab machines
             with contextlib.suppress(Exception):

@@ -44,8 +44,8 @@ from typing import Callable
 
 from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path
 from .progress import Progress
+from .resume import EXECUTED, load_index, plan, remember, save_index
 
-EXECUTED = "executed"
 WORK = "work"
 LOGS = "logs"
 KERNEL_PYTHON = "_kernel_python"
@@ -292,31 +292,37 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
 
 
 def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions,
-                progress: Callable[[dict], None] | None = None) -> list[dict]:
+                progress: Callable[[dict], None] | None = None,
+                notify: Callable[[str], None] = print) -> list[dict]:
     """Phase 1 on ``options.jobs`` processes, one notebook per task; ``work`` maps students to stages to run.
 
     Notebooks rather than students are the unit of work, so a class of few students still keeps every
-    process busy. ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
+    process busy. A notebook executed by an earlier run with the same submission, options and source is kept
+    (:mod:`autograder.resume`; ``notify`` says how many), so a rerun after a crash executes only what is missing.
+    ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
     ``"progress"`` (:class:`autograder.progress.Progress`: done of all, with problems, time left). Returns one
     ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``
     is the time their notebooks took to run, added up.
     """
-    for student in work:
-        shutil.rmtree(Path(root) / EXECUTED / student, ignore_errors=True)
-    tasks = [(student, stage) for student, stages in work.items() for stage in stages]
-    python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s in tasks}}
+    index = load_index(root)
+    tasks, results = plan(root, work, options, index)
+    if results:
+        notify(f"  {len(results)} notebooks already executed (executed/index.json) are kept")
+    python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s, _ in tasks}}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
                              initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
-        futures = [pool.submit(execute_notebook, str(root), student, stage, options, python_paths[stage])
-                   for student, stage in tasks]
+        futures = {pool.submit(execute_notebook, str(root), student, stage, options, python_paths[stage]): key
+                   for student, stage, key in tasks}
         counter = Progress(len(futures))
         for future in as_completed(futures):
             result = future.result()
+            remember(root, index, futures[future], result)
             result["progress"] = counter.record(result)
+            results.append(result)
             if progress is not None:
                 progress(result)
-        results = [future.result() for future in futures]
+    save_index(root, index)
     shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
     return runs_by_student(work, results)
 

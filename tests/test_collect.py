@@ -11,7 +11,6 @@ import struct
 import zipfile
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from autograder.collect import MISSING, SubmissionsError, collect_submissions

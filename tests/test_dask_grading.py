@@ -30,8 +30,8 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from autograder.commands import grade, release  # noqa: E402
-from autograder.distributed import (ALLOWED_FAILURES, INDEX, WorkerEnvironmentError, check_workers,  # noqa: E402
-                                    resume_key)
+from autograder.distributed import ALLOWED_FAILURES, WorkerEnvironmentError, check_workers  # noqa: E402
+from autograder.resume import INDEX, resume_key  # noqa: E402
 from autograder.grading import EXECUTED, GradingOptions, executed_path  # noqa: E402
 from autograder.sandbox import sandbox_unavailable  # noqa: E402
 

@@ -1,5 +1,6 @@
 """``grade SUBMISSIONS --student ID`` and ``feedback --student ID`` through the real command line: a late and a
-corrected student graded again leave every other student's row, graded copy, feedback page and record as they were.
+corrected student graded again leave every other student's row, graded copy, feedback page and record as they were;
+and a plain rerun with ``--jobs`` executes nothing that was executed already.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def test_grading_one_student_again_leaves_everyone_else_as_they_were(tmp_path):
     assert _autograder("feedback", "--course", str(course), "--stages", STAGE).returncode == 0
     rows = _rows(course)
     assert [row.split(",")[2] for row in (rows["ada"], rows["bo"], rows["cy"])] == ["4", "1", "0"]
+    rerun = _grade(submissions, course)  # as after a crash: what was executed is kept
+    assert rerun.returncode == 0 and "2 notebooks already executed" in rerun.stdout and "  ran " not in rerun.stdout
+    assert _rows(course) == rows
     kept = {"autograded": _files(course / "autograded" / "ada"), "feedback": _files(course / "feedback" / "ada"),
             "collected": _files(course / "collected" / "ada")}
     record = {entry["id"]: entry for entry in json.loads((course / "grading-run.json").read_text())["students"]}

@@ -32,7 +32,7 @@ from ..course import SUBMITTED
 from .attribute import NOTEBOOK, TIMESTAMP, Item, attribute
 from .choose import Candidate, choose, read_candidate, solution_sources
 from .names import Student
-from .sources import Entry, Limits, Refused, folder_entries, zip_entries
+from .sources import Limits, Refused, folder_entries, zip_entries
 
 MISSING = "missing"
 SUBMITTED_IN_COURSE = "submitted"  # a course folder's own hand-in folder, collected from like any other
