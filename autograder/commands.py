@@ -11,6 +11,7 @@ from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_note
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
+from .resume import EXECUTED, INDEX
 from .run_record import read_run_record, with_earlier_rows, write_run_record
 from .sandbox import SandboxUnavailableError, sandbox_unavailable
 
@@ -149,9 +150,11 @@ def feedback(root: Path, stages=STAGES, students: tuple[str, ...] = ()) -> list[
 def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), solutions_dir: Path = SOLUTIONS_DIR,
          mistakes=None, progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
     """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions (``dask``: as
-    :func:`grade`)."""
+    :func:`grade`), every notebook executed afresh: the demo shows a whole grading run, so it keeps nothing an
+    earlier demo executed (:mod:`autograder.resume`)."""
     check_sandbox(options)
     root = Path(root).resolve()
+    (root / EXECUTED / INDEX).unlink(missing_ok=True)
     release(root, stages, solutions_dir, notebooks_dir=None)
     submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)
     return grade(submissions, root, stages, options, solutions_dir, progress=progress, dask=dask)
