@@ -34,6 +34,6 @@ class Progress:
         text = f"{self.done}/{self.total} done, {self.failed} with problems"
         left = self.total - self.done
         if left > 0:
-            per_notebook = (self._clock() - self._started) / self.done
-            text += f", about {duration(per_notebook * left)} left"
+            seconds = (self._clock() - self._started) / self.done * left
+            text += f", {'about ' if seconds >= 60 else ''}{duration(seconds)} left"
         return text

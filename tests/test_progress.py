@@ -16,6 +16,9 @@ def test_the_time_left_follows_the_pace_so_far():
     for _ in range(8):
         line = progress.record({"problem": None})
     assert line == "12/12 done, 1 with problems"  # nothing left to estimate
+    quick = Progress(3, clock=lambda: now[0])
+    now[0] += 10
+    assert quick.record({"problem": None}) == "1/3 done, 0 with problems, under a minute left"
 
 
 def test_durations_read_as_a_person_says_them():

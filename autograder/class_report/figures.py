@@ -39,8 +39,8 @@ def points_lost(lost: dict[str, float]) -> bytes:
     names = list(lost)[::-1]
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
     axis.barh(names, [lost[name] for name in names], color="#cc6677")
-    axis.set_title("Points lost per TODO (mean per graded student)")
-    axis.set_xlabel("points lost")
+    axis.set_title("Points lost per TODO")
+    axis.set_xlabel("mean points lost per student who handed the stage in")
     return _png(figure)
 
 
