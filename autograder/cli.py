@@ -18,13 +18,8 @@ from .safe_text import shown
 DEFAULT_COURSE = REPO_ROOT / "build" / "course"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--course", type=Path, default=DEFAULT_COURSE,
-                        help=f"nbgrader course folder (gradebook, releases, graded copies); default {DEFAULT_COURSE}")
-    common.add_argument("--stages", nargs="+", default=list(STAGES), help="assignments (default: all five stages)")
-    common.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of the source notebooks")
+def _running_options() -> argparse.ArgumentParser:
+    """The options of a grading run (``grade`` and ``demo``)."""
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--jobs", type=int, default=1, help="students graded at the same time (processes)")
     running.add_argument("--dask", metavar="ADDRESS", default=None,
@@ -42,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     running.add_argument("--no-sandbox", action="store_true",
                          help="run the notebooks without the bubblewrap sandbox, with your rights (trusted "
                               "notebooks only; the table and CSV say so)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    release = commands.add_parser("release", parents=[common], help="generate the student notebooks")
-    release.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="where to copy the student notebooks")
-    grade = commands.add_parser("grade", parents=[common, running], help="autograde a folder or zip of submissions")
+    return running
+
+
+def _add_grade(commands, parents: list) -> None:
+    """The ``grade`` command and its own options (``parents``: the shared ones)."""
+    grade = commands.add_parser("grade", parents=parents, help="autograde a folder or zip of submissions")
     grade.add_argument("submissions", type=Path,
                        help="nbgrader layout <student>/<stage>/*.ipynb, or a folder or .zip of LMS downloads")
     grade.add_argument("--csv", type=Path, default=None, help="where to write the grades (default <course>/grades.csv)")
@@ -58,12 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--max-ratio", type=_positive("--max-ratio"), default=Limits.ratio,
                        help="an archive member past 1 MiB that inflates more than this many times its compressed "
                             "size is refused (a zip bomb)")
-    feedback = commands.add_parser("feedback", parents=[common],
-                                   help="HTML feedback per student (hidden tests not shown)")
-    feedback.add_argument("--student", action="append", default=[], metavar="ID",
-                          help="only this student's pages (repeatable); the others' stay as they are")
-    commands.add_parser("demo", parents=[common, running],
-                        help="release, grade three built-in submissions, then write the class report")
+
+
+def _add_report_and_export(commands) -> None:
+    """The ``report`` and ``export`` commands, which read the last grading run of ``--course``."""
     course_only = argparse.ArgumentParser(add_help=False)
     course_only.add_argument("--course", type=Path, default=DEFAULT_COURSE,
                              help=f"the graded course folder; default {DEFAULT_COURSE}")
@@ -77,6 +72,27 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, default=None, help="default <course>/export-<format>.csv")
     export.add_argument("--missing-as-zero", action="store_true",
                         help="a stage not handed in is 0 (default: an empty cell)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--course", type=Path, default=DEFAULT_COURSE,
+                        help=f"nbgrader course folder (gradebook, releases, graded copies); default {DEFAULT_COURSE}")
+    common.add_argument("--stages", nargs="+", default=list(STAGES), help="assignments (default: all five stages)")
+    common.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of the source notebooks")
+    running = _running_options()
+    commands = parser.add_subparsers(dest="command", required=True)
+    release = commands.add_parser("release", parents=[common], help="generate the student notebooks")
+    release.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="where to copy the student notebooks")
+    _add_grade(commands, [common, running])
+    feedback = commands.add_parser("feedback", parents=[common],
+                                   help="HTML feedback per student (hidden tests not shown)")
+    feedback.add_argument("--student", action="append", default=[], metavar="ID",
+                          help="only this student's pages (repeatable); the others' stay as they are")
+    commands.add_parser("demo", parents=[common, running],
+                        help="release, grade three built-in submissions, then write the class report")
+    _add_report_and_export(commands)
     publish.add_arguments(commands.add_parser(
         "publish", help="write the student-facing folder: notebooks and one course_lib package per stage",
         description="Publish the student notebooks and course_lib packages of the released stages and of the "
