@@ -60,7 +60,7 @@ def test_lms_names_keep_the_participant_id_and_the_name_as_written():
     assert resubmission("00_toy (3).ipynb") == ("00_toy.ipynb", 3)
     assert resubmission("00_toy.ipynb") == ("00_toy.ipynb", 0)
     assert stage_in_name("Copy of 00_toy (2).ipynb", STAGES) == STAGE
-    for unsafe in ("../x", "=cmd|' /C calc'!A0", "a\x1b[2Jb", "x.ipynb", ""):
+    for unsafe in ("../x", "=cmd|' /C calc'!A0", "a\x1b[2Jb", "x.ipynb", "students.json", ""):
         made = safe_id(unsafe)
         assert made != unsafe and made[0].isalnum() and "/" not in made and "\x1b" not in made
     assert safe_id("a/b") != safe_id("a_b")  # two raw names never share an id
@@ -197,6 +197,12 @@ def test_a_bad_source_is_one_clear_error_and_the_last_collection_stays(course, t
         assert kept.read_bytes() == answered
     with pytest.raises(SubmissionsError, match="must not be the folder grading collects into"):
         collect_submissions(course / "collected", course, STAGES)
+    (course / "submitted").symlink_to(tmp_path / "class", target_is_directory=True)
+    try:  # the course folder itself, its submitted/ a link: its source/ and release/ are nobody's hand-ins
+        with pytest.raises(SubmissionsError, match="has no submitted/ folder of its own"):
+            collect_submissions(course, course, STAGES)
+    finally:
+        (course / "submitted").unlink()
     assert kept.read_bytes() == answered
     assert collect_submissions(tmp_path / "class", course, ("00_toy",)).problems == {}
     (folder / f"{STAGE}.ipynb").unlink()

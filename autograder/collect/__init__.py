@@ -274,6 +274,10 @@ def collect_submissions(source: Path, root: Path, stages, limits: Limits = Limit
     collected = root / SUBMITTED
     if source.resolve() == collected or collected in source.resolve().parents:
         raise SubmissionsError(f"`submissions` must not be the folder grading collects into ({collected})")
+    inner = root / SUBMITTED_IN_COURSE
+    if source.resolve() == root and not (inner.is_dir() and not inner.is_symlink()):
+        raise SubmissionsError(f"`submissions` is the course folder {root}, which has no {SUBMITTED_IN_COURSE}/ "
+                               "folder of its own (a link is not followed): its other folders are no hand-ins")
     released = _released_answers(root, stages)
     collection = Collection()
     fresh = root / f"{SUBMITTED}.new"

@@ -61,7 +61,7 @@ def slug(text: str) -> str:
 def safe_id(raw: str) -> str:
     """``raw`` itself when it is already a safe id, else its :func:`slug` and a short hash of it (so two raw
     names never share an id)."""
-    if SAFE_ID.fullmatch(raw) and not raw.lower().endswith(".ipynb"):
+    if SAFE_ID.fullmatch(raw) and not raw.lower().endswith((".ipynb", ".json")):  # no notebook, no roster name
         return raw
     digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slug(raw) or 'student'}-{digest}"
