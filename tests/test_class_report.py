@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -163,8 +164,6 @@ def test_canvas_and_moodle_files_have_their_headers_and_missing_work_is_an_empty
 
 
 def test_a_moodle_worksheet_is_keyed_by_participant(graded, tmp_path):
-    import json
-
     record = json.loads((graded / RUN_RECORD).read_text())
     for student in record["students"]:
         student["lms"] = "moodle"
@@ -186,22 +185,29 @@ def test_bad_arguments_are_one_line_errors(graded, tmp_path):
         assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
 
 
+#: what the browser check runs, in a Python of its own (a Playwright session of the browser tests may be open in
+#: this one, and Playwright's sync API allows one per process): prints the title, image widths and dialogs as JSON
+BROWSE = """import json, sys
+from playwright.sync_api import sync_playwright
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=sys.argv[1], args=["--headless", "--no-sandbox",
+                                                                            "--disable-gpu"])
+    page = browser.new_page()
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(sys.argv[2])
+    widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
+    print(json.dumps({"title": page.title(), "widths": widths, "dialogs": dialogs}))
+    browser.close()
+"""
+
+
 @pytest.mark.skipif(not CHROMIUM.is_file() or importlib.util.find_spec("playwright") is None,
                     reason="needs Debian's Chromium and playwright")
 def test_the_report_opens_from_a_file_url_and_its_figures_render(report):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            dialogs = []
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            page.goto(report.as_uri())
-            widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
-            title = page.title()
-        finally:
-            browser.close()
-    assert title == "Class report" and len(widths) >= 4 and min(widths) > 100, widths
-    assert dialogs == []  # no student script ran
+    run = subprocess.run([sys.executable, "-c", BROWSE, str(CHROMIUM), report.as_uri()], capture_output=True,
+                         text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout)
+    assert seen["title"] == "Class report" and len(seen["widths"]) >= 4 and min(seen["widths"]) > 100, seen
+    assert seen["dialogs"] == []  # no student script ran
