@@ -117,22 +117,23 @@ def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
 
 # --- the worker's side ---------------------------------------------------------------------------------------
 
-def _setup(options: dict, jobs_by_host: dict, host: str) -> dict:
-    """The set-up of the grading children (:mod:`autograder.grading_child`) of a worker on ``host``: the options,
-    with the kernels' thread share of the host (``jobs``: the Dask worker processes on it), and the log folder."""
+def _setup(options: str, jobs_by_host: dict, host: str) -> dict:
+    """The set-up of the grading children (:mod:`autograder.grading_child`) of a worker on ``host``: the options
+    (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker processes
+    on it), and the log folder."""
     jobs = max(1, int(jobs_by_host.get(host, 1)))
-    return {"options": {**options, "jobs": jobs},
+    return {"options": dataclasses.replace(GradingOptions.from_json(options), jobs=jobs).to_json(),
             "log_dir": str(Path(tempfile.gettempdir()) / "autograder-worker-logs")}
 
 
-def start_children(options: dict, jobs_by_host: dict, dask_worker) -> int:
+def start_children(options: str, jobs_by_host: dict, dask_worker) -> int:
     """On a worker (``client.run``): start one grading child per thread, before the first task needs it."""
     host = dask_worker.address.rsplit(":", 1)[0]
     return grading_child.start(_setup(options, jobs_by_host, host), dask_worker.state.nthreads)
 
 
 def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], student: str, stage: str,
-                        options: dict, library_view: str | None, stamp: str, jobs_by_host: dict) -> dict:
+                        options: str, library_view: str | None, stamp: str, jobs_by_host: dict) -> dict:
     """One notebook on a Dask worker: returns ``{"result": execute_notebook's record, "files": the executed
     folder's files}``. Runs ``execute_notebook`` in one of the worker's grading children."""
     local = environment_stamp()
@@ -278,8 +279,8 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
         notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}; "
                + (f"dashboard {link}" if link else "no dashboard (the scheduler serves one when bokeh is installed "
                                                    "beside it)"))
-        options_dict = dataclasses.asdict(options)
-        client.run(start_children, options_dict, hosts)  # their imports overlap with what follows
+        options_json = options.to_json()
+        client.run(start_children, options_json, hosts)  # their imports overlap with what follows
         index = load_index(root)
         tasks, results = plan(root, work, options, index)
         if results:
@@ -291,7 +292,7 @@ def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: Grad
         futures = {}
         for student, stage, key in tasks:
             submission = folder_files(root / SUBMITTED / student / stage)
-            future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_dict,
+            future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_json,
                                    views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
                                    pure=False, retries=0)
             futures[future] = (student, stage, key)

@@ -31,6 +31,7 @@ honest kernel with torch imported has an address space of about 3 GiB). Workers 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -53,7 +54,8 @@ KERNEL_PYTHON = "_kernel_python"
 
 @dataclass(frozen=True)
 class GradingOptions:
-    """How a submission is run.
+    """How a submission is run: one frozen value from the command line to the worker that starts the kernel
+    (across a process boundary as :meth:`to_json`).
 
     Attributes:
         jobs: worker processes that execute notebooks at the same time (>= 1).
@@ -82,6 +84,15 @@ class GradingOptions:
             raise ValueError(f"`memory_gb` must be >= 0 (0: no cap), got {self.memory_gb!r}")
         if not isinstance(self.max_processes, int) or isinstance(self.max_processes, bool) or self.max_processes < 0:
             raise ValueError(f"`max_processes` must be an integer >= 0 (0: no cap), got {self.max_processes!r}")
+
+    def to_json(self) -> str:
+        """The options as one JSON object: what crosses a process boundary (a grading child, a Dask task)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GradingOptions:
+        """The options :meth:`to_json` wrote (checked again)."""
+        return cls(**json.loads(text))
 
 
 def executed_path(root: Path, student: str, stage: str) -> Path:

@@ -6,8 +6,9 @@ child process of the worker, ``python -m autograder.grading_child``, set up that
 nbgrader, nbconvert and torch takes about a second, which a child started per notebook paid every time. (The caps
 on a kernel's memory and processes are kept by a watchdog thread in that child, :mod:`autograder.limits`.)
 
-Protocol (one JSON document per line): the child reads its set-up ``{"options", "log_dir"}`` from stdin, imports
-what grading needs, then answers each request ``{"root", "student", "stage", "view"}`` with
+Protocol (one JSON document per line): the child reads its set-up ``{"options": GradingOptions.to_json(),
+"log_dir"}`` from stdin, imports what grading needs, then answers each request ``{"root", "student", "stage",
+"view"}`` with
 :func:`autograder.grading.execute_notebook`'s record on stdout. Anything else the child or nbgrader prints goes to
 the log. The child ends when stdin closes or when the worker that started it is gone: the worker passes its PID
 (``--parent``), and the child's first instruction starts a watch that exits as soon as its parent is another
@@ -137,7 +138,7 @@ def main(argv: list[str]) -> int:
     from .grading import GradingOptions, _init_worker, execute_notebook, kernel_python_path
 
     setup = json.loads(sys.stdin.readline())
-    options = GradingOptions(**setup["options"])
+    options = GradingOptions.from_json(setup["options"])
     records = os.dup(1)
     _init_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
     os.dup2(2, 1)  # whatever else prints goes to the log too; the records go to the saved stdout

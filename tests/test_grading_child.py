@@ -3,7 +3,6 @@ when they die, and never left running when their worker is gone."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _setup(tmp_path, **options) -> dict:
-    return {"options": dataclasses.asdict(GradingOptions(**options)), "log_dir": str(tmp_path / "logs")}
+    return {"options": GradingOptions(**options).to_json(), "log_dir": str(tmp_path / "logs")}
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +113,11 @@ def test_a_child_whose_parent_is_not_the_worker_it_names_exits_at_once():
     usage = subprocess.run([sys.executable, "-m", "autograder.grading_child"], capture_output=True, text=True,
                            timeout=60)
     assert usage.returncode == 2 and "--parent PID" in usage.stderr
+
+
+def test_the_options_cross_a_process_boundary_in_one_checked_shape():
+    options = GradingOptions(jobs=3, cell_timeout=7, notebook_timeout=30.5, memory_gb=1.5, max_processes=9,
+                             sandbox=False)
+    assert GradingOptions.from_json(options.to_json()) == options
+    with pytest.raises(ValueError, match="`jobs` must be an integer >= 1"):
+        GradingOptions.from_json('{"jobs": 0}')
