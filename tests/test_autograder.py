@@ -66,7 +66,7 @@ def _insert_after(notebook, grade_id: str, code: str) -> nbformat.NotebookNode:
     return notebook
 
 
-SNOOP = """import json, os
+SNOOP = """import json, os, sys
 course, me = {course!r}, os.getcwd()
 attempts = {{
     "source": lambda: open(os.path.join(me, "../../../source/00_toy/00_toy.ipynb")).read(),
@@ -85,11 +85,15 @@ for name, attempt in attempts.items():
         seen[name] = type(error).__name__
 tests = []  # every file it can find that holds a notebook or the hidden test's code (the markers split up here,
 marks = ("seed=" + "11", "HIDDEN" + " TESTS")  # so that the kernel's history of this cell does not hold them)
+environment = tuple(os.path.realpath(p) for p in {{sys.prefix, sys.base_prefix}})  # read-only, maybe under /tmp
 for top in (me, "/run", "/tmp", "/dev/shm"):
-    for folder, _, files in os.walk(top):
+    for folder, subfolders, files in os.walk(top):
+        subfolders[:] = [d for d in subfolders if not os.path.realpath(os.path.join(folder, d)).startswith(environment)]
         for name in files:
             path = os.path.join(folder, name)
             try:
+                if os.path.getsize(path) > 2**20:
+                    continue
                 text = open(path, errors="replace").read()
             except OSError:
                 continue
