@@ -7,7 +7,7 @@ from typing import Callable
 
 from .collect import Limits, collect_submissions
 from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config,
-                     write_course_config)
+                     run_nbgrader_app, write_course_config)
 from .demo import write_demo_submissions
 from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
 from .report import GradeTable, read_grade_table
@@ -127,8 +127,6 @@ def feedback(root: Path, stages=STAGES, students: tuple[str, ...] = ()) -> list[
     their message, never the hidden tests' code. No student HTML or JavaScript is live in a page, no editor's
     personal metadata is in it, and each page replaces the old one atomically (:mod:`autograder.feedback`).
     """
-    from nbgrader.coursedir import CourseDirectory
-
     from .feedback import AtomicGenerateFeedback, feedback_config
 
     root = Path(root).resolve()
@@ -138,12 +136,7 @@ def feedback(root: Path, stages=STAGES, students: tuple[str, ...] = ()) -> list[
         if not any((root / "autograded").glob(f"*/{stage}/{stage}.ipynb")):
             continue
         for student in students or ("*",):
-            coursedir = CourseDirectory(config=config)
-            coursedir.assignment_id = stage
-            coursedir.student_id = student
-            app = AtomicGenerateFeedback(coursedir=coursedir, config=config)
-            app.force = True
-            app.start()
+            run_nbgrader_app(AtomicGenerateFeedback, config, stage, student)
     return sorted((root / "feedback").glob("*/*/*.html"))
 
 

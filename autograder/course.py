@@ -50,6 +50,19 @@ def nbgrader_config(root: Path):
     return config
 
 
+def run_nbgrader_app(app_class, config, stage: str, student: str = "*") -> None:
+    """Run an nbgrader converter (``Autograde``, ``GenerateFeedback``, ...) with ``config`` on one assignment and
+    one student (``"*"``: all), overwriting what it wrote before."""
+    from nbgrader.coursedir import CourseDirectory
+
+    coursedir = CourseDirectory(config=config)
+    coursedir.assignment_id = stage
+    coursedir.student_id = student
+    app = app_class(coursedir=coursedir, config=config)
+    app.force = True
+    app.start()
+
+
 COURSE_CONFIG = "nbgrader_config.py"
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path
+from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, run_nbgrader_app
 from .progress import Progress
 from .resume import EXECUTED, load_index, plan, remember, save_index
 
@@ -204,17 +204,11 @@ def _score_config(root: Path):
 
 def _run_autograde(config, stage: str, student: str) -> None:
     from nbgrader.converters import Autograde
-    from nbgrader.coursedir import CourseDirectory
 
     from . import schema_once
 
     schema_once.install()
-    coursedir = CourseDirectory(config=config)
-    coursedir.assignment_id = stage
-    coursedir.student_id = student
-    app = Autograde(coursedir=coursedir, config=config)
-    app.force = True
-    app.start()
+    run_nbgrader_app(Autograde, config, stage, student)
 
 
 def quiet_nbgrader() -> None:
