@@ -13,10 +13,9 @@ The package of stage k (``course_lib-<version>+stage<k>-py3-none-any.whl``) hold
 
 The checks are shipped without their reference side, which a package never runs (its fixtures hold what the
 reference computes for the notebook's cases) and which spells out answers (a sampler loop run with the wrong sign,
-a UNet's forward with a mistake switched on): each ``reference=`` function of an ``@check`` becomes a stub raising
-:class:`~course_lib.answers.AnswerNotIncluded`, and the private helpers and imports only it used are left out
-(:func:`strip_reference_side`), as are the modules only references use (:data:`REFERENCE_SIDE_MODULES`). A
-module-level import of anything a package leaves out fails the build (:func:`check_imports`).
+a UNet's forward with a mistake switched on): it is each stage's ``reference.py``, a whole file the view leaves out
+(:func:`autograder.library_view.left_out_files`); nothing is rewritten. A module-level import of anything a
+package leaves out fails the build (:func:`check_imports`).
 
 It holds nothing of ``autograder/``, of the solution notebooks or of the hidden tests. The wheel is written by
 hand (a zip with ``course_lib/...``, ``METADATA`` from ``pyproject.toml``'s ``[project]``, ``WHEEL`` and a
@@ -29,7 +28,6 @@ import ast
 import base64
 import hashlib
 import io
-import re
 import tempfile
 import tomllib
 import zipfile
@@ -42,7 +40,7 @@ from course_lib import stages
 from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, compact, one_thread
 
 from .course import REPO_ROOT, SOLUTIONS_DIR
-from .library_view import LIBRARY_DIR, left_out, write_library_view
+from .library_view import LIBRARY_DIR, left_out_files, write_library_view
 from .preprocessors import is_test_cell
 from .verdicts import check_calls
 
@@ -149,101 +147,9 @@ def _write_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
     archive.writestr(info, data)
 
 
-# ------------------------------------------------------------------------------------- the reference side
-
-# Given modules that only the reference side of the checks imports: left out of every student package.
-REFERENCE_SIDE_MODULES: tuple[str, ...] = (
-    "course_lib/checks/conditional_unets.py",  # the conditional UNets' forward (stages 3-4), for mutants
-)
-
-
-def _names(node: ast.AST) -> set[str]:
-    return {child.id for child in ast.walk(node) if isinstance(child, ast.Name)}
-
-
-def _check_references(tree: ast.Module) -> dict[str, str]:
-    """``{reference function: check name}`` of the module's ``@check(reference=..., ...)`` declarations."""
-    references = {}
-    for statement in tree.body:
-        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        for decorator in statement.decorator_list:
-            callee = decorator.func if isinstance(decorator, ast.Call) else None
-            name = callee.id if isinstance(callee, ast.Name) else callee.attr if isinstance(callee, ast.Attribute) \
-                else None
-            if name != "check":
-                continue
-            for keyword in decorator.keywords:
-                if keyword.arg == "reference" and isinstance(keyword.value, ast.Name):
-                    references[keyword.value.id] = statement.name
-    return references
-
-
-def _reference_stub(name: str, check_name: str) -> str:
-    return (f"def {name}(**case):\n"
-            f'    """The reference side of {check_name}: left out of a student package (its fixtures.pt holds the '
-            'notebook\'s cases)."""\n'
-            "    from course_lib.answers import AnswerNotIncluded\n"
-            f"    raise AnswerNotIncluded(\"{check_name}: a student package holds the expected results of the \"\n"
-            f"                            \"notebook's own {check_name}(...) calls only: call it as the check cell "
-            'does")\n')
-
-
-def strip_reference_side(source: str) -> str:
-    """``source`` of a check module without its reference side (see the module docstring).
-
-    Each ``reference=`` function of an ``@check`` becomes a stub raising ``AnswerNotIncluded``; a private
-    (``_name``) function or class of the module that only removed code used is left out, and so is an imported
-    name that only removed code used. Everything else is kept as written.
-    """
-    tree = ast.parse(source)
-    references = _check_references(tree)
-    if not references:
-        return source
-    definitions = {statement.name: statement for statement in tree.body
-                   if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    imports = [statement for statement in tree.body if isinstance(statement, (ast.Import, ast.ImportFrom))]
-    code = [statement for statement in tree.body if statement not in imports]
-    removed: set[str] = set()
-    while True:
-        dead = set(references) | removed
-        live = set().union(*(_names(s) for s in code if getattr(s, "name", None) not in dead))
-        used_by_dead = set().union(*(_names(definitions[name]) for name in dead))
-        more = {name for name in definitions if name.startswith("_") and name not in dead and name not in live
-                and name in used_by_dead}
-        if not more:
-            break
-        removed |= more
-    used_before = set().union(*(_names(s) for s in code))
-
-    lines = source.splitlines(keepends=True)
-    edits: list[tuple[int, int, str]] = []  # (first line, last line, replacement), 1-based and inclusive
-    for name in set(references) | removed:
-        node = definitions[name]
-        first = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
-        edits.append((first, node.end_lineno, _reference_stub(name, references[name]) if name in references else ""))
-    for statement in imports:
-        if isinstance(statement, ast.ImportFrom) and statement.module == "__future__":
-            continue
-        kept = [alias for alias in statement.names
-                if (alias.asname or alias.name).split(".")[0] not in used_before
-                or (alias.asname or alias.name).split(".")[0] in live]
-        if len(kept) == len(statement.names):
-            continue
-        replacement = ""
-        if kept:
-            statement.names = kept
-            replacement = ast.unparse(statement) + "\n"
-        edits.append((statement.lineno, statement.end_lineno, replacement))
-    for first, last, replacement in sorted(edits, reverse=True):
-        lines[first - 1:last] = [replacement]
-    stripped = re.sub(r"\n{4,}", "\n\n\n", "".join(lines))
-    compile(stripped, "<stripped check module>", "exec")
-    return stripped
-
-
 def _module_of(path: str) -> str:
-    """``course_lib.checks.ddpm`` for ``course_lib/checks/ddpm.py`` (the package for an ``__init__.py``)."""
+    """``course_lib.stages.ddpm.checks`` for ``course_lib/stages/ddpm/checks.py`` (the package for an
+    ``__init__.py``)."""
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
@@ -291,14 +197,7 @@ def package_files(stage: str, solutions_dir: Path = SOLUTIONS_DIR) -> dict[str, 
         view = write_library_view(Path(folder), stage)
         files = {path.relative_to(view.parent).as_posix(): path.read_bytes()
                  for path in sorted(view.rglob("*")) if path.is_file()}
-    left_out_paths = {f"course_lib/answers/{key}.py" for key in left_out(stage)} | set(REFERENCE_SIDE_MODULES)
-    for path in REFERENCE_SIDE_MODULES:
-        files.pop(path, None)
-    for entry in stages.STAGES:
-        path = f"course_lib/checks/{entry.key}.py"
-        if path in files:
-            files[path] = strip_reference_side(files[path].decode()).encode()
-    check_imports(files, left_out_paths)
+    check_imports(files, set(left_out_files(stage)))
     files[FIXTURES_PATH] = fixtures_bytes(build_fixtures(stage, solutions_dir))
     return dict(sorted(files.items()))
 

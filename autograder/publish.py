@@ -38,7 +38,7 @@ from course_lib import stages
 
 from .atomic import atomic_write_bytes
 from .course import SOLUTIONS_DIR, generate_student_notebooks
-from .library_view import left_out
+from .library_view import left_out_files
 from .packages import build_wheel, wheel_name
 
 COMMAND = "publish"
@@ -289,10 +289,10 @@ def _self_check(files: dict[str, bytes]) -> None:
         if name.endswith(".whl"):
             contents = {f"{name}!{member}": value for member, value in wheel_members(data).items()}
             stage = next(s.notebook for s in stages.STAGES if name == f"packages/{wheel_name(s.notebook)}")
-            answers = {f"{name}!course_lib/answers/{key}.py" for key in left_out(stage)}
-            leaked = sorted(answers & set(contents))
+            forbidden = {f"{name}!{path}" for path in left_out_files(stage)}
+            leaked = sorted(forbidden & set(contents))
             if leaked:
-                raise RuntimeError(f"the package of {stage} holds answers it must not: {leaked}")
+                raise RuntimeError(f"the package of {stage} holds answers or check references it must not: {leaked}")
         for where, value in contents.items():
             if PLACEHOLDER.encode() in value:
                 raise PublishError(f"`--solutions`: {where} still names the placeholder {PLACEHOLDER}: the source "

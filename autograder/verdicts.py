@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib
 import io
 import shutil
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ class CheckCall:
 def load_check_modules() -> None:
     """Import every stage's check module, so that :data:`~course_lib.checks.protocol.CHECKS` knows them all."""
     for stage in STAGES:
-        importlib.import_module(f"course_lib.checks.{stage.key}")
+        stage.checks  # noqa: B018 - importing the module registers its checks
 
 
 def check_calls(source: str, cell: str = "a test cell") -> list[CheckCall]:
@@ -97,7 +96,7 @@ def earliest_stage(nb: NotebookNode) -> str | None:
     """
     modules = {CHECKS[call.check].module for cell in nb.cells if is_test_cell(cell)
                for call in check_calls(cell.source, cell.metadata.get("nbgrader", {}).get("grade_id", "a test cell"))}
-    keys = [stage.key for stage in STAGES if f"course_lib.checks.{stage.key}" in modules]
+    keys = [stage.key for stage in STAGES if stage.checks.__name__ in modules]
     return keys[0] if keys else None
 
 

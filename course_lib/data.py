@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .runtime import cache_dir, in_colab
 from .validation import check_choice, check_positive_int, check_tensor
@@ -151,3 +152,13 @@ def validation_split(data: DeviceImages, fraction: float = VALIDATION_FRACTION,
         raise ValueError(f"`fraction` ({fraction:g}) of {len(data)} images leaves one part empty")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[held_out:].sort().values), data.subset(order[:held_out].sort().values)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Integer labels (N,) in 0..num_classes-1 to float one-hot rows (N, num_classes)."""
+    check_tensor("labels", labels, ndim=1, floating=False)
+    check_positive_int("num_classes", num_classes)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"`labels` must hold integers in 0..{num_classes - 1}, "
+                         f"got values from {int(labels.min())} to {int(labels.max())}")
+    return F.one_hot(labels, num_classes).float()

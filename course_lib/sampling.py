@@ -1,7 +1,7 @@
 """Samplers: DDPM (Ho et al. Algorithm 2), classifier-free guidance, DDIM, and the rectified-flow Euler sampler.
 
-Each sampler is one update (a *step*) and a loop, and every loop runs through :func:`run_chain`, the one place
-that keeps the trajectory. All samplers share one signature, the one students write in the notebooks:
+Each sampler is one update (a *step*) and a loop, and every loop runs through :func:`course_lib.chain.run_chain`,
+the one place that keeps the trajectory. All samplers share one signature, the one students write in the notebooks:
 ``(model, [schedule,] what-to-sample, [steps,] generator=None, ...)``, with the library's extras
 (``return_trajectory``, ``device``, ``image_shape``) keyword-only. A student's loop returns
 ``(samples, trajectory)``; the library's does so with ``return_trajectory=True``.
@@ -11,136 +11,22 @@ Every sampler draws its noise with ``generator`` (on the sampling device), retur
 image as a CPU tensor (steps + 1, N, C, 28, 28), first frame pure noise, last frame the result.
 Models are put in eval mode while sampling and run under the device's autocast precision.
 
-The DDPM, guided and flow samplers are students' exercises (stages 3-5): their loops live in
-:mod:`course_lib.answers`, and the functions here check their arguments and call them. DDIM is given.
+The DDPM, guided and flow samplers are students' exercises (stages 3-5): their checked forms live in each stage's
+``api`` module and are gathered here. DDIM is given, and defined here.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterable
-
 import torch
-from torch import nn
 
-from . import answers
-from .objectives import one_hot
-from .runtime import autocast_dtype
-from .validation import check_positive_int, check_tensor
+from .chain import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
+from .stages.cfg.api import cfg_sample, guided_eps
+from .stages.ddpm.api import ddpm_sample, ddpm_step
+from .stages.flow.api import flow_sample
+from .validation import check_positive_int
 
-IMAGE_SHAPE = (1, 28, 28)
-
-
-# ------------------------------------------------------------------------------ what every loop shares
-
-
-def device_of(model, device=None) -> torch.device:
-    """``device`` if given, else the device of the model's first parameter, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(model, nn.Module):
-        for parameter in model.parameters():
-            return parameter.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def sampling_mode(model, device: torch.device):
-    """Eval mode, no autograd, and the device's autocast precision; restores the training flag after."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    dtype = autocast_dtype(device)
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            yield
-    finally:
-        if was_training:
-            model.train()
-
-
-def start_noise(num_samples: int, device, generator, image_shape=IMAGE_SHAPE) -> torch.Tensor:
-    """Pure noise (num_samples, *image_shape) drawn with ``generator``: where every sampler starts."""
-    check_positive_int("num_samples", num_samples)
-    return torch.randn((num_samples, *image_shape), device=device, generator=generator)
-
-
-def run_chain(x: torch.Tensor, steps: Iterable, update: Callable[[torch.Tensor, object], torch.Tensor],
-              return_trajectory: bool = False):
-    """``x <- update(x, step)`` for each step in order; returns the last ``x``.
-
-    With ``return_trajectory`` returns ``(x, trajectory)``: every frame from the start to the end, on the CPU,
-    stacked to (number of steps + 1, *x.shape).
-    """
-    trajectory = [x.cpu()] if return_trajectory else None
-    for step in steps:
-        x = update(x, step)
-        if trajectory is not None:
-            trajectory.append(x.cpu())
-    return (x, torch.stack(trajectory)) if return_trajectory else x
-
-
-# ------------------------------------------------------------------------------ DDPM and guidance (stages 3-4)
-
-
-def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule, z: torch.Tensor | None = None) -> torch.Tensor:
-    """One reverse step x_t -> x_{t-1} (t an integer in 0..T-1, 0 the last step); see
-    :func:`course_lib.answers.ddpm.ddpm_step` for the formula. ``z``: noise shaped like ``x_t``, or ``None``."""
-    check_tensor("x_t", x_t, floating=True)
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < schedule.num_steps:
-        raise ValueError(f"`t` must be an integer in 0..{schedule.num_steps - 1}, got {t!r}")
-    return answers.load("ddpm").ddpm_step(x_t, eps, t, schedule, z)
-
-
-def ddpm_sample(model, schedule, num_samples: int = 40, generator: torch.Generator | None = None,
-                stochastic: bool = True, *, return_trajectory: bool = False, device=None,
-                image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    """Ho et al. Algorithm 2 with a time-conditional noise predictor ``model(x_t, t / T)``.
-
-    Args:
-        model: e.g. a :class:`~course_lib.models.TimeConditionalUNet`.
-        schedule: the schedule it was trained with, on the sampling device.
-        num_samples: N.
-        generator: source of x_T and of every z.
-        stochastic: ``False`` drops the z term (the experiment of stage 3).
-        return_trajectory: also return all T + 1 intermediate images (on the CPU).
-        device: where to sample (default: the model's device).
-    """
-    check_positive_int("num_samples", num_samples)
-    return answers.load("ddpm").ddpm_sample(model, schedule, num_samples, generator, stochastic,
-                                            return_trajectory=return_trajectory, device=device,
-                                            image_shape=image_shape)
-
-
-def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, guidance: float) -> torch.Tensor:
-    """The classifier-free-guided noise estimate ``eps_uncond + guidance (eps_cond - eps_uncond)``.
-
-    ``model(x, t, c)`` is class-conditional; x_t (N, C, 28, 28), t floats (N,) = timestep / T, c one-hot (N, K).
-    Both estimates come from one forward pass over a batch of 2N.
-    """
-    check_tensor("x_t", x_t, floating=True)
-    check_tensor("c", c, ndim=2, floating=True)
-    return answers.load("cfg").guided_eps(model, x_t, t, c, guidance)
-
-
-def cfg_sample(model, schedule, labels: torch.Tensor, guidance: float = 5.0, generator: torch.Generator | None = None,
-               *, return_trajectory: bool = False, device=None, num_classes: int = 10,
-               image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    """DDPM sampling of the digits ``labels`` (int64 (N,)) with classifier-free guidance.
-
-    ``guidance`` 0 gives the unconditional model, 1 the plain conditional one, larger values push
-    samples further towards their class. Other arguments as in :func:`ddpm_sample`.
-    """
-    one_hot(labels, num_classes)  # checks the labels
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool):
-        raise TypeError(f"`guidance` must be a number, got {guidance!r}")
-    check_positive_int("num_samples", len(labels))
-    return answers.load("cfg").cfg_sample(model, schedule, labels, float(guidance), generator,
-                                          return_trajectory=return_trajectory, device=device,
-                                          num_classes=num_classes, image_shape=image_shape)
-
-
-# ------------------------------------------------------------------------------ DDIM (given)
+__all__ = ["IMAGE_SHAPE", "cfg_sample", "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step",
+           "device_of", "flow_sample", "guided_eps", "run_chain", "sampling_mode", "start_noise"]
 
 
 def ddim_timesteps(num_steps: int, num_sampling_steps: int) -> torch.Tensor:
@@ -195,21 +81,3 @@ def ddim_sample(model, schedule, num_samples: int = 40, num_sampling_steps: int 
 
     with sampling_mode(model, device):
         return run_chain(x, range(len(timesteps)), step, return_trajectory)
-
-
-# ------------------------------------------------------------------------------ rectified flow (stage 5)
-
-
-def flow_sample(model, num_samples: int = 40, num_sampling_steps: int = 50,
-                generator: torch.Generator | None = None, *, return_trajectory: bool = False, device=None,
-                image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    """Rectified flow: integrate dx/dt = v(x, t) from noise at t = 1 to data at t = 0 with Euler steps.
-
-    ``model(x_t, t)`` predicts the velocity ``eps - x0`` (t floats (N,) in [0, 1]);
-    each step is ``x <- x - v / num_sampling_steps``. Other arguments as in :func:`ddpm_sample`.
-    """
-    check_positive_int("num_samples", num_samples)
-    check_positive_int("num_sampling_steps", num_sampling_steps)
-    return answers.load("flow").flow_sample(model, num_samples, num_sampling_steps, generator,
-                                            return_trajectory=return_trajectory, device=device,
-                                            image_shape=image_shape)

@@ -28,3 +28,18 @@ def round_trip(value):
     torch.save(value, buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+def leave_out_answers(patched, keys: tuple[str, ...] | None = None) -> None:
+    """With ``patched`` (a monkeypatch), make every stage's answers in ``keys`` (all when None) raise
+    AnswerNotIncluded, as in a grading kernel or a student package that leaves them out."""
+    from course_lib.stages.stage import AnswerNotIncluded, Stage
+
+    with_answers = Stage.answers.fget
+
+    def answers(stage):
+        if keys is None or stage.key in keys:
+            raise AnswerNotIncluded(f"the answers of {stage.key} are left out in this test")
+        return with_answers(stage)
+
+    patched.setattr(Stage, "answers", property(answers))

@@ -105,7 +105,7 @@ print(json.dumps({{"seen": seen, "files_here": sorted(os.listdir(me)), "home": o
 
 def _hardcoded_visible_answer() -> str:
     """An ``add_noise`` that returns the visible check's expected numbers, copied as a student would."""
-    from course_lib.checks.noising import check_add_noise
+    from course_lib.stages.noising.checks import check_add_noise
 
     _, expected = check_add_noise.check.reference(**check_add_noise.check.defaults)
     return f"    return torch.tensor({expected['z'].tolist()})"
@@ -128,7 +128,7 @@ def forged(payload):
     real(base64.b64encode(buffer.getvalue()).decode())
 protocol.show_record = forged"""
 CODE_OBJECT = """try:
-    import course_lib.answers.noising as answers
+    import course_lib.stages.noising.answers as answers
     add_noise.__code__ = answers.add_noise.__code__
 except ImportError as error:
     print("no reference here:", error)"""

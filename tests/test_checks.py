@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib.checks import CheckFailed, expect_close, expect_tensor, passed, run_student
-from check_helpers import round_trip
+from check_helpers import leave_out_answers, round_trip
 
 
 def test_check_failed_is_an_assertion_shown_without_traceback():
@@ -116,10 +116,9 @@ def _stage1_fails_with(check, student, hint: str, **case) -> str:
 
 
 def _stage1_verdict_without_answers(monkeypatch, check_function, student, **given) -> str:
-    """The expected values with the answers; the probe with ``answers.load`` refusing (as in a grading kernel),
+    """The expected values with the answers; the probe with the answers refusing (as in a grading kernel),
     its outputs through torch.save/torch.load(weights_only=True); then the verdict."""
 
-    from course_lib import answers
     from course_lib.checks.protocol import verdict
 
     entry = check_function.check
@@ -127,11 +126,8 @@ def _stage1_verdict_without_answers(monkeypatch, check_function, student, **give
 
     inputs, expected = (round_trip(part) for part in entry.reference(**case))
 
-    def left_out(*args, **kwargs):
-        raise answers.AnswerNotIncluded("left out in this test")
-
     with monkeypatch.context() as patched:
-        patched.setattr(answers, "load", left_out)
+        leave_out_answers(patched)
         outputs = round_trip(entry.run_probe((student,), inputs))
     return verdict(entry, case, inputs, outputs, expected)
 
@@ -151,8 +147,8 @@ def cosine_schedule_float32(num_steps, offset=0.008, max_beta=0.02, mistake=None
 
 
 def test_cosine_schedule_check_passes_the_reference_and_float32():
-    from course_lib.answers.noising import cosine_schedule
-    from course_lib.checks.noising import check_cosine_schedule
+    from course_lib.stages.noising.answers import cosine_schedule
+    from course_lib.stages.noising.checks import check_cosine_schedule
 
     for case in ({}, {"num_steps": 1000}, {"num_steps": 1000, "max_beta": 0.999},
                  {"num_steps": 40, "offset": 0.02, "max_beta": 0.1}, {"num_steps": 1}):
@@ -169,13 +165,13 @@ def test_cosine_schedule_check_passes_the_reference_and_float32():
     ("alpha_bars_from_f", "cumulative product of the clipped alphas"),
 ])
 def test_cosine_schedule_check_names_the_mistake(mistake, hint):
-    from course_lib.checks.noising import check_cosine_schedule
+    from course_lib.stages.noising.checks import check_cosine_schedule
 
     _stage1_fails_with(check_cosine_schedule, lambda *a, **k: cosine_schedule_float32(*a, **k, mistake=mistake), hint)
 
 
 def test_cosine_schedule_check_needs_three_tables_of_length_T():
-    from course_lib.checks.noising import check_cosine_schedule
+    from course_lib.stages.noising.checks import check_cosine_schedule
 
     _stage1_fails_with(check_cosine_schedule, lambda *a, **k: cosine_schedule_float32(*a, **k)[0], "three tensors")
     _stage1_fails_with(check_cosine_schedule, lambda n, **k: cosine_schedule_float32(n - 1, **k),
@@ -185,7 +181,7 @@ def test_cosine_schedule_check_needs_three_tables_of_length_T():
 
 
 def test_cosine_schedule_probe_runs_without_the_answers(monkeypatch):
-    from course_lib.checks.noising import check_cosine_schedule
+    from course_lib.stages.noising.checks import check_cosine_schedule
 
     assert "91 of 300 betas" in _stage1_verdict_without_answers(monkeypatch, check_cosine_schedule,
                                                                  cosine_schedule_float32)
@@ -199,8 +195,8 @@ def em_step(x, t, dt, drift, diffusion, z):
 
 
 def test_em_step_check_passes_the_reference_and_a_student():
-    from course_lib.answers import noising
-    from course_lib.checks.noising import check_em_step
+    from course_lib.stages.noising import answers as noising
+    from course_lib.stages.noising.checks import check_em_step
 
     for case in ({}, {"num_paths": 3, "dt": 0.25, "seed": 5}, {"num_paths": 40, "dt": 0.001, "seed": 12}):
         check_em_step(noising.em_step, **case)
@@ -223,13 +219,13 @@ def test_em_step_check_passes_the_reference_and_a_student():
     (lambda x, t, dt, f, b, z: x + f(x, t) * dt + b(x, t).mul(dt ** 0.5) * z, "may return a number"),
 ])
 def test_em_step_check_names_the_mistake(step, hint):
-    from course_lib.checks.noising import check_em_step
+    from course_lib.stages.noising.checks import check_em_step
 
     _stage1_fails_with(check_em_step, step, hint)
 
 
 def test_em_step_probe_runs_without_the_answers(monkeypatch):
-    from course_lib.checks.noising import check_em_step
+    from course_lib.stages.noising.checks import check_em_step
 
     assert "3 paths, dt=0.25" in _stage1_verdict_without_answers(monkeypatch, check_em_step, em_step,
                                                                  num_paths=3, dt=0.25, seed=5)

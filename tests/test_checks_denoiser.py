@@ -1,4 +1,4 @@
-"""The checks of stage 2 (course_lib.checks.denoiser): the reference answers pass, known mistakes fail with the
+"""The checks of stage 2 (course_lib.stages.denoiser.checks): the reference answers pass, known mistakes fail with the
 hint that names them, and the probes run without the answers (as in a grading kernel).
 
 Each "student" below is a small, deliberately wrong variant of the notebook's solutions.
@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import course_lib.answers
 import course_lib.models
-from course_lib.answers import denoiser as answer
-from course_lib.checks import CheckFailed, denoiser
+import course_lib.stages
+from course_lib.checks import CheckFailed
+from course_lib.stages.denoiser import answers as answer
+from course_lib.stages.denoiser import checks as denoiser
+from course_lib.stages.denoiser import reference as denoiser_reference
 from course_lib.checks.protocol import verdict
-from check_helpers import fails_with
+from check_helpers import fails_with, leave_out_answers
 
 OPERATIONS = (answer.Conv, answer.DownConv, answer.UpConv, answer.Flatten, answer.Unflatten)
 BLOCKS = (answer.ConvBlock, answer.DownBlock, answer.UpBlock)
@@ -374,12 +376,12 @@ def test_train_denoiser_check_explains_the_usual_mistakes(mistake, hint):
     fails_with(denoiser.check_train_denoiser, (student_loop(**mistake),), hint)
 
 
-@pytest.mark.parametrize("mistake", list(denoiser._LOOP_MISTAKES))
+@pytest.mark.parametrize("mistake", list(denoiser.LOOP_MISTAKES))
 def test_train_denoiser_check_recognises_every_mutant_of_its_reference(mistake):
     """Each known mistake changes the losses of the visible case and of a hidden one enough to be told apart."""
     for case in ({}, {"train_size": 17, "val_size": 9, "batch_size": 4, "epochs": 3, "seed": 5}):
-        fails_with(denoiser.check_train_denoiser, (denoiser._mutant_loop(answer, mistake),),
-                   denoiser._LOOP_MISTAKES[mistake], **case)
+        fails_with(denoiser.check_train_denoiser, (denoiser_reference.mutant_loop(answer, mistake),),
+                   denoiser.LOOP_MISTAKES[mistake], **case)
 
 
 def test_train_denoiser_expected_losses_do_not_depend_on_the_number_of_threads():
@@ -406,12 +408,8 @@ def test_train_denoiser_check_feedback_for_an_unwritten_or_odd_loop():
 # ----------------------------------------------------------------------------------------------- without the answers
 
 
-def _no_answers(stage_key):
-    raise course_lib.answers.AnswerNotIncluded(f"no answers of {stage_key!r} here")
-
-
 def _no_models(name):
-    raise course_lib.answers.AnswerNotIncluded(f"no {name} here")
+    raise course_lib.stages.AnswerNotIncluded(f"no {name} here")
 
 
 def _round_trip(value):
@@ -440,9 +438,9 @@ def test_probes_run_without_the_answers(monkeypatch, check, students, given):
     entry = check.check
     case = entry.case(**given)
     inputs, expected = _round_trip(entry.reference(**case))
-    monkeypatch.setattr(course_lib.answers, "load", _no_answers)
+    leave_out_answers(monkeypatch)
     monkeypatch.setattr(course_lib.models, "__getattr__", _no_models)
-    with pytest.raises(course_lib.answers.AnswerNotIncluded):
+    with pytest.raises(course_lib.stages.AnswerNotIncluded):
         entry.reference(**case)
     outputs = _round_trip(entry.run_probe(students, inputs))
     monkeypatch.undo()

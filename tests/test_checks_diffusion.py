@@ -1,4 +1,4 @@
-"""The checks of stages 3-5 (course_lib.checks.ddpm, .cfg, .flow): correct code passes, known mistakes fail
+"""The checks of stages 3-5 (course_lib.stages.ddpm.checks, .cfg, .flow): correct code passes, known mistakes fail
 with the hint that names them, and every probe runs without the answers (as in a grading kernel).
 
 Each "student" function below is a small, deliberately wrong variant of the notebooks' solutions.
@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import CheckFailed, cfg, ddpm, flow
+from course_lib.checks import CheckFailed
+from course_lib.stages.cfg import checks as cfg
+from course_lib.stages.ddpm import checks as ddpm
+from course_lib.stages.flow import checks as flow
 from course_lib.models import ConvBlock, DownBlock, Flatten, Unflatten, UpBlock
-from check_helpers import fails_with, round_trip
+from check_helpers import fails_with, leave_out_answers, round_trip
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -100,9 +103,9 @@ def test_class_conditional_unet_check():
 
 
 def test_class_conditional_unet_check_passes_the_reference_and_probes_without_answers(monkeypatch):
-    from course_lib import answers
+    from course_lib import stages
 
-    reference = answers.load("cfg").ClassConditionalUNet
+    reference = stages.get("cfg").answers.ClassConditionalUNet
     cfg.check_class_conditional_unet(reference)
     cfg.check_class_conditional_unet(reference, num_hiddens=5, batch_size=2, seed=9)
     assert "ClassConditionalUNet(num_hiddens=5)" in judge_cfg_flow_probe_without_answers(
@@ -191,9 +194,9 @@ def test_ddpm_sample_check():
 
 def stage3_answers():
     """``{check name: the reference answers as the student's objects}`` for the checks of stage 3."""
-    from course_lib import answers
+    from course_lib import stages
 
-    ref = answers.load("ddpm")
+    ref = stages.get("ddpm").answers
     return {"check_fc_block": (ref.FCBlock,), "check_time_conditional_unet": (ref.TimeConditionalUNet,),
             "check_ddpm_loss": (ref.ddpm_loss,), "check_ddpm_step": (ref.ddpm_step,),
             "check_ddpm_sample": (lambda model, schedule, num_samples, generator, stochastic: ref.ddpm_sample(
@@ -218,20 +221,17 @@ def test_stage3_reference_answers_pass(name):
 def test_stage3_probes_run_without_the_answers(name, monkeypatch):
     import io
 
-    from course_lib import answers, models
+    from course_lib import models
     from course_lib.checks.protocol import verdict
+    from course_lib.stages import AnswerNotIncluded
 
     check = getattr(ddpm, name).check
     students = stage3_answers()[name]
     case = check.case(**STAGE3_OTHER_CASES[name])
     inputs, expected = check.reference(**case)
 
-    def left_out(*args, **kwargs):
-        raise answers.AnswerNotIncluded("left out in this test")
-
-    monkeypatch.setattr(answers, "load", left_out)
-    monkeypatch.setattr(models, "__getattr__", left_out)
-    with pytest.raises(answers.AnswerNotIncluded):
+    leave_out_answers(monkeypatch)
+    with pytest.raises(AnswerNotIncluded):
         models.TimeConditionalUNet
     outputs = check.probe(*students, inputs=inputs)
     assert "failed" not in outputs
@@ -291,9 +291,9 @@ def test_drop_labels_check():
 def passes_with_the_answer(monkeypatch, check, name: str, **case) -> str:
     """``check`` passes stage 4's answer ``name`` on its default case and on ``case``, also with the probe run
     without the answers; returns the message of the latter."""
-    from course_lib import answers
+    from course_lib import stages
 
-    answer = answers.load("cfg").__dict__[name]
+    answer = stages.get("cfg").answers.__dict__[name]
     check(answer)
     check(answer, **case)
     return judge_cfg_flow_probe_without_answers(monkeypatch, check, (answer,), **case)
@@ -369,9 +369,9 @@ def test_flow_loss_check():
 
 
 def test_flow_loss_check_passes_the_reference_and_probes_without_answers(monkeypatch):
-    from course_lib import answers
+    from course_lib import stages
 
-    reference = answers.load("flow").flow_loss
+    reference = stages.get("flow").answers.flow_loss
     flow.check_flow_loss(reference)
     flow.check_flow_loss(reference, batch_size=2, seed=8)
     assert "batch 2" in judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_loss, (reference,),
@@ -413,14 +413,14 @@ def _euler_steps(model, num_samples, num_steps, generator):
 
 
 def test_flow_sample_check_passes_the_reference_and_probes_without_answers(monkeypatch):
-    from course_lib import answers
+    from course_lib import stages
 
     def reference(model, num_samples, num_steps, generator):
-        return answers.load("flow").flow_sample(model, num_samples, num_steps, generator)
+        return stages.get("flow").answers.flow_sample(model, num_samples, num_steps, generator)
 
     flow.check_flow_sample(reference)
     flow.check_flow_sample(reference, num_samples=3, num_steps=1, seed=6)
-    answer = answers.load("flow").flow_sample
+    answer = stages.get("flow").answers.flow_sample
     assert "(1 steps)" in judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_sample, (answer,),
                                                                num_samples=3, num_steps=1, seed=6)
     with pytest.raises(CheckFailed, match="x <- x - dt \\* v"):
@@ -430,19 +430,16 @@ def test_flow_sample_check_passes_the_reference_and_probes_without_answers(monke
 
 def judge_cfg_flow_probe_without_answers(monkeypatch, check_function, students: tuple, **given) -> str:
     """Stages 4-5: the expected values first (with the answers), then the probe with every answer unavailable
-    (``answers.load`` and ``course_lib.models`` raise AnswerNotIncluded), its outputs through the save/load of
+    (the stages' answers, and so ``course_lib.models``, raise AnswerNotIncluded), its outputs through the save/load of
     grading, then the verdict."""
     import io
 
     import course_lib.models
-    from course_lib import answers
     from course_lib.checks.protocol import verdict
+    from course_lib.stages import AnswerNotIncluded
 
     entry = check_function.check
     case = entry.case(**given)
-
-    def left_out(*args, **kwargs):
-        raise answers.AnswerNotIncluded("left out in this test")
 
     def round_trip(value):  # through torch.save and torch.load(weights_only=True), as between grader and kernel
         buffer = io.BytesIO()
@@ -453,9 +450,8 @@ def judge_cfg_flow_probe_without_answers(monkeypatch, check_function, students: 
     inputs, expected = entry.reference(**case)
     inputs = round_trip(inputs)
     with monkeypatch.context() as patched:
-        patched.setattr(answers, "load", left_out)
-        patched.setattr(course_lib.models, "__getattr__", left_out)
-        with pytest.raises(answers.AnswerNotIncluded):
+        leave_out_answers(patched)
+        with pytest.raises(AnswerNotIncluded):
             course_lib.models.ClassConditionalUNet  # noqa: B018 - the patch is in place
         outputs = round_trip(entry.run_probe(students, inputs))
     with pytest.raises(CheckFailed):  # a record that is not what the probe writes never passes
@@ -489,9 +485,9 @@ def cfg_loss(model, x0, labels, schedule, p_uncond=0.1, generator=None, order=("
 
 
 def test_cfg_loss_check_passes_a_student_and_the_reference():
-    from course_lib import answers
+    from course_lib import stages
 
-    reference = answers.load("cfg").class_conditional_loss
+    reference = stages.get("cfg").answers.class_conditional_loss
     for case in ({}, {"batch_size": 64, "num_steps": 300, "p_uncond": 0.1, "seed": 7},
                  {"batch_size": 9, "num_steps": 17, "p_uncond": 0.5, "seed": 21}):
         cfg.check_cfg_loss(cfg_loss, **case)
@@ -517,9 +513,9 @@ def test_cfg_loss_check_names_the_mistake(student, hint):
 
 
 def test_cfg_loss_check_passes_the_reference_and_probes_without_answers(monkeypatch):
-    from course_lib import answers
+    from course_lib import stages
 
-    reference = answers.load("cfg").class_conditional_loss
+    reference = stages.get("cfg").answers.class_conditional_loss
     assert "batch 9" in judge_cfg_flow_probe_without_answers(monkeypatch, cfg.check_cfg_loss, (reference,),
                                                              batch_size=9, num_steps=17, p_uncond=0.5, seed=21)
     assert "batch 16" in judge_without_stage4_answers(monkeypatch, cfg.check_cfg_loss, (cfg_loss,))
@@ -555,9 +551,9 @@ def cfg_sample(model, schedule, labels, guidance=5.0, generator=None, evaluate=T
 
 
 def test_cfg_sample_check_passes_a_student_and_the_reference():
-    from course_lib import answers
+    from course_lib import stages
 
-    reference = answers.load("cfg").cfg_sample
+    reference = stages.get("cfg").answers.cfg_sample
     for case in ({}, {"num_samples": 2, "num_steps": 12, "guidance": 7.5, "seed": 4},
                  {"num_samples": 4, "num_steps": 5, "guidance": 0.0, "seed": 21}):
         cfg.check_cfg_sample(cfg_sample, **case)
@@ -605,20 +601,12 @@ def judge_without_stage4_answers(monkeypatch, check_function, students: tuple, *
     stages 4 and 5 left out (the student's loss and sampler use stage 1's q_sample and stage 3's ddpm_step, which
     that kernel has), its outputs through torch.save/torch.load(weights_only=True), then the verdict."""
 
-    from course_lib import answers
     from course_lib.checks.protocol import verdict
 
     entry = check_function.check
     case = entry.case(**given)
-    load = answers.load
-
-    def without_later_answers(key):
-        if key in ("cfg", "flow"):
-            raise answers.AnswerNotIncluded(f"the answers of {key} are left out in this test")
-        return load(key)
-
     inputs, expected = (round_trip(part) for part in entry.reference(**case))
     with monkeypatch.context() as patched:
-        patched.setattr(answers, "load", without_later_answers)
+        leave_out_answers(patched, ("cfg", "flow"))
         outputs = round_trip(entry.run_probe(students, inputs))
     return verdict(entry, case, inputs, outputs, expected)

@@ -92,7 +92,7 @@ def test_cosine_schedule_matches_nichol_dhariwal(num_steps):
 def test_cosine_schedule_answer_clips_the_betas_and_recomputes_alpha_bar(num_steps, max_beta):
     """Stage 1's cosine_schedule (SUTD's cap 0.02 by default): betas min(1 - a(t + 1) / a(t), max_beta) with the
     paper's a(t), alpha_bars their running product (a Python loop), equal to a(t + 1) until the first clipped beta."""
-    from course_lib.answers.noising import cosine_schedule
+    from course_lib.stages.noising.answers import cosine_schedule
 
     betas, alphas, alpha_bars = cosine_schedule(num_steps, max_beta=max_beta)
     unclipped = [1 - cosine_alpha_bar(i + 1, num_steps) / cosine_alpha_bar(i, num_steps) for i in range(num_steps)]
@@ -109,7 +109,7 @@ def test_cosine_schedule_answer_clips_the_betas_and_recomputes_alpha_bar(num_ste
 def test_cosine_schedule_with_sutds_cap_ends_short_of_pure_noise():
     """Capping at 0.02 keeps the last alpha_bar away from 0 (about exp(-0.02 k) times the value before the k clipped
     steps); the paper's cap 0.999 ends at almost exactly 0."""
-    from course_lib.answers.noising import cosine_schedule
+    from course_lib.stages.noising.answers import cosine_schedule
 
     _, _, capped = cosine_schedule(300)
     _, _, paper = cosine_schedule(300, max_beta=0.999)

@@ -129,7 +129,8 @@ def solution_lines(stage: str) -> set[str]:
 def given_text() -> str:
     """What students of the published stages are given on purpose, normalised: the published notebooks' own cells
     (outside solution regions and hidden tests), the solutions and answers of the released stages, and the given
-    modules of course_lib (not answers/, and not checks/, whose reference side the packages leave out)."""
+    modules of course_lib (not the stages' answers and checks' references, which packages leave out, and not the
+    checks, so that a solution line in a shipped check still counts as a leak)."""
     parts = []
     for stage in PUBLISHED:
         for cell in nbformat.read(SOLUTIONS_DIR / f"{stage}.ipynb", as_version=4).cells:
@@ -140,9 +141,10 @@ def given_text() -> str:
             parts.append(visible)
     for stage in RELEASED:
         parts += sorted(solution_lines(stage))
-        parts.append((REPO / "course_lib" / "answers" / f"{STAGES[NOTEBOOKS.index(stage)].key}.py").read_text())
+        parts.append((REPO / "course_lib" / "stages" / STAGES[NOTEBOOKS.index(stage)].key / "answers.py").read_text())
     for path in sorted((REPO / "course_lib").rglob("*.py")):
-        if not {"answers", "checks"} & set(path.relative_to(REPO / "course_lib").parts):
+        if "checks" not in path.relative_to(REPO / "course_lib").parts and \
+                path.name not in ("answers.py", "reference.py", "checks.py"):
             parts.append(path.read_text())
     return normalised("\n".join(parts))
 
@@ -157,8 +159,8 @@ def hidden_test_lines() -> set[str]:
 
 def answer_definitions(key: str):
     """``(name, kind, normalised body without docstring)`` of every function, class and method of
-    ``course_lib/answers/<key>.py``."""
-    source = (REPO / "course_lib" / "answers" / f"{key}.py").read_text()
+    ``course_lib/stages/<key>/answers.py``."""
+    source = (REPO / "course_lib" / "stages" / key / "answers.py").read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
@@ -167,10 +169,11 @@ def answer_definitions(key: str):
 
 
 def given_definitions() -> set[str]:
-    """Names of the functions and classes defined in the given code (course_lib without answers/)."""
+    """Names of the functions and classes defined in the given code (course_lib without its stages' answers and
+    checks' references)."""
     names = set()
     for path in (REPO / "course_lib").rglob("*.py"):
-        if "answers" not in path.relative_to(REPO / "course_lib").parts:
+        if path.name not in ("answers.py", "reference.py"):
             names |= {node.name for node in ast.walk(ast.parse(path.read_text()))
                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     return names
@@ -223,9 +226,10 @@ def test_wheels_are_valid_and_hold_the_answers_of_earlier_stages_only(published)
                     assert (digest, size) == (f"sha256={expected}", str(len(data))), path
         assert all(name.startswith(("course_lib/", dist_info)) for name in names), "only course_lib in a package"
         assert "course_lib/checks/fixtures.pt" in names
-        answers = {name.removeprefix("course_lib/answers/").removesuffix(".py") for name in names
-                   if name.startswith("course_lib/answers/") and name != "course_lib/answers/__init__.py"}
-        assert answers == {entry.key for entry in STAGES[:number - 1]}, stage
+        library = {path.relative_to(REPO).as_posix() for path in (REPO / "course_lib").rglob("*.py")}
+        lacking = library - names
+        assert lacking == ({f"course_lib/stages/{entry.key}/answers.py" for entry in STAGES[number - 1:]}
+                           | {f"course_lib/stages/{entry.key}/reference.py" for entry in STAGES}), stage
 
 
 def test_nothing_published_holds_an_unreleased_solution_a_hidden_test_or_a_later_answer(published):
@@ -261,23 +265,17 @@ def test_nothing_published_holds_an_unreleased_solution_a_hidden_test_or_a_later
         f"  {what}: {line[:100]!r} in {where}" for what, line, where in leaks[:20])
 
 
-def test_the_checks_ship_without_their_reference_side(published):
+def test_the_checks_ship_whole_and_without_their_reference_side(published):
     """A package never runs a check's reference (its fixtures hold the visible cases), and a reference spells out
-    answers (mutants, a sampler with the wrong sign): a package holds stubs in their place."""
+    answers (mutants, a sampler with the wrong sign): no package holds a stage's reference.py, and every checks.py
+    it holds is the repository's file, byte for byte (nothing is rewritten)."""
     directory, _ = published
     for stage in PUBLISHED:
         with zipfile.ZipFile(directory / "packages" / wheel_file(stage)) as archive:
-            assert "course_lib/checks/conditional_unets.py" not in archive.namelist()
+            assert not [name for name in archive.namelist() if name.endswith("/reference.py")], stage
             for entry in STAGES:
-                source = archive.read(f"course_lib/checks/{entry.key}.py").decode()
-                tree = ast.parse(source)
-                references = {keyword.value.id for node in ast.walk(tree) if isinstance(node, ast.Call)
-                              for keyword in node.keywords if keyword.arg == "reference"}
-                assert references, entry.key
-                for node in tree.body:
-                    if getattr(node, "name", None) in references:
-                        assert [type(s).__name__ for s in node.body] == ["Expr", "ImportFrom", "Raise"], node.name
-                assert "answers.load(" not in source and "def _euler(" not in source, entry.key
+                path = f"course_lib/stages/{entry.key}/checks.py"
+                assert archive.read(path) == (REPO / path).read_bytes(), path
 
 
 PACKAGE_RUN = """
@@ -323,75 +321,17 @@ def test_every_package_imports_and_its_visible_checks_pass_on_the_solution(publi
         assert out.count("✓") == len(visible_calls(stage)), out
 
 
-CHECK_MODULE = '''
-from __future__ import annotations
-
-import math
-
-from .. import answers
-from .harness import generator, mutate
-from .protocol import check
-
-
-def _mutants(x):
-    return mutate(x)
-
-
-def _shared(x):
-    return math.sqrt(x)
-
-
-def public_helper(x):
-    return x
-
-
-def _ref(seed):
-    """The reference."""
-    x = generator(seed)
-    return answers.load("s").f(x), _mutants(x), _shared(x), public_helper(x)
-
-
-def _probe(f, *, inputs):
-    return f(_shared(inputs["x"]))
-
-
-def _judge(case, inputs, outputs, expected):
-    return "ok"
-
-
-@check(reference=_ref, probe=_probe, judge=_judge)
-def check_f(f, seed=0):
-    """Check f."""
-'''
-
-
-def test_strip_reference_side_keeps_what_probes_and_judges_use():
-    from autograder.packages import strip_reference_side
-    from course_lib.answers import AnswerNotIncluded
-
-    stripped = strip_reference_side(CHECK_MODULE)
-    assert "def _mutants" not in stripped and "mutate" not in stripped and "generator" not in stripped
-    assert "from .. import answers" not in stripped and "answers.load" not in stripped
-    assert "def _shared" in stripped and "import math" in stripped and "def public_helper" in stripped
-    assert "def _probe" in stripped and "def _judge" in stripped and "def check_f" in stripped
-    namespace = {}
-    exec(compile(stripped.replace("from .protocol import check", "check = lambda **parts: (lambda f: f)"),
-                 "stripped", "exec"), namespace)
-    with pytest.raises(AnswerNotIncluded, match="check_f: a student package holds the expected results"):
-        namespace["_ref"](seed=1)
-
-
 def test_a_module_level_import_of_what_a_package_leaves_out_fails_the_build():
     from autograder.packages import check_imports
 
-    left_out = {"course_lib/checks/conditional_unets.py", "course_lib/answers/ddpm.py"}
-    check_imports({"course_lib/checks/ddpm.py": b"def f():\n    from .conditional_unets import unet_mutants\n"},
-                  left_out)
-    for source in (b"from .conditional_unets import unet_mutants\n", b"from ..answers import ddpm\n",
-                   b"import course_lib.answers.ddpm\n",
+    left_out = {"course_lib/stages/ddpm/reference.py", "course_lib/stages/ddpm/answers.py"}
+    checks = "course_lib/stages/ddpm/checks.py"
+    check_imports({checks: b"def f():\n    from .reference import unet_mutants\n"}, left_out)
+    for source in (b"from .reference import unet_mutants\n", b"from . import answers\n",
+                   b"import course_lib.stages.ddpm.answers\n",
                    b"try:\n    from .missing import x\nexcept ImportError:\n    x = 1\n"):
-        with pytest.raises(ValueError, match="course_lib/checks/ddpm.py imports"):
-            check_imports({"course_lib/checks/ddpm.py": source}, left_out)
+        with pytest.raises(ValueError, match="course_lib/stages/ddpm/checks.py imports"):
+            check_imports({checks: source}, left_out)
 
 
 # ------------------------------------------------------------------------------------------------ a student's runtime
@@ -433,12 +373,13 @@ def student_env(venv: Path, mnist_root: Path) -> dict:
 
 def test_the_stage1_wheel_installs_with_pip_and_course_lib_comes_from_it(stage1_venv, mnist_root, tmp_path):
     found = run([stage1_venv / "bin" / "python", "-c",
-                 "import course_lib, course_lib.checks.noising, torch, nbconvert; print(course_lib.__file__)"],
+                 "import course_lib, course_lib.stages.noising.checks, torch, nbconvert; print(course_lib.__file__)"],
                 cwd=tmp_path, env=student_env(stage1_venv, mnist_root)).stdout.strip()
     package = Path(found).parent
     assert package.is_relative_to(stage1_venv), f"course_lib was imported from {found}"
     assert (package / "checks" / "fixtures.pt").is_file() and (package / "weights" / "mnist_classifier.pt").is_file()
-    assert not (package / "answers" / "noising.py").exists()
+    assert not (package / "stages" / "noising" / "answers.py").exists()
+    assert not (package / "stages" / "noising" / "reference.py").exists()
 
 
 def solved(notebook, wrong_add_noise: bool):

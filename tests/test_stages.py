@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from course_lib.stages import TRAINING_STAGES, budget, get
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_full_budgets_are_the_assignments():
@@ -68,8 +72,6 @@ def test_every_notebook_has_a_stage_entry_and_every_entry_a_notebook():
 def test_todo_cells_of_the_registry_are_the_notebooks_solution_cells_and_name_real_answers():
     """Each stage's ``todos`` lists exactly the code cells its source notebook asks students to write, and every
     reference it names exists in the stage's answers module."""
-    import importlib
-
     import nbformat
 
     from autograder.course import SOLUTIONS_DIR
@@ -80,10 +82,9 @@ def test_todo_cells_of_the_registry_are_the_notebooks_solution_cells_and_name_re
         solution_cells = {cell.metadata["nbgrader"]["grade_id"] for cell in notebook.cells
                           if cell.cell_type == "code" and cell.metadata["nbgrader"].get("solution")}
         assert set(stage.todos) == solution_cells, stage.notebook
-        module = importlib.import_module(stage.answers_module)
         for names in stage.todos.values():
             for name in names:
-                assert callable(getattr(module, name)), f"{stage.answers_module}.{name}"
+                assert callable(getattr(stage.answers, name)), f"{stage.key}: {name}"
 
 
 def test_builds_on_names_earlier_stages_only():
@@ -123,46 +124,61 @@ GIVEN_MODULES_SCRIPT = """
 import importlib, pkgutil, sys
 import course_lib
 assert course_lib.__file__.startswith(sys.argv[1]), course_lib.__file__
-names = [m.name for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.")
-         if not m.name.startswith("course_lib.answers.") and m.name not in ("course_lib.__main__",)]
+names = [m.name for m in pkgutil.walk_packages(course_lib.__path__, "course_lib.") if m.name != "course_lib.__main__"]
 for name in names:
-    if name.startswith("course_lib.checks."):
-        continue  # a stage's checks compare against its answers (the grading side); tested below
     importlib.import_module(name)
-from course_lib import answers
+from course_lib import stages
+from course_lib.checks.protocol import CHECKS
+assert len(CHECKS) == 24, sorted(CHECKS)
 present = [key for key in sys.argv[2].split(",") if key]
 missing = [key for key in sys.argv[3].split(",") if key]
 for key in present:
-    answers.load(key)
+    stages.get(key).answers
 for key in missing:
     try:
-        answers.load(key)
-    except answers.AnswerNotIncluded:
+        stages.get(key).answers
+    except stages.AnswerNotIncluded as error:
+        assert "leaves out the reference answers of stage" in str(error), error
         continue
     raise SystemExit(f"the answers of {key} are in the view")
+try:
+    stages.get("noising").reference
+except stages.AnswerNotIncluded as error:
+    assert "reference side of the checks" in str(error), error
+else:
+    raise SystemExit("the checks' reference side is in the view")
 print(len(names))
 """
 
 
-@pytest.mark.parametrize("stage", ["01_noising", "03_ddpm", "05_flow"])
-def test_library_view_without_a_stages_answers_imports_every_given_module(tmp_path, stage):
-    """The view for stage k leaves out the answers of k and later; every given module still imports from it,
-    earlier answers load, and asking for a left-out one raises AnswerNotIncluded (not a bare ImportError)."""
+@pytest.mark.parametrize("stage", ["01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow", "06_improved_unet"])
+def test_library_view_lacks_whole_files_and_still_imports_every_module(tmp_path, stage):
+    """The view for stage k lacks exactly the answers.py of k and later and every stage's reference.py; every
+    module it holds imports (every check included), earlier answers load, and asking for a left-out one raises
+    AnswerNotIncluded with its message (not a bare ImportError)."""
     import subprocess
     import sys
 
-    from autograder.library_view import left_out, write_library_view
-    from course_lib.stages import STAGES
+    from autograder.library_view import write_library_view
+    from course_lib.stages import STAGES, get
 
     write_library_view(tmp_path, stage)
-    missing = left_out(stage)
-    present = [entry.key for entry in STAGES if entry.key not in missing]
-    assert not any((tmp_path / "course_lib" / "answers" / f"{key}.py").exists() for key in missing)
+    position = STAGES.index(get(stage))
+    library = REPO / "course_lib"
+    full = {path.relative_to(library).as_posix() for path in library.rglob("*") if path.is_file()
+            and "__pycache__" not in path.parts}
+    view = {path.relative_to(tmp_path / "course_lib").as_posix() for path in (tmp_path / "course_lib").rglob("*")
+            if path.is_file()}
+    assert full - view == ({f"stages/{entry.key}/answers.py" for entry in STAGES[position:]}
+                           | {f"stages/{entry.key}/reference.py" for entry in STAGES})
+    assert view <= full
+    missing = [entry.key for entry in STAGES[position:]]
+    present = [entry.key for entry in STAGES[:position]]
     result = subprocess.run([sys.executable, "-c", GIVEN_MODULES_SCRIPT, str(tmp_path), ",".join(present),
                              ",".join(missing)], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 15, "every given module was imported"
+    assert int(result.stdout) >= 30, "every module was imported"
 
 
 def test_a_left_out_answer_says_so_when_called(tmp_path):

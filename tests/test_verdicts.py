@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from autograder.course import SOLUTIONS_DIR
 from autograder.preprocessors import is_test_cell
 from autograder.verdicts import JudgeTestCells, ProbeTestCells, check_calls, earliest_stage
-from course_lib.answers import noising
+from course_lib.stages.noising import answers as noising
 from course_lib.checks import protocol
 from course_lib.checks.protocol import RECORD_MIME
 

@@ -4,8 +4,9 @@ Every check of the course is one :class:`Check`:
 
 - ``reference(**case) -> (inputs, expected)`` builds the inputs of one case (seeded tensors, weights to load)
   and what the reference gives on them, with the outputs of known mistakes for hints. It needs the answers
-  (:mod:`course_lib.answers`): it runs in the grader, and when a student package is built, whose fixtures then
-  hold the visible cases' inputs and expected values.
+  and lives in each stage's ``reference.py`` (reached through ``REFERENCE``, :class:`course_lib.stages.stage.ReferenceCase`):
+  it runs in the grader, and when a student package is built, whose fixtures then hold the visible cases' inputs
+  and expected values.
 - ``probe(*student_objects, inputs=...) -> outputs`` runs the student's code on the inputs and returns what it
   gave (tensors, numbers, strings). It is the only part that runs student code, and it never sees ``expected``.
 - ``judge(case, inputs, outputs, expected) -> message`` compares. It raises :class:`CheckFailed` with a hint,
@@ -18,7 +19,7 @@ grader, in its own process, computes the expected values and judges (``autograde
 A check is declared by decorating its notebook signature: the parameters without defaults are the student's
 objects, those with defaults the case::
 
-    @check(reference=_add_noise_reference, probe=_add_noise_probe, judge=_add_noise_judge)
+    @check(reference=REFERENCE.add_noise_case, probe=_add_noise_probe, judge=_add_noise_judge)
     def check_add_noise(add_noise, shape=(4, 1, 28, 28), sigma=0.5, seed=0):
         '''Check add_noise(x, sigma, generator) ...'''
 """

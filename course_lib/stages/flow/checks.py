@@ -5,62 +5,24 @@ them, compares with the stage's answers on identical inputs and names the likely
 sampler run on given seeded models (:class:`~course_lib.checks.harness.ToyModel`,
 :class:`~course_lib.checks.harness.TinyNoisePredictor`), so that the student's side never needs a reference
 network.
+
+The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
+with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
-from .. import answers
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close, expect_sampling_calls,
-                      expect_tensor, generator, matching_hint, random_images, recorded, recorded_loss, run_student)
-from .protocol import check
-
-
-
+from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close,
+                               expect_sampling_calls, expect_tensor, generator, matching_hint, recorded,
+                               recorded_loss, run_student)
+from ...checks.protocol import check
+from ..stage import ReferenceCase
+from . import STAGE
 
 
-
-# ---------------------------------------------------------------------------------------------- flow_loss
-
-
-def _loss_mutants(x0: torch.Tensor, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """The flow loss with one known mistake each; every mutant draws from a fresh generator(seed)."""
-    model = ToyModel()
-    n = x0.shape[0]
-
-    def loss(t_first=True, path=lambda t, eps: (1 - t) * x0 + t * eps, target=lambda eps: eps - x0, reduce="mean"):
-        def compute():
-            g = generator(seed)
-            if t_first:
-                t = torch.rand(n, generator=g)
-                eps = torch.randn(x0.shape, generator=g)
-            else:
-                eps = torch.randn(x0.shape, generator=g)
-                t = torch.rand(n, generator=g)
-            return F.mse_loss(model(path(t.view(-1, 1, 1, 1), eps), t), target(eps), reduction=reduce)
-        return compute
-
-    return {
-        "draw t first (torch.rand(N, generator=generator)), then eps with the same generator": loss(t_first=False),
-        "the velocity points from the data to the noise: the target is eps - x0, not x0 - eps":
-            loss(target=lambda eps: x0 - eps),
-        "the network predicts the velocity eps - x0, not the noise eps": loss(target=lambda eps: eps),
-        "x_t = (1 - t) x0 + t eps: t = 0 is the data, t = 1 the noise":
-            loss(path=lambda t, eps: t * x0 + (1 - t) * eps),
-        "use the mean squared error over all pixels (F.mse_loss), not the sum": loss(reduce="sum"),
-    }
-
-
-def _flow_loss_reference(batch_size: int, seed: int) -> tuple[dict, dict]:
-    x0 = random_images(batch_size, seed + 1)
-    with torch.no_grad():
-        loss = answers.load("flow").flow_loss(ToyModel(), x0, generator=generator(seed))
-        mistakes = [(compute(), hint) for hint, compute in _loss_mutants(x0, seed).items()]
-    return {"x0": x0, "seed": seed}, {"loss": loss, "mistakes": mistakes}
+REFERENCE = ReferenceCase(STAGE)
 
 
 def _flow_loss_probe(flow_loss, *, inputs: dict) -> dict:
@@ -80,7 +42,7 @@ def _flow_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
     return f"flow_loss matches the reference (batch {case['batch_size']})"
 
 
-@check(reference=_flow_loss_reference, probe=_flow_loss_probe, judge=_flow_loss_judge)
+@check(reference=REFERENCE.flow_loss_case, probe=_flow_loss_probe, judge=_flow_loss_judge)
 def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
     """Check that ``fn(model, x0, generator)`` equals the reference rectified-flow loss on the same generator.
 
@@ -88,27 +50,6 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
     its calls; both losses draw t, then eps, from a generator seeded with ``seed``. The loss must be a scalar
     tensor with a gradient.
     """
-
-
-# -------------------------------------------------------------------------------------------- flow_sample
-
-
-def _euler(model, x: torch.Tensor, num_steps: int, sign: int) -> torch.Tensor:
-    """Euler steps ``x <- x + sign * v(x, t) / num_steps`` from t = 1 (sign = -1 is the correct sampler)."""
-    for k in range(num_steps):
-        x = x + sign * model(x, torch.full((len(x),), 1 - k / num_steps)) / num_steps
-    return x
-
-
-def _flow_sample_reference(num_samples: int, num_steps: int, seed: int) -> tuple[dict, dict]:
-    samples = answers.load("flow").flow_sample(TinyNoisePredictor(seed), num_samples, num_steps, generator(seed))
-    x_start = torch.randn((num_samples, *IMAGE), generator=generator(seed))
-    with torch.no_grad():
-        wrong_sign = _euler(TinyNoisePredictor(seed).eval(), x_start, num_steps, sign=+1)
-    return {"num_samples": num_samples, "num_steps": num_steps, "seed": seed}, {
-        "samples": samples, "x_start": x_start, "times": [1 - k / num_steps for k in range(num_steps)],
-        "mistakes": [(wrong_sign, "integrate towards the data: x <- x - dt * v (the velocity points towards the "
-                                  "noise)")]}
 
 
 def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
@@ -136,7 +77,7 @@ def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
     return f"flow_sample matches the reference Euler sampler ({case['num_steps']} steps)"
 
 
-@check(reference=_flow_sample_reference, probe=_flow_sample_probe, judge=_flow_sample_judge)
+@check(reference=REFERENCE.flow_sample_case, probe=_flow_sample_probe, judge=_flow_sample_judge)
 def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 0):
     """Check that ``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like
     the reference.

@@ -9,57 +9,36 @@ them with their defaults; the hidden tests call them again with other seeds and 
 The probes need no answer: the student's modules get the reference's weights as tensors, and the student's loss
 and sampler run on given stand-ins (:class:`~course_lib.checks.harness.ToyModel`,
 :class:`~course_lib.checks.harness.TinyNoisePredictor`).
+
+The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
+with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
-from .. import answers
-from ..noise import DDPMSchedule
-from .conditional_unets import unet_mutants
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, condition_matters,
-                      expect_close, expect_sampling_calls, generator, load_weights, random_images, recorded,
-                      recorded_loss, recorded_tensor, reference_weights, run_student, scramble_weights)
-from .protocol import check
-
-# ------------------------------------------------------------------------------------- shared by the parts
+from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
+                               condition_matters, expect_close, expect_sampling_calls, generator, load_weights,
+                               recorded, recorded_loss, recorded_tensor, run_student)
+from ...checks.protocol import check
+from ..noising.api import DDPMSchedule
+from ..stage import ReferenceCase
+from . import STAGE
 
 
-
-
-
-
-def _tables(schedule: DDPMSchedule) -> dict:
-    """A schedule as the probes get it (they rebuild it with :meth:`DDPMSchedule.from_tables`)."""
-    return {name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}
+REFERENCE = ReferenceCase(STAGE)
 
 
 def _schedule(inputs: dict) -> DDPMSchedule:
     return DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
 
 
-# ------------------------------------------------------------------------------------------- FCBlock
-
-
 FC_HINT = "FCBlock = Linear(F_in, F_out), GELU, Linear(F_out, F_out)"
+
+
 UNET_NAMES = ("name the layers as in the docstring: conv_in, down1, down2, flatten, unflatten, up1, up2, conv_out, "
               "head, t1 = FCBlock(1, 2D), t2 = FCBlock(1, D)")
-
-
-def _fc_block_reference(in_features: int, out_features: int, batch_size: int, seed: int) -> tuple[dict, dict]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reference = answers.load("ddpm").FCBlock(in_features, out_features)
-    x = torch.randn(batch_size, in_features, generator=generator(seed))
-    with torch.no_grad():
-        output = reference(x)
-        relu = reference[2](F.relu(reference[0](x)))
-    inputs = {"in_features": in_features, "out_features": out_features, "x": x, **reference_weights(reference)}
-    return inputs, {"output": output, "mistakes": [(relu, "use GELU between the two Linear layers, not ReLU")]}
 
 
 def _fc_block_probe(cls, *, inputs: dict) -> dict:
@@ -75,27 +54,10 @@ def _fc_block_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
     return f"FCBlock({case['in_features']}, {case['out_features']}) matches the reference"
 
 
-@check(reference=_fc_block_reference, probe=_fc_block_probe, judge=_fc_block_judge)
+@check(reference=REFERENCE.fc_block_case, probe=_fc_block_probe, judge=_fc_block_judge)
 def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size: int = 5, seed: int = 0):
     """Check ``cls(in_features, out_features)``: with the weights of a seeded reference FCBlock (matched by name,
     else in registration order) it maps ``batch_size`` random rows (N, F_in) to the reference's (N, F_out)."""
-
-
-# ------------------------------------------------------------------------------------ TimeConditionalUNet
-
-
-def _unet_reference(num_hiddens: int, batch_size: int, seed: int) -> tuple[dict, dict]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reference = scramble_weights(answers.load("ddpm").TimeConditionalUNet(1, num_hiddens), seed).eval()
-    g = generator(seed)
-    x = torch.randn((batch_size, *IMAGE), generator=g)
-    t = torch.rand(batch_size, generator=g)
-    with torch.no_grad():
-        noise = reference(x, t)
-        mistakes = [(compute(), hint) for hint, compute in unet_mutants(reference, x, t).items()]
-    inputs = {"num_hiddens": num_hiddens, "x": x, "t": t, **reference_weights(reference)}
-    return inputs, {"noise": noise, "mistakes": mistakes}
 
 
 def _unet_probe(cls, *, inputs: dict) -> dict:
@@ -118,54 +80,11 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             f"{case['batch_size']} images")
 
 
-@check(reference=_unet_reference, probe=_unet_probe, judge=_unet_judge)
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
 def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, seed: int = 0):
     """Check ``cls(in_channels=1, num_hiddens=D)`` with ``forward(x, t)``: with the weights of a seeded reference
     (matched by name, else in registration order) it gives the reference's output in eval mode for ``batch_size``
     random images and times, and an output that changes with ``t``."""
-
-
-# ---------------------------------------------------------------------------------------------- ddpm_loss
-
-
-def _loss_mutants(x0: torch.Tensor, schedule: DDPMSchedule, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """The DDPM loss with one known mistake each; every mutant draws from a fresh generator(seed)."""
-    model = ToyModel()
-    n, T = x0.shape[0], schedule.num_steps
-
-    def loss(draw_t_first=True, t_low=0, time=lambda t: t.float() / T, x_t=None, target="eps", reduce="mean"):
-        def compute():
-            g = generator(seed)
-            if draw_t_first:
-                t = torch.randint(t_low, T + t_low, (n,), generator=g)
-                eps = torch.randn(x0.shape, generator=g)
-            else:
-                eps = torch.randn(x0.shape, generator=g)
-                t = torch.randint(t_low, T + t_low, (n,), generator=g)
-            ab = schedule.alpha_bars[t.clamp(max=T - 1)].view(-1, 1, 1, 1)
-            noisy = x_t(ab, eps) if x_t else ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-            return F.mse_loss(model(noisy, time(t)), eps if target == "eps" else x0, reduction=reduce)
-        return compute
-
-    return {
-        "draw t first (torch.randint(0, T, (N,), generator=generator)), then eps with the same generator":
-            loss(draw_t_first=False),
-        "pass the time to the model as t / T (floats in [0, 1)), not the integer step": loss(time=lambda t: t.float()),
-        "timesteps run over 0..T-1 in this course: torch.randint(0, T, ...)": loss(t_low=1),
-        "x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps: did you forget the square roots?":
-            loss(x_t=lambda ab, eps: ab * x0 + (1 - ab) * eps),
-        "the network predicts the noise eps, not the clean image: the target is eps": loss(target="x0"),
-        "use the mean squared error over all pixels (F.mse_loss), not the sum": loss(reduce="sum"),
-    }
-
-
-def _loss_reference(batch_size: int, num_steps: int, seed: int) -> tuple[dict, dict]:
-    schedule = DDPMSchedule(num_steps)
-    x0 = random_images(batch_size, seed + 1)
-    loss = answers.load("ddpm").ddpm_loss(ToyModel(), x0, schedule, generator=generator(seed)).detach()
-    with torch.no_grad():
-        mistakes = [(compute().detach(), hint) for hint, compute in _loss_mutants(x0, schedule, seed).items()]
-    return {"x0": x0, "generator_seed": seed, **_tables(schedule)}, {"loss": loss, "mistakes": mistakes}
 
 
 def _loss_probe(ddpm_loss, *, inputs: dict) -> dict:
@@ -185,21 +104,17 @@ def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     return f"ddpm_loss matches the reference (batch {case['batch_size']}, T = {case['num_steps']})"
 
 
-@check(reference=_loss_reference, probe=_loss_probe, judge=_loss_judge)
+@check(reference=REFERENCE.loss_case, probe=_loss_probe, judge=_loss_judge)
 def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0):
     """Check ``fn(model, x0, schedule, generator)``: on a toy model, ``batch_size`` images in [-1, 1] and the
     linear schedule of ``num_steps`` steps, a scalar loss with a gradient, equal to the reference DDPM loss drawn
     from a generator seeded with ``seed``."""
 
 
-# ---------------------------------------------------------------------------------------------- ddpm_step
-
-# In float32, 1 - alpha_bar_t loses digits at small t, so the posterior form and Ho et al.'s form of the same
-# step differ by up to about 1e-4 relative (T = 1000, t = 1): both must pass.
 STEP_ATOL, STEP_RTOL = 1e-4, 1e-3
 
 
-def _step_coefficients(step, t: int, schedule: DDPMSchedule) -> list[float]:
+def step_coefficients(step, t: int, schedule: DDPMSchedule) -> list[float]:
     """The coefficients [a, b, c] of x_{t-1} = a x_t + b eps + c z, read off ``step`` with unit inputs."""
     one, zero = torch.ones(1, *IMAGE), torch.zeros(1, *IMAGE)
     coefficients = []
@@ -231,22 +146,9 @@ def _step_hint(got: list[float] | None, want: list[float], t: int, beta: float) 
             "sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)")
 
 
-def _step_times(num_steps: int) -> list[int]:
+def step_times(num_steps: int) -> list[int]:
     """The steps checked: T-1, T/2, 1 and 0 (without repeats), in the order of the reverse process."""
     return sorted({num_steps - 1, num_steps // 2, 1 % num_steps, 0}, reverse=True)
-
-
-def _step_reference(batch_size: int, num_steps: int, seed: int) -> tuple[dict, dict]:
-    ddpm_step = answers.load("ddpm").ddpm_step
-    schedule = DDPMSchedule(num_steps)
-    g = generator(seed)
-    cases, expected = [], []
-    for t in _step_times(num_steps):
-        x_t, eps, z = (torch.randn((batch_size, *IMAGE), generator=g) for _ in range(3))
-        cases.append({"t": t, "x_t": x_t, "eps": eps, "z": z})
-        expected.append({"with_z": ddpm_step(x_t, eps, t, schedule, z), "without_z": ddpm_step(x_t, eps, t, schedule),
-                         "coefficients": _step_coefficients(ddpm_step, t, schedule)})
-    return {"cases": cases, **_tables(schedule)}, {"cases": expected}
 
 
 def _step_probe(ddpm_step, *, inputs: dict) -> dict:
@@ -257,7 +159,7 @@ def _step_probe(ddpm_step, *, inputs: dict) -> dict:
         result = {name: recorded(run_student("ddpm_step", ddpm_step, x_t, eps, t, schedule, noise))
                   for name, noise in (("with_z", case["z"].clone()), ("without_z", None))}
         try:  # read only for a hint when the step is wrong
-            result["coefficients"] = _step_coefficients(ddpm_step, t, schedule)
+            result["coefficients"] = step_coefficients(ddpm_step, t, schedule)
         except CheckFailed:
             result["coefficients"] = None
         results.append(result)
@@ -266,7 +168,7 @@ def _step_probe(ddpm_step, *, inputs: dict) -> dict:
 
 def _step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     num_steps, shape = case["num_steps"], (case["batch_size"], *IMAGE)
-    times = _step_times(num_steps)
+    times = step_times(num_steps)
     if len(outputs["cases"]) != len(times):
         raise CheckFailed("ddpm_step: the recorded result is incomplete")
     for t, got, want in zip(times, outputs["cases"], expected["cases"]):
@@ -281,28 +183,14 @@ def _step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     return f"ddpm_step matches Algorithm 2 at t = {num_steps - 1}, {num_steps // 2}, 1 and 0, with and without z"
 
 
-@check(reference=_step_reference, probe=_step_probe, judge=_step_judge)
+@check(reference=REFERENCE.step_case, probe=_step_probe, judge=_step_judge)
 def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0):
     """Check ``fn(x_t, eps, t, schedule, z)``: the reference x_{t-1} at t = T-1, T/2, 1 and 0 on the linear
     schedule of ``num_steps`` steps, for ``batch_size`` random x_t, eps and z, and with ``z=None``. A wrong step is
     told which coefficient (of x_t, eps or z) is off, read from its outputs on unit inputs."""
 
 
-# ---------------------------------------------------------------------------------------------- ddpm_sample
-
 SAMPLE_MODES = (True, False)  # stochastic, then deterministic
-
-
-def _sample_reference(num_samples: int, num_steps: int, seed: int) -> tuple[dict, dict]:
-    ddpm_sample = answers.load("ddpm").ddpm_sample
-    schedule = DDPMSchedule(num_steps)
-    runs = []
-    for stochastic in SAMPLE_MODES:
-        samples, trajectory = ddpm_sample(TinyNoisePredictor(seed), schedule, num_samples, generator(seed),
-                                          stochastic, return_trajectory=True)
-        runs.append({"samples": samples.clone(), "trajectory": trajectory.clone()})
-    inputs = {"num_samples": num_samples, "model_seed": seed, "generator_seed": seed, **_tables(schedule)}
-    return inputs, {"runs": runs}
 
 
 def _sample_probe(ddpm_sample, *, inputs: dict) -> dict:
@@ -343,7 +231,7 @@ def _sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"ddpm_sample reproduces Algorithm 2 ({num_steps} steps, with and without z)"
 
 
-@check(reference=_sample_reference, probe=_sample_probe, judge=_sample_judge)
+@check(reference=REFERENCE.sample_case, probe=_sample_probe, judge=_sample_judge)
 def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0):
     """Check ``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to
     the reference Algorithm 2 run on the same small seeded noise predictor (``TinyNoisePredictor(seed)``) and the

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..improved_unet import group_norm
+from ...improved_unet import group_norm
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

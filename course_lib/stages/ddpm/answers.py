@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sampling import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
-from ..validation import check_batch_vector, check_tensor
-from .denoiser import UNetBody
-from .noising import q_sample
+from ...chain import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
+from ...validation import check_batch_vector, check_tensor
+from ..denoiser.answers import UNetBody
+from ..noising.answers import q_sample
+
 
 EpsPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

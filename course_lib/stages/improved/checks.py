@@ -5,67 +5,26 @@ them, compares with the stage's answers on identical inputs (the same times; the
 student's module) and names the likely mistake. The attention check also tests a property that holds whatever the
 weights: attention has no notion of where a position is, so permuting the H*W positions of the input permutes
 those of the output in the same way.
+
+The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
+with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .. import answers
-from .harness import (CheckFailed, close, compare, expect_close, generator, load_weights, matching_hint, recorded,
-                      recorded_tensor, reference_weights, run_student)
-from .protocol import check
+from ...checks.harness import (CheckFailed, close, compare, expect_close, load_weights, matching_hint, recorded,
+                               recorded_tensor, run_student)
+from ...checks.protocol import check
+from ..stage import ReferenceCase
+from . import STAGE
 
 
-
-
-
-
-
-
-# ------------------------------------------------------------------------------------ sinusoidal_embedding
+REFERENCE = ReferenceCase(STAGE)
 
 EMBEDDING_HINT = ("with h = dim // 2 and w_i = 10000 ** (-i / h) for i = 0 .. h-1, return "
                   "torch.cat([sin(t[:, None] * w), cos(t[:, None] * w)], dim=1)")
-
-
-def _embedding_variant(t: torch.Tensor, dim: int, frequencies=None, order: str = "sin_cos") -> torch.Tensor:
-    half = dim // 2
-    w = frequencies if frequencies is not None else 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
-    angles = t.double()[:, None] * w[None, :]
-    sin, cos = torch.sin(angles), torch.cos(angles)
-    if order == "interleaved":
-        return torch.stack([sin, cos], dim=2).flatten(1).float()
-    return torch.cat([sin, cos] if order == "sin_cos" else [cos, sin], dim=1).float()
-
-
-def _embedding_reference(num_times: int, dim: int, seed: int) -> tuple[dict, dict]:
-    if dim % 2 or dim < 4:
-        raise ValueError(f"`dim` must be even and at least 4, got {dim}")
-    if num_times < 3:
-        raise ValueError(f"`num_times` must be at least 3 (the check includes t = 0 and two tiny times), "
-                         f"got {num_times}")
-    t = torch.rand(num_times, generator=generator(seed)) * 1000
-    t[0], t[1], t[2] = 0.0, 1e-3, 2.5e-3  # tiny times: wrong frequencies give angles float32 still computes exactly
-    half = dim // 2
-    i = torch.arange(half, dtype=torch.float64)
-    mistakes = [
-        (_embedding_variant(t, dim, order="cos_sin"), "the cosines come second: torch.cat([sin, cos], dim=1)"),
-        (_embedding_variant(t, dim, order="interleaved"),
-         "sin and cos are interleaved: put all the sines first, then all the cosines (torch.cat, not torch.stack)"),
-        (_embedding_variant(t, dim, 10000.0 ** (i / half)),
-         "your frequencies grow with i: w_i = 10000 ** (-i / h) falls from 1 to almost 1/10000"),
-        (_embedding_variant(t, dim, 10000.0 ** (-i / max(half - 1, 1))),
-         "divide by h = dim // 2, not h - 1: w_i = 10000 ** (-i / h)"),
-        (_embedding_variant(t, dim, 10000.0 ** (-i / dim)),
-         "divide the exponent by h = dim // 2, not by dim: w_i = 10000 ** (-i / h)"),
-        (_embedding_variant(t, dim, torch.exp(-4.0 * i / half)),
-         "exp(-log(10000) * i / h) needs the natural log, math.log(10000.0), not log10"),
-    ]
-    return {"t": t, "dim": dim}, {"embedding": answers.load("improved").sinusoidal_embedding(t, dim).float(),
-                                  "mistakes": mistakes}
 
 
 def _embedding_probe(sinusoidal_embedding, *, inputs: dict) -> dict:
@@ -96,63 +55,19 @@ def _embedding_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
             "as the reference")
 
 
-@check(reference=_embedding_reference, probe=_embedding_probe, judge=_embedding_judge)
+@check(reference=REFERENCE.embedding_case, probe=_embedding_probe, judge=_embedding_judge)
 def check_sinusoidal_embedding(sinusoidal_embedding, num_times: int = 6, dim: int = 16, seed: int = 0):
     """Check ``sinusoidal_embedding(t, dim)`` on ``num_times`` >= 3 float times in [0, 1000)
     (the first 0, 0.001, 0.0025)
     against the reference, (num_times, dim)."""
 
 
-# ------------------------------------------------------------------------------------------- SelfAttention
-
 ATTENTION_HINT = ("tokens = self.norm(x) as rows (N, H*W, C) (flatten(2), then transpose(1, 2)); q, k, v = "
                   "self.query(tokens), self.key(tokens), self.value(tokens); weights = softmax(q @ k^T / sqrt(C), "
                   "dim=-1); return x + self.out(weights @ v), turned back into (N, C, H, W)")
+
+
 ATTENTION_NAMES = "keep the given __init__ (norm, query, key, value, out) as it is"
-
-
-def _attention_variant(module, x: torch.Tensor, *, scale=None, softmax_dim: int = -1, residual: bool = True,
-                       normalise: bool = True, as_view: bool = False) -> torch.Tensor:
-    """The attention block with one known mistake, from the reference module's layers."""
-    n, c, h, w = x.shape
-    features = module.norm(x) if normalise else x
-    tokens = features.reshape(n, h * w, c) if as_view else features.flatten(2).transpose(1, 2)
-    q, k, v = module.query(tokens), module.key(tokens), module.value(tokens)
-    scores = q @ k.transpose(1, 2) / (math.sqrt(c) if scale is None else scale)
-    out = module.out(torch.softmax(scores, dim=softmax_dim) @ v)
-    out = out.reshape(n, c, h, w) if as_view else out.transpose(1, 2).reshape(n, c, h, w)
-    return x + out if residual else out
-
-
-def _attention_reference(channels: int, height: int, width: int, batch_size: int, seed: int) -> tuple[dict, dict]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reference = answers.load("improved").SelfAttention(channels).eval()
-        with torch.no_grad():  # sharper attention than at initialisation, so that every mistake shows
-            for layer in (reference.query, reference.key):
-                layer.weight.mul_(4.0)
-            reference.norm.weight.uniform_(0.5, 1.5)
-            reference.norm.bias.normal_(0.0, 0.2)
-    g = generator(seed)
-    x = torch.randn((batch_size, channels, height, width), generator=g)
-    permutation = torch.randperm(height * width, generator=g)
-    with torch.no_grad():
-        output = reference(x)
-        mistakes = [
-            (_attention_variant(reference, x, scale=1.0), "divide the scores q @ k^T by sqrt(C) before the softmax"),
-            (_attention_variant(reference, x, scale=float(channels)), "divide the scores by sqrt(C), not by C"),
-            (_attention_variant(reference, x, scale=math.sqrt(height * width)),
-             "divide the scores by sqrt(C), the channels, not by the square root of the number of positions"),
-            (_attention_variant(reference, x, softmax_dim=1),
-             "take the softmax over the keys (dim=-1): each query's weights over the positions must sum to 1"),
-            (_attention_variant(reference, x, residual=False), "add the input back: return x + attention output"),
-            (_attention_variant(reference, x, normalise=False),
-             "apply self.norm to x before the query, key and value maps (but add the un-normalised x back)"),
-            (_attention_variant(reference, x, as_view=True),
-             "x.reshape(N, H*W, C) mixes channels and positions: flatten to (N, C, H*W), then transpose(1, 2)"),
-        ]
-    inputs = {"channels": channels, "x": x, "permutation": permutation, **reference_weights(reference)}
-    return inputs, {"output": output, "mistakes": mistakes}
 
 
 def _permuted(x: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
@@ -192,7 +107,7 @@ def _attention_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
             "as the reference, and it permutes with the positions")
 
 
-@check(reference=_attention_reference, probe=_attention_probe, judge=_attention_judge)
+@check(reference=REFERENCE.attention_case, probe=_attention_probe, judge=_attention_judge)
 def check_self_attention(cls, channels: int = 8, height: int = 7, width: int = 7, batch_size: int = 3, seed: int = 0):
     """Check ``cls(channels)``: with a seeded reference's weights (the given ``__init__`` names them), its output
     on random maps (batch_size, channels, height, width) matches the reference's, and shuffling the positions of the

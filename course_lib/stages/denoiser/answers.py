@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..objectives import DENOISER_SIGMA
-from ..validation import check_images, check_positive_int
-from .noising import add_noise
+from ...validation import check_images, check_positive_int
+from ..noising.answers import add_noise
+from .api import DENOISER_SIGMA
+
 
 IMAGE_SIZE = 28
 

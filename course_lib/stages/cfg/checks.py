@@ -6,41 +6,34 @@ them, compares with the stage's answers on identical inputs and names the likely
 estimate and the sampler run on given seeded stand-ins (:class:`~course_lib.checks.harness.ToyModel`,
 :class:`~course_lib.checks.harness.TinyNoisePredictor`) wrapped in a :class:`~course_lib.checks.harness.Spy` that
 records what the student's code feeds them, so that the student's side never needs a reference network.
+
+The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
+with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .. import answers, models, objectives
-from ..noise import DDPMSchedule
-from ..objectives import P_UNCOND
-from .harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare, condition_matters,
-                      expect_close, expect_sampling_calls, expect_tensor, generator, load_weights, matching_hint,
-                      random_images, recorded, recorded_loss, recorded_tensor, reference_weights, run_student,
-                      scramble_weights)
-from .protocol import check
+from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
+                               condition_matters, expect_close, expect_sampling_calls, expect_tensor, generator,
+                               load_weights, matching_hint, recorded, recorded_loss, recorded_tensor, run_student)
+from ...checks.protocol import check
+from ...data import one_hot
+from ..noising.api import DDPMSchedule
+from ..stage import ReferenceCase
+from . import STAGE
+
+
+REFERENCE = ReferenceCase(STAGE)
 
 NUM_CLASSES = 10
+
+
 DROP_HINT = ("draw u = torch.rand(N, generator=generator, device=c.device), one number per row, and set row i to "
              "zeros when u[i] < p_uncond")
-
-
-def one_hot_batch(batch_size: int, seed: int, with_empty_row: bool = False) -> torch.Tensor:
-    """Random one-hot classes (batch_size, 10); the last row all zeros ("no class") if asked."""
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator(seed))
-    c = objectives.one_hot(labels, NUM_CLASSES)
-    if with_empty_row:
-        c[-1] = 0
-    return c
-
-
-# ------------------------------------------------------------------------------------- shared by the parts
 
 
 def _attempt(run: Callable[[], dict]) -> dict:
@@ -51,27 +44,11 @@ def _attempt(run: Callable[[], dict]) -> dict:
         return {"failed": str(failure)}
 
 
-
-
-
-
 def _succeeded(result) -> dict:
     """A result of :func:`_attempt`, after raising the failure it recorded."""
     if "failed" in result:
         raise CheckFailed(str(result["failed"]))
     return result
-
-
-
-
-# ------------------------------------------------------------------------------------------- drop_labels
-
-
-def _drop_labels_reference(batch_size: int, p_uncond: float, seed: int) -> tuple[dict, dict]:
-    c = one_hot_batch(batch_size, seed + 1)
-    expected = answers.load("cfg").drop_labels(c, p_uncond, generator(seed))
-    inverted = c * (torch.rand(batch_size, generator=generator(seed)) < p_uncond)[:, None].float()
-    return {"c": c, "p_uncond": p_uncond, "seed": seed}, {"dropped": expected, "inverted": inverted}
 
 
 def _drop_labels_probe(drop_labels, *, inputs: dict) -> dict:
@@ -121,7 +98,7 @@ def _rows(mask: torch.Tensor) -> str:
     return "[" + ", ".join(map(str, rows[:6])) + (", ...]" if len(rows) > 6 else "]")
 
 
-@check(reference=_drop_labels_reference, probe=_drop_labels_probe, judge=_drop_labels_judge)
+@check(reference=REFERENCE.drop_labels_case, probe=_drop_labels_probe, judge=_drop_labels_judge)
 def check_drop_labels(fn, batch_size: int = 64, p_uncond: float = 0.1, seed: int = 0):
     """Check that ``fn(c, p_uncond, generator)`` zeroes whole rows of one-hot ``c`` exactly as the reference does.
 
@@ -131,26 +108,8 @@ def check_drop_labels(fn, batch_size: int = 64, p_uncond: float = 0.1, seed: int
     """
 
 
-# ----------------------------------------------------------------------------------- ClassConditionalUNet
-
 CFG_NAMES = ("name the layers as in the docstring: conv_in, down1, down2, flatten, unflatten, up1, up2, conv_out, "
              "head, t1 = FCBlock(1, 2D), t2 = FCBlock(1, D), c1 = FCBlock(10, 2D), c2 = FCBlock(10, D)")
-
-
-def _unet_reference(num_hiddens: int, batch_size: int, seed: int) -> tuple[dict, dict]:
-    from .conditional_unets import unet_mutants  # reference side only: it runs the reference UNet's layers
-
-    reference = scramble_weights(models.ClassConditionalUNet(1, NUM_CLASSES, num_hiddens), seed).eval()
-    g = generator(seed)
-    x = torch.randn((batch_size, *IMAGE), generator=g)
-    t = torch.rand(batch_size, generator=g)
-    c = one_hot_batch(batch_size, seed + 1, with_empty_row=True)
-    other_c = one_hot_batch(batch_size, seed + 2)
-    with torch.no_grad():
-        noise = reference(x, t, c)
-        mistakes = [(compute(), hint) for hint, compute in unet_mutants(reference, x, t, c).items()]
-    inputs = {"x": x, "t": t, "c": c, "other_c": other_c, "num_hiddens": num_hiddens, **reference_weights(reference)}
-    return inputs, {"noise": noise, "mistakes": mistakes}
 
 
 def _unet_probe(cls, *, inputs: dict) -> dict:
@@ -177,7 +136,7 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             f"{case['batch_size']} images")
 
 
-@check(reference=_unet_reference, probe=_unet_probe, judge=_unet_judge)
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
 def check_class_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 4, seed: int = 0):
     """Check ``cls(in_channels=1, num_classes=10, num_hiddens=D)`` with ``forward(x, t, c)`` against the reference.
 
@@ -187,8 +146,6 @@ def check_class_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 4,
     """
 
 
-# --------------------------------------------------------------------------------------------- guided_eps
-
 GUIDANCE_BATCH_HINT = ("compute both predictions in ONE forward pass: model(torch.cat([x_t, x_t]), torch.cat([t, t]), "
                        "torch.cat([c, torch.zeros_like(c)])), then split the result with .chunk(2)")
 
@@ -197,29 +154,6 @@ def _guided_atol(guidance: float) -> float:
     """The absolute tolerance of a guided estimate: float32 rounding of the two estimates, amplified by gamma
     (a batched forward pass and two separate ones differ by about 1e-6)."""
     return 1e-5 * (1 + abs(guidance))
-
-
-def _guidance_model(seed: int) -> nn.Module:
-    """The class-conditional model the guided estimates run on: given code, seeded, in eval mode."""
-    return TinyNoisePredictor(seed, num_classes=NUM_CLASSES).eval()
-
-
-def _guided_reference(batch_size: int, guidance: float, seed: int) -> tuple[dict, dict]:
-    model = _guidance_model(seed)
-    g = generator(seed)
-    x_t = torch.randn((batch_size, *IMAGE), generator=g)
-    t = torch.rand(batch_size, generator=g)
-    c = one_hot_batch(batch_size, seed + 1)
-    with torch.no_grad():
-        eps_c, eps_u = model(x_t, t, c), model(x_t, t, torch.zeros_like(c))
-    scales = (guidance, 0.0, 1.0)
-    return {"x_t": x_t, "t": t, "c": c, "scales": list(scales), "model_seed": seed}, {
-        "guided": [eps_u + scale * (eps_c - eps_u) for scale in scales],
-        "mistakes": [
-            (eps_c + guidance * (eps_u - eps_c),
-             "you swapped eps_cond and eps_uncond: eps = eps_uncond + gamma (eps_cond - eps_uncond)"),
-            (eps_c + guidance * (eps_c - eps_u),
-             "start from the unconditional prediction: eps = eps_uncond + gamma (eps_cond - eps_uncond)")]}
 
 
 def _zero_rows(c) -> int | None:
@@ -270,7 +204,7 @@ def _guided_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"guided_eps matches eps_u + gamma (eps_c - eps_u) at gamma = 0, 1 and {guidance:g}, in one forward pass"
 
 
-@check(reference=_guided_reference, probe=_guided_probe, judge=_guided_judge)
+@check(reference=REFERENCE.guided_case, probe=_guided_probe, judge=_guided_judge)
 def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int = 0):
     """Check that ``fn(model, x_t, t, c, guidance)`` returns eps_u + guidance (eps_c - eps_u) from one batched
     forward pass.
@@ -281,59 +215,11 @@ def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int =
     """
 
 
-# ---------------------------------------------------------------------------------------------- cfg_loss
-
 LOSS_ORDER = ("drop", "t", "eps")  # the draws of the class-conditional loss, in the order the reference makes them
+
+
 ORDER_HINT = ("draw in this order, all with `generator`: first the dropout (drop_labels), then t "
               "(torch.randint(0, T, (N,), ...)), then eps (torch.randn(x0.shape, ...))")
-
-
-def _loss_draws(x0: torch.Tensor, labels: torch.Tensor, schedule, p_uncond: float, seed: int, order) -> dict:
-    """What the model gets when the loss draws the dropout, t and eps from generator(seed) in ``order``."""
-    g = generator(seed)
-    n, steps = x0.shape[0], schedule.num_steps
-    c = objectives.one_hot(labels, NUM_CLASSES)
-    draws = {}
-    for what in order:
-        if what == "drop":
-            draws["c"] = c * (torch.rand(n, generator=g) >= p_uncond)[:, None].float()
-        elif what == "t":
-            draws["t"] = torch.randint(0, steps, (n,), generator=g)
-        else:
-            draws["eps"] = torch.randn(x0.shape, generator=g)
-    alpha_bar = schedule.alpha_bars[draws["t"]].view(-1, 1, 1, 1)
-    return {"c": draws["c"], "t": draws["t"].float() / steps,
-            "x": alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * draws["eps"], "eps": draws["eps"]}
-
-
-def _cfg_loss_reference(batch_size: int, num_steps: int, p_uncond: float, seed: int) -> tuple[dict, dict]:
-    schedule = DDPMSchedule(num_steps)
-    x0 = random_images(batch_size, seed + 1)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator(seed + 2))
-    spy = Spy(ToyModel())
-    loss = answers.load("cfg").class_conditional_loss(spy, x0, labels, schedule, p_uncond,
-                                                      generator=generator(seed)).detach()
-    call = spy.calls[0]
-    others = [_loss_draws(x0, labels, schedule, p_uncond, seed, order)
-              for order in itertools.permutations(LOSS_ORDER) if order != LOSS_ORDER]
-    if p_uncond != P_UNCOND:
-        fixed = _loss_draws(x0, labels, schedule, P_UNCOND, seed, LOSS_ORDER)["c"]
-    else:
-        fixed = call["c"]
-    right = _loss_draws(x0, labels, schedule, p_uncond, seed, LOSS_ORDER)
-    model = ToyModel()
-    with torch.no_grad():
-        output = model(right["x"], right["t"], right["c"])
-        loss_mistakes = [
-            (F.mse_loss(output, right["eps"], reduction="sum"), "use the mean squared error over all pixels "
-                                                                "(F.mse_loss), not the sum"),
-            (F.mse_loss(output, x0), "the network predicts the noise eps, not the clean image: the target is eps"),
-        ]
-    inputs = {"x0": x0, "labels": labels, "p_uncond": p_uncond, "generator_seed": seed,
-              **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
-    return inputs, {"loss": loss, "c": call["c"], "t": call["t"], "x": call["x"], "c_fixed_p": fixed,
-                    "orders": [{key: draw[key] for key in ("c", "t", "x")} for draw in others],
-                    "t_steps": right["t"] * num_steps, "loss_mistakes": loss_mistakes}
 
 
 def _cfg_loss_probe(cfg_loss, *, inputs: dict) -> dict:
@@ -365,9 +251,9 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
         raise CheckFailed("your model got no classes: pass them as its third input, model(x_t, t / T, c)")
     c = expect_tensor("the classes c your model got", call["c"], (n, NUM_CLASSES))
     if not close(c, expected["c"]):
-        one_hot = objectives.one_hot(inputs["labels"], NUM_CLASSES)
-        rows_ok = bool((((c == one_hot).all(1)) | ((c == 0).all(1))).all())
-        if close(c, one_hot):
+        classes = one_hot(inputs["labels"], NUM_CLASSES)
+        rows_ok = bool((((c == classes).all(1)) | ((c == 0).all(1))).all())
+        if close(c, classes):
             hint = ("no row of c was dropped: pass the one-hot classes through your drop_labels(c, p_uncond, "
                     "generator) before the model")
         elif not rows_ok:
@@ -406,65 +292,13 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
             f"{int((c == 0).all(1).sum())} rows dropped)")
 
 
-@check(reference=_cfg_loss_reference, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
+@check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
 def check_cfg_loss(fn, batch_size: int = 16, num_steps: int = 50, p_uncond: float = 0.3, seed: int = 0):
     """Check ``fn(model, x0, labels, schedule, p_uncond=..., generator=...)``: on a toy model (wrapped to record
     what it gets), ``batch_size`` images in [-1, 1] with random digits and the linear schedule of ``num_steps``
     steps, the model must get the reference's classes (one-hot, rows dropped with ``p_uncond``), times t / T and
     x_t, drawn from a generator seeded with ``seed`` in the order dropout, t, eps; and the loss must be the
     reference's scalar, with a gradient."""
-
-
-# -------------------------------------------------------------------------------------------- cfg_sample
-
-
-def _guided_chain(model, schedule, labels: torch.Tensor, guidance: float, seed: int, *, stochastic: bool = True,
-                  last_noise: bool = False) -> torch.Tensor:
-    """The guided sampler with a known mistake (no z at all, or noise at the last step): its trajectory
-    (T + 1, N, 1, 28, 28), x_T first and the samples last."""
-    cfg, ddpm = answers.load("cfg"), answers.load("ddpm")
-    g = generator(seed)
-    steps, n = schedule.num_steps, len(labels)
-    c = objectives.one_hot(labels, NUM_CLASSES)
-    x = torch.randn((n, *IMAGE), generator=g)
-    frames = [x]
-    model.eval()
-    with torch.no_grad():
-        for t in reversed(range(steps)):
-            eps = cfg.guided_eps(model, x, torch.full((n,), t / steps), c, guidance)
-            z = torch.randn(x.shape, generator=g) if stochastic and (t > 0 or last_noise) else None
-            x = ddpm.ddpm_step(x, eps, t, schedule, z)
-            if t == 0 and z is not None:
-                x = x + schedule.betas[0].sqrt() * z
-            frames.append(x)
-    return torch.stack(frames)
-
-
-def _cfg_sample_reference(num_samples: int, num_steps: int, guidance: float, seed: int) -> tuple[dict, dict]:
-    schedule = DDPMSchedule(num_steps)
-    labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator(seed + 1))
-    samples, trajectory = answers.load("cfg").cfg_sample(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule,
-                                                         labels, guidance, generator(seed), return_trajectory=True)
-
-    def variant(**kwargs) -> torch.Tensor:
-        return _guided_chain(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule, labels,
-                             kwargs.pop("scale", guidance), seed, **kwargs)
-
-    mistakes = [(variant(last_noise=True), "did you add noise at the last step t = 0? There the sample is the mean, "
-                                           "with no z (pass z=None, or draw z only for t > 0)"),
-                (variant(stochastic=False), "no noise was added: draw a fresh z = torch.randn(x.shape, "
-                                            "generator=generator, device=device) at every step t > 0"),
-                (variant(scale=1.0), "your sampler follows guidance 1, the plain conditional model: pass the "
-                                     "`guidance` argument to guided_eps")]
-    if guidance != 5.0:
-        mistakes.append((variant(scale=5.0), "your sampler follows guidance 5: pass the `guidance` argument to "
-                                             "guided_eps, not a fixed value"))
-    if guidance != 0.0:
-        mistakes.append((variant(scale=0.0), "your sampler follows guidance 0, the unconditional model: pass "
-                                             "the `guidance` argument to guided_eps"))
-    inputs = {"labels": labels, "guidance": guidance, "model_seed": seed, "generator_seed": seed,
-              **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
-    return inputs, {"samples": samples.clone(), "trajectory": trajectory.clone(), "mistakes": mistakes}
 
 
 def _cfg_sample_probe(cfg_sample, *, inputs: dict) -> dict:
@@ -491,7 +325,7 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
                           "their classes, then with zeros): compute each step's estimate with your guided_eps")
     expect_sampling_calls(calls, [t / num_steps for t in reversed(range(num_steps))], "cfg_sample")
     c = expect_tensor("the classes your model got", calls[0]["c"], (2 * n, NUM_CLASSES))
-    if not torch.equal(c[:n].float(), objectives.one_hot(inputs["labels"], NUM_CLASSES)) or c[n:].any():
+    if not torch.equal(c[:n].float(), one_hot(inputs["labels"], NUM_CLASSES)) or c[n:].any():
         raise CheckFailed("the model should get c = F.one_hot(labels, 10).float() for the first N images and zeros "
                           "for the second N: pass c = F.one_hot(labels, 10).float() to guided_eps")
     trajectory, mistakes = expected["trajectory"], expected["mistakes"]
@@ -516,7 +350,7 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             "in eval mode without gradients")
 
 
-@check(reference=_cfg_sample_reference, probe=_cfg_sample_probe, judge=_cfg_sample_judge)
+@check(reference=REFERENCE.cfg_sample_case, probe=_cfg_sample_probe, judge=_cfg_sample_judge)
 def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: float = 3.0, seed: int = 0):
     """Check ``fn(model, schedule, labels, guidance, generator=...)`` against the reference guided sampler on a small
     seeded class-conditional noise predictor (given code, in train mode, wrapped to record its calls), the linear

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..objectives import P_UNCOND
-from ..sampling import IMAGE_SHAPE, device_of, sampling_mode, start_noise
-from ..validation import check_positive_int, check_tensor
-from .ddpm import FCBlock, as_map, check_time, random_timesteps, reverse_chain
-from .denoiser import UNetBody
-from .noising import q_sample
+from ...chain import IMAGE_SHAPE, device_of, sampling_mode, start_noise
+from ...validation import check_positive_int, check_tensor
+from ..ddpm.answers import FCBlock, as_map, check_time, random_timesteps, reverse_chain
+from ..denoiser.answers import UNetBody
+from ..noising.answers import q_sample
+from .api import P_UNCOND
 
 
 class ClassConditionalUNet(nn.Module):

@@ -14,6 +14,9 @@ wrapped so that every call's mode, autograd and batch size is recorded, on seede
 different global seeds; it compares the batches, the modes, the callbacks and the loss trajectories with the
 reference's and with loops that make the usual mistakes. Hidden tests call the same checks with other channel
 counts, sizes and seeds.
+
+The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
+with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import answers
-from ..data import DeviceImages
-from .harness import (CheckFailed, close, compare, expect_close, expect_tensor, generator, layer_list, module_tensors,
-                      recorded, recorded_tensor, run_student)
-from .protocol import check
+from ...checks.harness import (CheckFailed, close, compare, expect_close, expect_tensor, generator, layer_list,
+                               module_tensors, recorded, recorded_tensor, run_student)
+from ...checks.protocol import check
+from ...data import DeviceImages
+from ..stage import ReferenceCase
+from . import STAGE
 
-# ------------------------------------------------------------------------------------ shared by the module checks
+
+REFERENCE = ReferenceCase(STAGE)
 
 
 def _near(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -45,10 +50,6 @@ def _activation_hint(student_out: torch.Tensor, pre_activation: torch.Tensor) ->
     if _near(student_out, F.relu(pre_activation)):
         return "that is a ReLU: the course uses nn.GELU()"
     return "check the order: convolution, then BatchNorm2d, then GELU, with the kernel, stride and padding given"
-
-
-
-
 
 
 def _check_shape(what: str, out, input_shape: tuple, expected_shape: tuple,
@@ -95,32 +96,6 @@ def _spec(name: str, args: tuple, input_shape: tuple, output_shape: tuple, seed:
     return {"name": name, "label": label, "args": tuple(args), "kwargs": kwargs, "input_shape": tuple(input_shape),
             "output_shape": tuple(output_shape), "seed": seed, "shape_hints": shape_hints or {},
             "weight_hints": weight_hints or {}}
-
-
-def _modules_reference(specs: list[dict]) -> tuple[dict, dict]:
-    """Inputs (the seeded input and the reference's tensors) and expected outputs of each module of ``specs``."""
-    stage = answers.load("denoiser")
-    inputs, expected = [], []
-    for spec in specs:
-        x = torch.randn(spec["input_shape"], generator=generator(spec["seed"]))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec["seed"])
-            ref = getattr(stage, spec["name"])(*spec["args"], **spec["kwargs"])
-        tensors = module_tensors(ref)
-        inputs.append({"label": spec["label"], "args": spec["args"], "kwargs": spec["kwargs"], "x": x,
-                       "names": [name for name, _ in tensors], "tensors": [t.detach().clone() for _, t in tensors],
-                       "num_parameters": len(list(ref.parameters())), "layers": layer_list(ref)})
-        outputs = {}
-        for mode in ("train", "eval"):
-            ref.train(mode == "train")
-            with torch.no_grad():
-                if isinstance(ref, nn.Sequential) and isinstance(ref[-1], nn.GELU):
-                    pre = nn.Sequential(*list(ref)[:-1])(x)  # one pass, as ref(x): BatchNorm updates once
-                    outputs[mode], outputs[f"{mode}_pre"] = ref[-1](pre), pre
-                else:
-                    outputs[mode], outputs[f"{mode}_pre"] = ref(x), None
-        expected.append(outputs)
-    return {"modules": inputs}, {"modules": expected}
 
 
 _FORWARD_CRASH_HINT = ("a block received the wrong number of channels; follow the diagram's channel counts "
@@ -220,9 +195,6 @@ def _judge_modules(specs: list[dict], inputs: dict, outputs: dict, expected: dic
         _judge_module(spec, module_inputs, result, module_expected, **options)
 
 
-# ----------------------------------------------------------------------------------------------- the operations
-
-
 _LAYER_HINTS = {
     "0.weight": "the convolution's kernel or channels differ (weight shape: out, in, kernel, kernel; "
                 "a ConvTranspose2d's: in, out, kernel, kernel)",
@@ -230,7 +202,7 @@ _LAYER_HINTS = {
 }
 
 
-def _operation_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
+def operation_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
     n, c_in, c_out, h = batch_size, in_channels, out_channels, size
     return [
         _spec("Conv", (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h), seed, {
@@ -259,17 +231,12 @@ def _operation_specs(in_channels: int, out_channels: int, size: int, batch_size:
     ]
 
 
-def _operations_reference(in_channels: int, out_channels: int, size: int, batch_size: int,
-                          seed: int) -> tuple[dict, dict]:
-    return _modules_reference(_operation_specs(in_channels, out_channels, size, batch_size, seed))
-
-
 def _operations_probe(Conv, DownConv, UpConv, Flatten, Unflatten, *, inputs: dict) -> dict:
     return _probe_modules((Conv, DownConv, UpConv, Flatten, Unflatten), inputs)
 
 
 def _operations_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    specs = _operation_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"],
+    specs = operation_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"],
                              case["seed"])
     _judge_modules(specs, inputs, outputs, expected)
     h = case["size"]
@@ -277,7 +244,7 @@ def _operations_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             f"({case['in_channels']} -> {case['out_channels']} channels, {h}x{h} inputs)")
 
 
-@check(reference=_operations_reference, probe=_operations_probe, judge=_operations_judge)
+@check(reference=REFERENCE.operations_case, probe=_operations_probe, judge=_operations_judge)
 def check_operations(Conv, DownConv, UpConv, Flatten, Unflatten, in_channels: int = 3, out_channels: int = 5,
                      size: int = 8, batch_size: int = 4, seed: int = 0):
     """Check the five UNet operations against the reference operations.
@@ -288,10 +255,7 @@ def check_operations(Conv, DownConv, UpConv, Flatten, Unflatten, in_channels: in
     """
 
 
-# ----------------------------------------------------------------------------------------------- the blocks
-
-
-def _block_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
+def block_specs(in_channels: int, out_channels: int, size: int, batch_size: int, seed: int) -> list[dict]:
     n, c_in, c_out, h = batch_size, in_channels, out_channels, size
     return [
         _spec("ConvBlock", (c_in, c_out), (n, c_in, h, h), (n, c_out, h, h), seed,
@@ -305,30 +269,22 @@ def _block_specs(in_channels: int, out_channels: int, size: int, batch_size: int
     ]
 
 
-def _blocks_reference(in_channels: int, out_channels: int, size: int, batch_size: int,
-                      seed: int) -> tuple[dict, dict]:
-    return _modules_reference(_block_specs(in_channels, out_channels, size, batch_size, seed))
-
-
 def _blocks_probe(ConvBlock, DownBlock, UpBlock, *, inputs: dict) -> dict:
     return _probe_modules((ConvBlock, DownBlock, UpBlock), inputs)
 
 
 def _blocks_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    specs = _block_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"], case["seed"])
+    specs = block_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"], case["seed"])
     _judge_modules(specs, inputs, outputs, expected)
     return (f"ConvBlock, DownBlock, UpBlock: shapes and outputs match the reference "
             f"({case['in_channels']} -> {case['out_channels']} channels)")
 
 
-@check(reference=_blocks_reference, probe=_blocks_probe, judge=_blocks_judge)
+@check(reference=REFERENCE.blocks_case, probe=_blocks_probe, judge=_blocks_judge)
 def check_blocks(ConvBlock, DownBlock, UpBlock, in_channels: int = 3, out_channels: int = 5, size: int = 8,
                  batch_size: int = 4, seed: int = 0):
     """Check ConvBlock, DownBlock and UpBlock against the reference blocks (same arguments as
     :func:`check_operations`), with the reference's weights, in train and eval mode."""
-
-
-# ----------------------------------------------------------------------------------------------- the UNet
 
 
 _UNET_HINTS = {
@@ -341,19 +297,17 @@ _UNET_HINTS = {
     "body.conv_out": "conv_out = ConvBlock(2D, D): its input is torch.cat([up2 output, conv_in features], dim=1)",
     "body.head": "head = nn.Conv2d(D, in_channels, 3, padding=1), a plain convolution (no BatchNorm, no GELU)",
 }
+
+
 _UNET_OUTPUT_HINT = ("same layers, different result: follow the diagram in forward. Each skip is "
                      "torch.cat([decoder features, encoder features], dim=1); Flatten then Unflatten at the "
                      "bottleneck; the head comes last")
 
 
-def _unet_spec(num_hiddens: int, batch_size: int, in_channels: int, seed: int) -> dict:
+def unet_spec(num_hiddens: int, batch_size: int, in_channels: int, seed: int) -> dict:
     shape = (batch_size, in_channels, 28, 28)
     return _spec("UnconditionalUNet", (), shape, shape, seed, weight_hints=_UNET_HINTS,
                  kwargs={"in_channels": in_channels, "num_hiddens": num_hiddens})
-
-
-def _unet_reference(num_hiddens: int, batch_size: int, in_channels: int, seed: int) -> tuple[dict, dict]:
-    return _modules_reference([_unet_spec(num_hiddens, batch_size, in_channels, seed)])
 
 
 def _unet_probe(UnconditionalUNet, *, inputs: dict) -> dict:
@@ -361,14 +315,14 @@ def _unet_probe(UnconditionalUNet, *, inputs: dict) -> dict:
 
 
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
-    spec = _unet_spec(case["num_hiddens"], case["batch_size"], case["in_channels"], case["seed"])
+    spec = unet_spec(case["num_hiddens"], case["batch_size"], case["in_channels"], case["seed"])
     _judge_modules([spec], inputs, outputs, expected, unused_check=True, output_name="output",
                    output_hint=_UNET_OUTPUT_HINT)
     return (f"{spec['label']}: output shape {spec['input_shape']}, every layer used, same outputs as the reference "
             "with its weights")
 
 
-@check(reference=_unet_reference, probe=_unet_probe, judge=_unet_judge)
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
 def check_unet(UnconditionalUNet, num_hiddens: int = 8, batch_size: int = 3, in_channels: int = 1, seed: int = 0):
     """Check the student's ``UnconditionalUNet(in_channels, num_hiddens)`` against the reference.
 
@@ -377,73 +331,37 @@ def check_unet(UnconditionalUNet, num_hiddens: int = 8, batch_size: int = 3, in_
     """
 
 
-# ----------------------------------------------------------------------------------------------- loss and step
-
-
-def _tiny_model(seed: int) -> nn.Module:
+def tiny_model(seed: int) -> nn.Module:
     """The seeded model the loss and the step run on: given code, not an answer (the probe builds it too)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 1, 3, padding=1))
 
 
-def _flat_weights(model: nn.Module) -> torch.Tensor:
+def flat_weights(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
 
 
-_LEARNING_RATE = 1e-2
+LEARNING_RATE = 1e-2
 
 
-def _stale_gradients(model: nn.Module) -> None:
+def stale_gradients(model: nn.Module) -> None:
     for p in model.parameters():
         p.grad = torch.ones_like(p)  # left over from an earlier step
 
 
-def _training_step_reference(batch_size: int, size: int, sigma: float, seed: int) -> tuple[dict, dict]:
-    stage = answers.load("denoiser")
-    reference_loss = stage.denoising_loss
-    x = torch.rand(batch_size, 1, size, size, generator=generator(seed))
-    model = _tiny_model(seed)
-    with torch.no_grad():
-        eps = torch.randn(x.shape, generator=generator(seed + 1))
-        z = x + sigma * eps
-        loss = reference_loss(model, x, sigma, generator(seed + 1))
-        mistakes = [
-            (F.mse_loss(model(z), eps), "the denoiser predicts the clean image x, not the noise"),
-            (F.mse_loss(model(x), x), "feed the noisy z = x + sigma * eps to the model, not the clean x"),
-            (F.mse_loss(model(z), x, reduction="sum"), "use the mean of the squared errors (F.mse_loss), not the sum"),
-            (F.mse_loss(model(x + eps), x), "the noise is not scaled: z = x + sigma * eps"),
-        ]
-    reference_model, stale_model = _tiny_model(seed), _tiny_model(seed)
-    _stale_gradients(stale_model)
-    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=_LEARNING_RATE)
-    stale_optimizer = torch.optim.Adam(stale_model.parameters(), lr=_LEARNING_RATE)
-    value = reference_loss(reference_model, x, generator=generator(seed + 2))
-    reference_optimizer.zero_grad()
-    value.backward()
-    reference_optimizer.step()
-    stale_loss = reference_loss(stale_model, x, generator=generator(seed + 2))
-    stale_loss.backward()
-    stale_optimizer.step()
-    inputs = {"x": x, "sigma": sigma, "model_seed": seed, "loss_seed": seed + 1, "step_seed": seed + 2,
-              "learning_rate": _LEARNING_RATE}
-    return inputs, {"loss": loss, "mistakes": mistakes, "value": value.item(),
-                    "weights": _flat_weights(reference_model), "stale_weights": _flat_weights(stale_model),
-                    "initial_weights": _flat_weights(_tiny_model(seed))}
-
-
 def _training_step_probe(denoising_loss: Callable, train_step: Callable, *, inputs: dict) -> dict:
     x, sigma = inputs["x"], inputs["sigma"]
-    model = _tiny_model(inputs["model_seed"])
+    model = tiny_model(inputs["model_seed"])
     loss = run_student("denoising_loss", denoising_loss, model, x.clone(), sigma=sigma,
                        generator=generator(inputs["loss_seed"]))
     again = run_student("denoising_loss", denoising_loss, model, x.clone(), sigma=sigma,
                         generator=generator(inputs["loss_seed"]))
     outputs = {"loss": recorded(loss), "again": recorded(again),
                "requires_grad": bool(isinstance(loss, torch.Tensor) and loss.requires_grad)}
-    student_model = _tiny_model(inputs["model_seed"])
+    student_model = tiny_model(inputs["model_seed"])
     optimizer = torch.optim.Adam(student_model.parameters(), lr=inputs["learning_rate"])
-    _stale_gradients(student_model)
+    stale_gradients(student_model)
     try:
         returned = run_student("train_step", train_step, student_model, optimizer, x.clone(),
                                generator=generator(inputs["step_seed"]))
@@ -451,7 +369,7 @@ def _training_step_probe(denoising_loss: Callable, train_step: Callable, *, inpu
         return {**outputs, "step_failed": str(failure)}
     return {**outputs, "returned_type": type(returned).__name__,
             "returned": float(returned) if isinstance(returned, float) else None,
-            "weights": _flat_weights(student_model)}
+            "weights": flat_weights(student_model)}
 
 
 def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
@@ -491,7 +409,7 @@ def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict
             "as the reference")
 
 
-@check(reference=_training_step_reference, probe=_training_step_probe, judge=_training_step_judge)
+@check(reference=REFERENCE.training_step_case, probe=_training_step_probe, judge=_training_step_judge)
 def check_training_step(denoising_loss, train_step, batch_size: int = 8, size: int = 12, sigma: float = 0.5,
                         seed: int = 0):
     """Check ``denoising_loss(model, x, sigma, generator)`` and ``train_step(model, optimizer, x, generator)``.
@@ -502,13 +420,17 @@ def check_training_step(denoising_loss, train_step, batch_size: int = 8, size: i
     """
 
 
-# ----------------------------------------------------------------------------------------------- the training loop
+LOOP_LEARNING_RATE = 1e-2
 
-_LOOP_LEARNING_RATE = 1e-2
-_GLOBAL_SEEDS = (11, 12)  # the loop runs twice, under these global seeds: its results must not depend on them
+
+GLOBAL_SEEDS = (11, 12)  # the loop runs twice, under these global seeds: its results must not depend on them
+
+
 _TRAIN_LOOP_HINT = ("each epoch: model.train(), then one train_step(model, optimizer, x, generator) for every batch "
                     "x of train_data.batches(batch_size, generator), with one Adam optimizer made before the first "
                     "epoch")
+
+
 _VALIDATION_HINT = ("after each epoch: model.eval(), torch.no_grad(), a fresh val_generator = "
                     "torch.Generator(device=val_data.device).manual_seed(0), and the mean of denoising_loss(model, "
                     "x, generator=val_generator) over val_data.batches(batch_size, shuffle=False, drop_last=False), "
@@ -540,14 +462,6 @@ class _CallRecorder(nn.Module):
         return self.model(x)
 
 
-def _loop_data(train_size: int, val_size: int, size: int, seed: int) -> dict:
-    g = generator(seed)
-    images = torch.randint(0, 256, (train_size + val_size, 1, size, size), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (train_size + val_size,), generator=g)
-    return {"train_images": images[:train_size], "train_labels": labels[:train_size],
-            "val_images": images[train_size:], "val_labels": labels[train_size:]}
-
-
 def _float_list(value):
     """A returned list of losses as a float64 tensor, or a description of what it is instead."""
     if isinstance(value, (list, tuple)):
@@ -567,7 +481,7 @@ def _callback_record(args: tuple, kwargs: dict, model: nn.Module) -> dict:
             "train": length(args[2]), "val": length(args[3]), "keywords": sorted(kwargs)}
 
 
-def _run_loop(train_denoiser: Callable, inputs: dict, global_seed: int) -> dict:
+def run_loop(train_denoiser: Callable, inputs: dict, global_seed: int) -> dict:
     """Run a training loop on the check's data and recorded model; what it returned, its calls and callbacks."""
     train_data = DeviceImages(inputs["train_images"], inputs["train_labels"], "unit")
     val_data = DeviceImages(inputs["val_images"], inputs["val_labels"], "unit")
@@ -589,42 +503,7 @@ def _run_loop(train_denoiser: Callable, inputs: dict, global_seed: int) -> dict:
             "calls": torch.tensor(model.calls, dtype=torch.int64).view(-1, 3), "callbacks": callbacks}
 
 
-def _mutant_loop(stage, mistake: str) -> Callable:
-    """The reference loop with one usual mistake, for the judge's hints."""
-    def loop(model, train_data, val_data, epochs, batch_size, learning_rate, generator, on_epoch_end=None):
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        made_once = torch.Generator(device=val_data.device).manual_seed(0)
-        train_losses, val_losses = [], []
-        for epoch in range(1, epochs + 1):
-            if mistake == "optimizer_per_epoch":
-                optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-            model.train()
-            for x, _ in train_data.batches(batch_size, generator, shuffle=mistake != "no_shuffle"):
-                if mistake == "no_zero_grad":
-                    loss = stage.denoising_loss(model, x, generator=generator)
-                    loss.backward()
-                    optimizer.step()
-                    train_losses.append(loss.item())
-                else:
-                    train_losses.append(stage.train_step(model, optimizer, x, generator))
-            model.eval()
-            val_generator = {"training_generator": generator, "generator_once": made_once}.get(
-                mistake, torch.Generator(device=val_data.device).manual_seed(0))
-            batch_losses, sizes = [], []
-            with torch.no_grad():
-                for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):
-                    batch_losses.append(stage.denoising_loss(model, x, generator=val_generator).item())
-                    sizes.append(len(x))
-            weighted = sum(loss * size for loss, size in zip(batch_losses, sizes))
-            val_losses.append({"unweighted": sum(batch_losses) / len(batch_losses), "last_batch": batch_losses[-1],
-                               "summed": weighted}.get(mistake, weighted / len(val_data)))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, train_losses, val_losses)
-        return train_losses, val_losses
-    return loop
-
-
-_LOOP_MISTAKES = {
+LOOP_MISTAKES = {
     "no_zero_grad": "the gradients of earlier steps pile up: call optimizer.zero_grad() before every "
                     "loss.backward() (your train_step does)",
     "no_shuffle": "the batches come in the same order every epoch: shuffle them with "
@@ -643,23 +522,9 @@ _LOOP_MISTAKES = {
 }
 
 
-def _train_loop_reference(train_size: int, val_size: int, batch_size: int, epochs: int, size: int,
-                          seed: int) -> tuple[dict, dict]:
-    stage = answers.load("denoiser")
-    inputs = {**_loop_data(train_size, val_size, size, seed), "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": _LOOP_LEARNING_RATE, "model_seed": seed, "generator_seed": seed + 1,
-              "global_seeds": _GLOBAL_SEEDS}
-    reference = _run_loop(stage.train_denoiser, inputs, _GLOBAL_SEEDS[0])
-    mistakes = []
-    for mistake, hint in _LOOP_MISTAKES.items():
-        run = _run_loop(_mutant_loop(stage, mistake), inputs, _GLOBAL_SEEDS[0])
-        mistakes.append((run["train"], run["val"], hint))
-    return inputs, {"train": reference["train"], "val": reference["val"], "mistakes": mistakes}
-
-
 def _train_loop_probe(train_denoiser: Callable, *, inputs: dict) -> dict:
-    first = _run_loop(train_denoiser, inputs, inputs["global_seeds"][0])
-    second = _run_loop(train_denoiser, inputs, inputs["global_seeds"][1])
+    first = run_loop(train_denoiser, inputs, inputs["global_seeds"][0])
+    second = run_loop(train_denoiser, inputs, inputs["global_seeds"][1])
     return {**first, "again": {"train": second["train"], "val": second["val"]}}
 
 
@@ -742,7 +607,7 @@ def _train_loop_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             f"{epochs})")
 
 
-@check(reference=_train_loop_reference, probe=_train_loop_probe, judge=_train_loop_judge)
+@check(reference=REFERENCE.train_loop_case, probe=_train_loop_probe, judge=_train_loop_judge)
 def check_train_denoiser(train_denoiser, train_size: int = 20, val_size: int = 7, batch_size: int = 6,
                          epochs: int = 2, size: int = 12, seed: int = 0):
     """Check ``train_denoiser(model, train_data, val_data, epochs, batch_size, learning_rate, generator,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sampling import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
+from ...chain import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
 
 
 def flow_interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
