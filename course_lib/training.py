@@ -1,25 +1,24 @@
 """One plain training loop for every stage.
 
-``train`` runs Adam (:func:`make_optimizer`: fused on CUDA, foreach elsewhere) with an optional per-epoch
-exponential learning-rate decay, mixed precision where it is faster (on a GPU, measured on the first batch by
-:func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU), an optional EMA of the weights (:mod:`course_lib.ema`), a
-progress bar, and a checkpoint after every epoch from which it resumes. All randomness of training
-(batch order, noise, timesteps, label dropout) comes from one generator whose state is checkpointed too,
-so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU. Given held-out images, it
-also reports the validation loss after every epoch (:func:`validation_loss`), checkpointed with the rest; the
-losses come back as a :class:`LossHistory`, a list of the per-step losses that carries the per-epoch validation
-losses too.
+``train`` runs Adam (:func:`course_lib.optimizers.make_optimizer`: fused on CUDA, foreach elsewhere) with an
+optional per-epoch exponential learning-rate decay, mixed precision where it is faster (on a GPU, measured on the
+first batch by :func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU),
+an optional EMA of the weights (:mod:`course_lib.ema`), a progress bar, and a checkpoint after every epoch from
+which it resumes. All randomness of training (batch order, noise, timesteps, label dropout) comes from one
+generator whose state is checkpointed too, so training 2 epochs straight and 1 + resume + 1 give the same weights
+on the CPU. Given held-out images, it also reports the validation loss after every epoch (:func:`validation_loss`),
+checkpointed with the rest; the losses come back as a :class:`LossHistory`, a list of the per-step losses that
+carries the per-epoch validation losses too.
 
 A step never waits for the GPU on its own: the losses stay on the device until the end of the epoch
 (one copy to the host per epoch, and one more for the validation loss). On CUDA the loss is captured by default
-(:class:`TrainStep`): compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels replay as CUDA graphs,
-so the GPU is not left waiting for Python to launch a hundred small kernels per step.
+(:class:`course_lib.train_step.TrainStep`): compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels
+replay as CUDA graphs, so the GPU is not left waiting for Python to launch a hundred small kernels per step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from typing import Callable
 
@@ -30,13 +29,18 @@ from tqdm.auto import tqdm
 from . import checkpoints
 from .data import DeviceImages
 from .ema import EMA
+from .optimizers import adam_implementation, make_optimizer, use_implementation
+from .precision import fastest_autocast_dtype
 from .runtime import autocast_dtype
+from .train_step import (CAPTURE_TRIAL_STEPS, Compiler, LossFunction, TrainStep, compile_for_capture,
+                         optimizer_step, rng_state, set_rng_state)
 from .validation import check_in_range, check_positive_int
 
-LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+__all__ = ["CAPTURE_TRIAL_STEPS", "VALIDATION_SEED", "Compiler", "EpochCallback", "LossFunction", "LossHistory",
+           "TrainStep", "adam_implementation", "compile_for_capture", "make_optimizer", "optimizer_step", "train",
+           "validation_loss"]  # the step's and Adam's names stay importable from here (benchmarks/train_speed.py)
+
 EpochCallback = Callable[[int, nn.Module, list], None]
-Compiler = Callable[[LossFunction], LossFunction]
-CAPTURE_TRIAL_STEPS = 3  # compiling and CUDA-graph recording happen in the first steps; a failure there falls back
 VALIDATION_SEED = 0  # the validation loss draws its noise (and timesteps) afresh from this seed every epoch
 
 
@@ -72,153 +76,6 @@ def validation_loss(model: nn.Module, loss_fn: LossFunction, data: DeviceImages,
     return total.item() / len(data)
 
 
-def adam_implementation(device: torch.device | str) -> dict:
-    """Adam's kernel choice for ``device``, made here only: one fused kernel on CUDA (no host sync, even with
-    a GradScaler), the grouped ``foreach`` kernels elsewhere (same arithmetic as the per-tensor loop)."""
-    if torch.device(device).type == "cuda":
-        return {"fused": True, "foreach": None}
-    return {"fused": None, "foreach": True}
-
-
-def make_optimizer(parameters, learning_rate: float, device: torch.device | str) -> torch.optim.Adam:
-    """``torch.optim.Adam(parameters, lr=learning_rate)`` with :func:`adam_implementation` of ``device``."""
-    return torch.optim.Adam(parameters, lr=learning_rate, **adam_implementation(device))
-
-
-def _use_implementation(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Re-apply :func:`adam_implementation` after ``load_state_dict`` (which restores the saved flags, e.g. of a
-    checkpoint written on another device) and put each ``step`` counter where that choice wants it."""
-    for group in optimizer.param_groups:
-        group.update(adam_implementation(device))
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if "step" in state:
-                fused = bool(group["fused"])
-                where = parameter.device if fused or group.get("capturable") else torch.device("cpu")
-                state["step"] = state["step"].to(where, torch.float32 if fused else state["step"].dtype)
-
-
-def optimizer_step(model: nn.Module, loss_fn: LossFunction, images: torch.Tensor, labels: torch.Tensor,
-                   generator: torch.Generator, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   dtype: torch.dtype | None, ema: EMA | None = None) -> torch.Tensor:
-    """One gradient step on a batch under autocast ``dtype`` (``None``: fp32); returns the detached loss (a 0-dim
-    tensor on the device).
-
-    ``scaler`` scales the loss for fp16 (it is a no-op when disabled); ``ema`` (optional) is updated after the
-    step. Nothing here reads a value back from the device, so the step does not wait for the GPU.
-    """
-    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-        loss = loss_fn(model, images, labels, generator)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    if ema is not None:
-        ema.update(model)
-    return loss.detach()
-
-
-def compile_for_capture(loss_fn: LossFunction) -> LossFunction:
-    """``torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)``: inductor kernels for the forward and
-    backward passes, replayed as CUDA graphs, for one fixed batch shape.
-
-    Draws with a ``torch.Generator`` (and a student's ``.item()``) are graph breaks: they run eagerly between
-    the captured pieces, so the random stream is the eager one.
-    """
-    return torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)
-
-
-def _mark_step_begin() -> None:
-    """Tell CUDA-graph trees that a new training step begins (absent before torch 2.2: then a no-op)."""
-    getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)()
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    device = generator.device
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch"])
-    if generator.device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], generator.device)
-
-
-class TrainStep:
-    """``step(images, labels, generator) -> loss``: :func:`optimizer_step`, with the loss captured when asked.
-
-    Args:
-        model, loss_fn, optimizer, scaler, dtype, ema: as in :func:`optimizer_step`.
-        capture: compile ``loss_fn`` with ``compiler`` (default :func:`compile_for_capture`).
-        compiler: ``compiler(loss_fn) -> compiled loss_fn``.
-
-    If compiling, or running the compiled loss, raises during the first ``CAPTURE_TRIAL_STEPS`` steps, the
-    state the step changes (weights, buffers, optimizer, scaler, EMA, random generators) is restored, one
-    line is printed, and that step and all later ones run eagerly: the loss trajectory is the eager one.
-    The loss returned is a fresh 0-dim tensor on the device (captured outputs are overwritten by the next replay).
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: LossFunction, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, dtype: torch.dtype | None, *, ema: EMA | None = None,
-                 capture: bool = False, compiler: Compiler | None = None):
-        self.model, self.loss_fn, self.optimizer, self.scaler, self.dtype, self.ema = \
-            model, loss_fn, optimizer, scaler, dtype, ema
-        self.captured_loss: LossFunction | None = None
-        self.trials_left = CAPTURE_TRIAL_STEPS
-        if capture:
-            try:
-                self.captured_loss = (compiler or compile_for_capture)(loss_fn)
-            except Exception as error:  # e.g. torch.compile unsupported on this Python or platform
-                self._give_up(error)
-
-    @property
-    def captured(self) -> bool:
-        return self.captured_loss is not None
-
-    def _run(self, loss_fn, images, labels, generator) -> torch.Tensor:
-        return optimizer_step(self.model, loss_fn, images, labels, generator, self.optimizer, self.scaler,
-                              self.dtype, self.ema)
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.captured_loss is None:
-            return self._run(self.loss_fn, images, labels, generator)
-        if self.trials_left == 0:
-            _mark_step_begin()
-            return self._run(self.captured_loss, images, labels, generator).clone()
-        saved = self._snapshot(generator)
-        try:
-            _mark_step_begin()
-            loss = self._run(self.captured_loss, images, labels, generator).clone()
-        except Exception as error:
-            self._restore(saved, generator)
-            self._give_up(error)
-            return self._run(self.loss_fn, images, labels, generator)
-        self.trials_left -= 1
-        return loss
-
-    def _give_up(self, error: Exception) -> None:
-        self.captured_loss = None
-        reason = (str(error).strip().splitlines() or [""])[0][:160]
-        print(f"Note: could not capture the training step ({type(error).__name__}: {reason}); training eagerly.")
-
-    def _snapshot(self, generator: torch.Generator) -> dict:
-        return {"model": {name: value.clone() for name, value in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "scaler": copy.deepcopy(self.scaler.state_dict()),
-                "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": _rng_state(generator)}
-
-    def _restore(self, saved: dict, generator: torch.Generator) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        _set_rng_state(generator, saved["rng"])
-
-
 def _dtype_name(dtype: torch.dtype | None) -> str:
     return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
 
@@ -232,8 +89,6 @@ def _training_dtype(model: nn.Module, loss_fn: LossFunction, data: DeviceImages,
         return None if state["precision"] == "fp32" else getattr(torch, state["precision"])
     if data.device.type != "cuda":
         return autocast_dtype(data.device)
-    from .precision import fastest_autocast_dtype  # it builds training steps itself
-
     images, labels = data.first(batch_size)
     return fastest_autocast_dtype(model, loss_fn, images, labels)
 
@@ -301,10 +156,10 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _use_implementation(optimizer, device)
+        use_implementation(optimizer, device)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(generator, state["rng"])
+        set_rng_state(generator, state["rng"])
         start_epoch = state["epoch"]
         losses = LossHistory(state["losses"], state.get("validation_losses", ()), steps_per_epoch)
     ema = EMA(model, ema_decay) if ema_decay is not None else None
@@ -337,7 +192,7 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "precision": _dtype_name(dtype),
                 "epoch": epoch, "losses": list(losses), "validation_losses": list(losses.validation),
-                "rng": _rng_state(generator)})
+                "rng": rng_state(generator)})
         if on_epoch_end is not None:
             with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
                 on_epoch_end(epoch, model, losses)
