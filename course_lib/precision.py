@@ -16,7 +16,8 @@ import time
 import torch
 from torch import nn
 
-from .training import LossFunction, TrainStep, make_optimizer
+from .optimizers import make_optimizer
+from .train_step import LossFunction, TrainStep
 
 FP32 = None  # autocast off
 MARGIN = 0.05  # a lower precision must be this much faster than fp32 to be chosen (fp32 is the safe default)
@@ -85,5 +86,6 @@ def fastest_autocast_dtype(model: nn.Module, loss_fn: LossFunction, images: torc
 
 
 def _synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA only; elsewhere nothing is queued)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,26 +1,26 @@
 """One plain training loop for every stage.
 
-``train`` runs Adam (:func:`make_optimizer`: fused on CUDA, foreach elsewhere) with an optional per-epoch
-exponential learning-rate decay, mixed precision where it is faster (on a GPU, measured on the first batch by
-:func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU), an optional EMA of the weights (:mod:`course_lib.ema`), a
-progress bar, and a checkpoint after every epoch from which it resumes. All randomness of training
-(batch order, noise, timesteps, label dropout) comes from one generator whose state is checkpointed too,
-so training 2 epochs straight and 1 + resume + 1 give the same weights on the CPU. Given held-out images, it
-also reports the validation loss after every epoch (:func:`validation_loss`), checkpointed with the rest; the
-losses come back as a :class:`LossHistory`, a list of the per-step losses that carries the per-epoch validation
-losses too.
+``train`` runs Adam (:func:`course_lib.optimizers.make_optimizer`: fused on CUDA, foreach elsewhere) with an
+optional per-epoch exponential learning-rate decay, mixed precision where it is faster (on a GPU, measured on the
+first batch by :func:`course_lib.precision.fastest_autocast_dtype` and kept in the checkpoints; fp32 on the CPU),
+an optional EMA of the weights (:mod:`course_lib.ema`), a progress bar, and a checkpoint after every epoch from
+which it resumes. All randomness of training (batch order, noise, timesteps, label dropout) comes from one
+generator whose state is checkpointed too, so training 2 epochs straight and 1 + resume + 1 give the same weights
+on the CPU. Given held-out images, it also reports the validation loss after every epoch (:func:`validation_loss`),
+checkpointed with the rest; the losses come back as a :class:`LossHistory`, a list of the per-step losses that
+carries the per-epoch validation losses too.
 
 A step never waits for the GPU on its own: the losses stay on the device until the end of the epoch
 (one copy to the host per epoch, and one more for the validation loss). On CUDA the loss is captured by default
-(:class:`TrainStep`): compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels replay as CUDA graphs,
-so the GPU is not left waiting for Python to launch a hundred small kernels per step.
+(:class:`course_lib.train_step.TrainStep`): compiled with ``torch.compile(mode="reduce-overhead")``, whose kernels
+replay as CUDA graphs, so the GPU is not left waiting for Python to launch a hundred small kernels per step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,13 +30,18 @@ from tqdm.auto import tqdm
 from . import checkpoints
 from .data import DeviceImages
 from .ema import EMA
+from .optimizers import adam_implementation, make_optimizer, use_implementation
+from .precision import fastest_autocast_dtype
 from .runtime import autocast_dtype
+from .train_step import (CAPTURE_TRIAL_STEPS, Compiler, LossFunction, TrainStep, compile_for_capture,
+                         optimizer_step, rng_state, set_rng_state)
 from .validation import check_in_range, check_positive_int
 
-LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+__all__ = ["CAPTURE_TRIAL_STEPS", "VALIDATION_SEED", "Compiler", "EpochCallback", "LossFunction", "LossHistory",
+           "TrainStep", "adam_implementation", "compile_for_capture", "make_optimizer", "optimizer_step", "train",
+           "validation_loss"]  # the step's and Adam's names stay importable from here (benchmarks/train_speed.py)
+
 EpochCallback = Callable[[int, nn.Module, list], None]
-Compiler = Callable[[LossFunction], LossFunction]
-CAPTURE_TRIAL_STEPS = 3  # compiling and CUDA-graph recording happen in the first steps; a failure there falls back
 VALIDATION_SEED = 0  # the validation loss draws its noise (and timesteps) afresh from this seed every epoch
 
 
@@ -72,154 +77,64 @@ def validation_loss(model: nn.Module, loss_fn: LossFunction, data: DeviceImages,
     return total.item() / len(data)
 
 
-def adam_implementation(device: torch.device | str) -> dict:
-    """Adam's kernel choice for ``device``, made here only: one fused kernel on CUDA (no host sync, even with
-    a GradScaler), the grouped ``foreach`` kernels elsewhere (same arithmetic as the per-tensor loop)."""
-    if torch.device(device).type == "cuda":
-        return {"fused": True, "foreach": None}
-    return {"fused": None, "foreach": True}
+@dataclass(frozen=True)
+class _Options:
+    """:func:`train`'s keyword arguments as one value (each is described there), checked by :func:`_check`."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    lr_gamma: float
+    seed: int
+    checkpoint_dir: str | os.PathLike | None
+    progress: bool
+    on_epoch_end: EpochCallback | None
+    ema_decay: float | None
+    capture: bool | None
+    compiler: Compiler | None
+    validation: DeviceImages | None
 
 
-def make_optimizer(parameters, learning_rate: float, device: torch.device | str) -> torch.optim.Adam:
-    """``torch.optim.Adam(parameters, lr=learning_rate)`` with :func:`adam_implementation` of ``device``."""
-    return torch.optim.Adam(parameters, lr=learning_rate, **adam_implementation(device))
+@dataclass(frozen=True)
+class _Run:
+    """What every epoch of one run works with, built (and resumed from a checkpoint) by :func:`_start`: the
+    model and loss, the training images, the one generator of all training draws, Adam, its per-epoch decay, the
+    fp16 loss scaler (disabled otherwise), the autocast dtype (``None``: fp32), the EMA (or ``None``) and the step."""
+
+    model: nn.Module
+    loss_fn: LossFunction
+    data: DeviceImages
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ExponentialLR
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    ema: EMA | None
+    step: TrainStep
+
+    def ema_weights(self) -> contextlib.AbstractContextManager:
+        """A context in which the model holds the EMA weights (swapped back after); nothing to swap without one."""
+        return self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext()
 
 
-def _use_implementation(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Re-apply :func:`adam_implementation` after ``load_state_dict`` (which restores the saved flags, e.g. of a
-    checkpoint written on another device) and put each ``step`` counter where that choice wants it."""
-    for group in optimizer.param_groups:
-        group.update(adam_implementation(device))
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            if "step" in state:
-                fused = bool(group["fused"])
-                where = parameter.device if fused or group.get("capturable") else torch.device("cpu")
-                state["step"] = state["step"].to(where, torch.float32 if fused else state["step"].dtype)
-
-
-def optimizer_step(model: nn.Module, loss_fn: LossFunction, images: torch.Tensor, labels: torch.Tensor,
-                   generator: torch.Generator, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   dtype: torch.dtype | None, ema: EMA | None = None) -> torch.Tensor:
-    """One gradient step on a batch under autocast ``dtype`` (``None``: fp32); returns the detached loss (a 0-dim
-    tensor on the device).
-
-    ``scaler`` scales the loss for fp16 (it is a no-op when disabled); ``ema`` (optional) is updated after the
-    step. Nothing here reads a value back from the device, so the step does not wait for the GPU.
-    """
-    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-        loss = loss_fn(model, images, labels, generator)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    if ema is not None:
-        ema.update(model)
-    return loss.detach()
-
-
-def compile_for_capture(loss_fn: LossFunction) -> LossFunction:
-    """``torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)``: inductor kernels for the forward and
-    backward passes, replayed as CUDA graphs, for one fixed batch shape.
-
-    Draws with a ``torch.Generator`` (and a student's ``.item()``) are graph breaks: they run eagerly between
-    the captured pieces, so the random stream is the eager one.
-    """
-    return torch.compile(loss_fn, mode="reduce-overhead", dynamic=False)
-
-
-def _mark_step_begin() -> None:
-    """Tell CUDA-graph trees that a new training step begins (absent before torch 2.2: then a no-op)."""
-    getattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)()
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    device = generator.device
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def _set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch"])
-    if generator.device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], generator.device)
-
-
-class TrainStep:
-    """``step(images, labels, generator) -> loss``: :func:`optimizer_step`, with the loss captured when asked.
-
-    Args:
-        model, loss_fn, optimizer, scaler, dtype, ema: as in :func:`optimizer_step`.
-        capture: compile ``loss_fn`` with ``compiler`` (default :func:`compile_for_capture`).
-        compiler: ``compiler(loss_fn) -> compiled loss_fn``.
-
-    If compiling, or running the compiled loss, raises during the first ``CAPTURE_TRIAL_STEPS`` steps, the
-    state the step changes (weights, buffers, optimizer, scaler, EMA, random generators) is restored, one
-    line is printed, and that step and all later ones run eagerly: the loss trajectory is the eager one.
-    The loss returned is a fresh 0-dim tensor on the device (captured outputs are overwritten by the next replay).
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: LossFunction, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, dtype: torch.dtype | None, *, ema: EMA | None = None,
-                 capture: bool = False, compiler: Compiler | None = None):
-        self.model, self.loss_fn, self.optimizer, self.scaler, self.dtype, self.ema = \
-            model, loss_fn, optimizer, scaler, dtype, ema
-        self.captured_loss: LossFunction | None = None
-        self.trials_left = CAPTURE_TRIAL_STEPS
-        if capture:
-            try:
-                self.captured_loss = (compiler or compile_for_capture)(loss_fn)
-            except Exception as error:  # e.g. torch.compile unsupported on this Python or platform
-                self._give_up(error)
-
-    @property
-    def captured(self) -> bool:
-        return self.captured_loss is not None
-
-    def _run(self, loss_fn, images, labels, generator) -> torch.Tensor:
-        return optimizer_step(self.model, loss_fn, images, labels, generator, self.optimizer, self.scaler,
-                              self.dtype, self.ema)
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.captured_loss is None:
-            return self._run(self.loss_fn, images, labels, generator)
-        if self.trials_left == 0:
-            _mark_step_begin()
-            return self._run(self.captured_loss, images, labels, generator).clone()
-        saved = self._snapshot(generator)
-        try:
-            _mark_step_begin()
-            loss = self._run(self.captured_loss, images, labels, generator).clone()
-        except Exception as error:
-            self._restore(saved, generator)
-            self._give_up(error)
-            return self._run(self.loss_fn, images, labels, generator)
-        self.trials_left -= 1
-        return loss
-
-    def _give_up(self, error: Exception) -> None:
-        self.captured_loss = None
-        reason = (str(error).strip().splitlines() or [""])[0][:160]
-        print(f"Note: could not capture the training step ({type(error).__name__}: {reason}); training eagerly.")
-
-    def _snapshot(self, generator: torch.Generator) -> dict:
-        return {"model": {name: value.clone() for name, value in self.model.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "scaler": copy.deepcopy(self.scaler.state_dict()),
-                "ema": copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": _rng_state(generator)}
-
-    def _restore(self, saved: dict, generator: torch.Generator) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        _set_rng_state(generator, saved["rng"])
+def _check(options: _Options, model: nn.Module, data: DeviceImages) -> None:
+    """Raise ``ValueError`` for an option out of range, or a model or validation set off the data's device."""
+    check_positive_int("epochs", options.epochs)
+    check_positive_int("batch_size", options.batch_size)
+    check_in_range("learning_rate", options.learning_rate, 0.0, 1.0)
+    check_in_range("lr_gamma", options.lr_gamma, 0.0, 1.0)
+    ema_decay, validation, device = options.ema_decay, options.validation, data.device
+    if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
+        raise ValueError(f"`ema_decay` must be None or a float in (0, 1), got {ema_decay!r}")
+    if any(p.device != device for p in model.parameters()):
+        raise ValueError(f"`model` must be on the data's device ({device}); call model.to({str(device)!r}) first")
+    if validation is not None and (not isinstance(validation, DeviceImages) or validation.device != device):
+        raise ValueError(f"`validation` must be DeviceImages on the data's device ({device}), got "
+                         f"{getattr(validation, 'device', type(validation).__name__)}")
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
+    """How a checkpoint names the autocast dtype: ``"fp32"`` for ``None``, else e.g. ``"bfloat16"``."""
     return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
@@ -232,10 +147,103 @@ def _training_dtype(model: nn.Module, loss_fn: LossFunction, data: DeviceImages,
         return None if state["precision"] == "fp32" else getattr(torch, state["precision"])
     if data.device.type != "cuda":
         return autocast_dtype(data.device)
-    from .precision import fastest_autocast_dtype  # it builds training steps itself
-
     images, labels = data.first(batch_size)
     return fastest_autocast_dtype(model, loss_fn, images, labels)
+
+
+def _start(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, options: _Options,
+           state: dict | None) -> _Run:
+    """Build the run's pieces on the data's device, and resume them from the checkpoint ``state`` when there is
+    one (``None`` or empty: a new run, its generator seeded ``options.seed``). The step captures the loss if
+    ``options.capture`` says so (``None``: on CUDA only)."""
+    device = data.device
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    optimizer = make_optimizer(model.parameters(), options.learning_rate, device)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=options.lr_gamma)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dtype = _training_dtype(model, loss_fn, data, options.batch_size, state)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if state:
+        _restore(state, model, optimizer, scheduler, scaler, generator)
+    ema = EMA(model, options.ema_decay) if options.ema_decay is not None else None
+    if ema is not None and state and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
+    capture = device.type == "cuda" if options.capture is None else options.capture
+    step = TrainStep(model, loss_fn, optimizer, scaler, dtype, ema=ema, capture=capture, compiler=options.compiler)
+    return _Run(model, loss_fn, data, generator, optimizer, scheduler, scaler, dtype, ema, step)
+
+
+def _restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+             generator: torch.Generator) -> None:
+    """Load a checkpoint's weights, Adam's moments and step counts (with this device's Adam kernel, on the
+    generator's device), the decay's epoch count, the loss scale and every random state."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    use_implementation(optimizer, generator.device)
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(generator, state["rng"])
+
+
+def _resumed_history(state: dict | None, steps_per_epoch: int) -> tuple[int, LossHistory]:
+    """``(epochs already trained, the losses so far)``: ``(0, empty history)`` for a new run, else the
+    checkpoint's epoch and its per-step and validation losses."""
+    if not state:
+        return 0, LossHistory(steps_per_epoch=steps_per_epoch)
+    return state["epoch"], LossHistory(state["losses"], state.get("validation_losses", ()), steps_per_epoch)
+
+
+def _train_epoch(run: _Run, options: _Options, epoch: int) -> list[float]:
+    """One epoch: a step on each full batch of a fresh shuffle (drawn from the run's generator), then the
+    learning-rate decay. Returns the ``len(data) // batch_size`` losses, copied to the host once, at the end."""
+    steps_per_epoch = run.data.num_batches(options.batch_size)
+    epoch_losses = torch.empty(steps_per_epoch, device=run.data.device)
+    bar = tqdm(run.data.batches(options.batch_size, run.generator), total=steps_per_epoch,
+               disable=not options.progress, desc=f"epoch {epoch}/{options.epochs}", leave=False)
+    for index, (images, labels) in enumerate(bar):
+        epoch_losses[index] = run.step(images, labels, run.generator)
+    run.scheduler.step()
+    return epoch_losses.tolist()
+
+
+def _validate(run: _Run, options: _Options, epoch: int, losses: LossHistory) -> float:
+    """:func:`validation_loss` on ``options.validation`` (with the EMA weights if any), appended to
+    ``losses.validation`` as epoch ``epoch``'s (``nan`` for earlier epochs without one); the model back in train
+    mode. Returns the value."""
+    with run.ema_weights():
+        value = validation_loss(run.model, run.loss_fn, options.validation, options.batch_size, dtype=run.dtype)
+    run.model.train()
+    losses.validation.extend([float("nan")] * (epoch - 1 - len(losses.validation)) + [value])
+    return value
+
+
+def _checkpoint_state(run: _Run, epoch: int, losses: LossHistory) -> dict:
+    """What a checkpoint holds after ``epoch``: every state :func:`_restore` loads, the EMA's (or ``None``), the
+    precision's name (:func:`_dtype_name`), and the losses so far, per step and per epoch."""
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None, "precision": _dtype_name(run.dtype),
+            "epoch": epoch, "losses": list(losses), "validation_losses": list(losses.validation),
+            "rng": rng_state(run.generator)}
+
+
+def _end_epoch(run: _Run, options: _Options, epoch: int, losses: LossHistory) -> None:
+    """After epoch ``epoch``'s losses are in ``losses``: the validation loss, the one-line report (with a
+    progress bar), the checkpoint, then the callback (on the EMA weights); the model is left in train mode."""
+    steps = losses.steps_per_epoch
+    report = f"epoch {epoch}/{options.epochs}: mean loss {sum(losses[-steps:]) / steps:.4f}"
+    if options.validation is not None:
+        report += f", validation loss {_validate(run, options, epoch, losses):.4f}"
+    if options.progress:
+        tqdm.write(report)
+    if options.checkpoint_dir is not None:
+        checkpoints.save_checkpoint(options.checkpoint_dir, epoch, _checkpoint_state(run, epoch, losses))
+    if options.on_epoch_end is not None:
+        with run.ema_weights():
+            options.on_epoch_end(epoch, run.model, losses)
+        run.model.train()
 
 
 def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs: int, batch_size: int,
@@ -274,74 +282,17 @@ def train(model: nn.Module, loss_fn: LossFunction, data: DeviceImages, *, epochs
             epoch; the EMA weights when there is an EMA), stored in the history's ``validation``, printed with the
             progress and checkpointed.
     """
-    check_positive_int("epochs", epochs)
-    check_positive_int("batch_size", batch_size)
-    check_in_range("learning_rate", learning_rate, 0.0, 1.0)
-    check_in_range("lr_gamma", lr_gamma, 0.0, 1.0)
-    if ema_decay is not None and not (isinstance(ema_decay, float) and 0.0 < ema_decay < 1.0):
-        raise ValueError(f"`ema_decay` must be None or a float in (0, 1), got {ema_decay!r}")
-    device = data.device
-    if any(p.device != device for p in model.parameters()):
-        raise ValueError(f"`model` must be on the data's device ({device}); call model.to({str(device)!r}) first")
-    if validation is not None and (not isinstance(validation, DeviceImages) or validation.device != device):
-        raise ValueError(f"`validation` must be DeviceImages on the data's device ({device}), got "
-                         f"{getattr(validation, 'device', type(validation).__name__)}")
-
-    generator = torch.Generator(device=device).manual_seed(seed)
-    optimizer = make_optimizer(model.parameters(), learning_rate, device)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_gamma)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    steps_per_epoch = data.num_batches(batch_size)
-    losses = LossHistory(steps_per_epoch=steps_per_epoch)
-    start_epoch = 0
-    state = checkpoints.load_latest(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
-    dtype = _training_dtype(model, loss_fn, data, batch_size, state)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _use_implementation(optimizer, device)
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(generator, state["rng"])
-        start_epoch = state["epoch"]
-        losses = LossHistory(state["losses"], state.get("validation_losses", ()), steps_per_epoch)
-    ema = EMA(model, ema_decay) if ema_decay is not None else None
-    if ema is not None and state and state.get("ema") is not None:
-        ema.load_state_dict(state["ema"])
-    step = TrainStep(model, loss_fn, optimizer, scaler, dtype, ema=ema,
-                     capture=device.type == "cuda" if capture is None else capture, compiler=compiler)
-
+    options = _Options(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lr_gamma=lr_gamma, seed=seed,
+                       checkpoint_dir=checkpoint_dir, progress=progress, on_epoch_end=on_epoch_end,
+                       ema_decay=ema_decay, capture=capture, compiler=compiler, validation=validation)
+    _check(options, model, data)
+    state = checkpoints.load_latest(checkpoint_dir, map_location=data.device) if checkpoint_dir is not None else None
+    run = _start(model, loss_fn, data, options, state)
+    start_epoch, losses = _resumed_history(state, data.num_batches(batch_size))
     model.train()
     for epoch in range(start_epoch + 1, epochs + 1):
-        epoch_losses = torch.empty(steps_per_epoch, device=device)
-        bar = tqdm(data.batches(batch_size, generator), total=steps_per_epoch, disable=not progress,
-                   desc=f"epoch {epoch}/{epochs}", leave=False)
-        for index, (images, labels) in enumerate(bar):
-            epoch_losses[index] = step(images, labels, generator)
-        scheduler.step()
-        losses.extend(epoch_losses.tolist())
-        report = f"epoch {epoch}/{epochs}: mean loss {sum(losses[-steps_per_epoch:]) / steps_per_epoch:.4f}"
-        if validation is not None:
-            with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
-                value = validation_loss(model, loss_fn, validation, batch_size, dtype=dtype)
-            model.train()
-            losses.validation.extend([float("nan")] * (epoch - 1 - len(losses.validation)) + [value])
-            report += f", validation loss {value:.4f}"
-        if progress:
-            tqdm.write(report)
-        if checkpoint_dir is not None:
-            checkpoints.save_checkpoint(checkpoint_dir, epoch, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "precision": _dtype_name(dtype),
-                "epoch": epoch, "losses": list(losses), "validation_losses": list(losses.validation),
-                "rng": _rng_state(generator)})
-        if on_epoch_end is not None:
-            with ema.swapped_in(model) if ema is not None else contextlib.nullcontext():
-                on_epoch_end(epoch, model, losses)
-            model.train()
-    if ema is not None:
-        ema.copy_to(model)
+        losses.extend(_train_epoch(run, options, epoch))
+        _end_epoch(run, options, epoch, losses)
+    if run.ema is not None:
+        run.ema.copy_to(model)
     return losses

@@ -14,7 +14,9 @@ from course_lib.data import DeviceImages
 from course_lib.ema import EMA
 from course_lib.host_syncs import HostSyncCounter, host_only
 from course_lib.noise import DDPMSchedule
-from course_lib.training import make_optimizer, optimizer_step, train
+from course_lib.optimizers import make_optimizer
+from course_lib.train_step import optimizer_step
+from course_lib.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,6 +3,9 @@ itself runs on any device, so it is checked here on the CPU)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,3 +49,13 @@ def test_step_seconds_times_a_copy_and_leaves_the_model_alone(dtype):
 ])
 def test_the_fastest_precision_wins_by_a_margin(timings, expected):
     assert precision.fastest(timings) is expected
+
+
+def test_precision_does_not_import_the_training_loop():
+    """The imports run one way: training uses precision, and precision takes the step and Adam from their own
+    modules (``train_step``, ``optimizers``), not from training. The loop still offers those names to its callers."""
+    code = ("import sys, course_lib.precision; print('course_lib.training' in sys.modules); "
+            "from course_lib.training import TrainStep, make_optimizer, optimizer_step, compile_for_capture")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

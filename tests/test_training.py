@@ -137,7 +137,7 @@ def test_checkpoint_folder_keeps_the_newest_two(tmp_path):
 
 
 def test_adam_is_fused_on_cuda_and_foreach_elsewhere():
-    from course_lib.training import adam_implementation, make_optimizer
+    from course_lib.optimizers import adam_implementation, make_optimizer
 
     assert adam_implementation("cuda") == {"fused": True, "foreach": None}
     assert adam_implementation("cpu") == {"fused": None, "foreach": True}
@@ -147,7 +147,8 @@ def test_adam_is_fused_on_cuda_and_foreach_elsewhere():
 
 def test_foreach_adam_gives_the_results_of_the_default_adam_on_the_cpu():
     """Ten steps of the class-conditional UNet: today's per-tensor Adam against make_optimizer's, same draws."""
-    from course_lib.training import make_optimizer, optimizer_step
+    from course_lib.optimizers import make_optimizer
+    from course_lib.train_step import optimizer_step
 
     loss_fn = stage_loss("cfg", DDPMSchedule(50))
     runs = []
