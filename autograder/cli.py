@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import publish
+from .publish import folder as publish
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
 from .collect.sources import Limits
 from .grading import GradingOptions

@@ -126,7 +126,7 @@ def view_stage(root: Path, assignment: str) -> str | None:
     whose checks its source notebook's test cells call (:func:`autograder.verdicts.earliest_stage`)."""
     import nbformat
 
-    from .verdicts import earliest_stage
+    from .execute.verdicts import earliest_stage
 
     return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
 
@@ -162,7 +162,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
                                 RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
     from .privacy import SanitizeOutputs, ScrubPersonalData
     from .submitted_outputs import KeepDemoOutputs
-    from .verdicts import JudgeTestCells, ProbeTestCells
+    from .execute.verdicts import JudgeTestCells, ProbeTestCells
 
     config = nbgrader_config(scratch)
     # KeepDemoOutputs is nbgrader's ClearOutput, except the student's saved outputs of the demo cells it never runs

@@ -27,7 +27,7 @@ import pytest
 
 from autograder.cli import main as cli_main
 from autograder.course import SOLUTIONS_DIR
-from autograder.publish import MARKER, PLACEHOLDER
+from autograder.publish.folder import MARKER, PLACEHOLDER
 from course_lib.stages import get
 from course_lib.stages import NOTEBOOKS, STAGES
 
@@ -301,7 +301,7 @@ def test_every_package_imports_and_its_visible_checks_pass_on_the_solution(publi
                                                                           mnist_root):
     """Each published wheel, unpacked alone on the path: every module imports, and the notebook's visible check
     calls pass on the solution code of the source notebook, from the stored fixtures alone."""
-    from autograder.packages import visible_calls
+    from autograder.publish.packages import visible_calls
 
     directory, _ = published
     runs = {}
@@ -366,7 +366,7 @@ def check_f(f, seed=0):
 
 
 def test_strip_reference_side_keeps_what_probes_and_judges_use():
-    from autograder.packages import strip_reference_side
+    from autograder.publish.packages import strip_reference_side
     from course_lib.answers import AnswerNotIncluded
 
     stripped = strip_reference_side(CHECK_MODULE)
@@ -382,7 +382,7 @@ def test_strip_reference_side_keeps_what_probes_and_judges_use():
 
 
 def test_a_module_level_import_of_what_a_package_leaves_out_fails_the_build():
-    from autograder.packages import check_imports
+    from autograder.publish.packages import check_imports
 
     left_out = {"course_lib/checks/conditional_unets.py", "course_lib/answers/ddpm.py"}
     check_imports({"course_lib/checks/ddpm.py": b"def f():\n    from .conditional_unets import unet_mutants\n"},
@@ -521,7 +521,7 @@ def test_bad_arguments_are_refused_by_name_and_nothing_is_written(arguments, nam
 
 
 def test_a_web_folder_that_is_not_github_gets_plain_urls_and_no_badge(solutions, tmp_path):
-    from autograder.publish import parse_site, read_marker, rewrite_notebook
+    from autograder.publish.folder import parse_site, read_marker, rewrite_notebook
 
     site = parse_site("https://courses.example.org/diffusion/")
     url = site.file_url(f"packages/{wheel_file('01_noising')}")

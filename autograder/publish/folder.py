@@ -36,9 +36,9 @@ import nbformat
 
 from course_lib import stages
 
-from .atomic import atomic_write_bytes
-from .course import SOLUTIONS_DIR, generate_student_notebooks
-from .library_view import left_out
+from ..atomic import atomic_write_bytes
+from ..course import SOLUTIONS_DIR, generate_student_notebooks
+from ..library_view import left_out
 from .packages import build_wheel, wheel_name
 
 COMMAND = "publish"

@@ -41,10 +41,10 @@ import torch
 from course_lib import stages
 from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, compact, one_thread
 
-from .course import REPO_ROOT, SOLUTIONS_DIR
-from .library_view import LIBRARY_DIR, left_out, write_library_view
-from .preprocessors import is_test_cell
-from .verdicts import check_calls
+from ..course import REPO_ROOT, SOLUTIONS_DIR
+from ..library_view import LIBRARY_DIR, left_out, write_library_view
+from ..preprocessors import is_test_cell
+from ..execute.verdicts import check_calls
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"
