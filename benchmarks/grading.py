@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autograder.commands import grade, release  # noqa: E402
 from autograder.course import SOLUTIONS_DIR, STAGES  # noqa: E402
 from autograder.demo import write_demo_submissions  # noqa: E402
-from autograder.grading import GradingOptions, score_all  # noqa: E402
+from autograder.execute.notebook import GradingOptions, score_all  # noqa: E402
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:
@@ -56,8 +56,8 @@ def kernel_seconds(sandboxed: bool) -> float:
     """Seconds to start a kernel (sandboxed or not), import torch and matplotlib in it and shut it down."""
     from jupyter_client.manager import AsyncKernelManager
 
-    from autograder.grading import home_seed
-    from autograder.sandbox import SandboxedKernelManager
+    from autograder.execute.notebook import home_seed
+    from autograder.execute.sandbox import SandboxedKernelManager
 
     async def run() -> float:
         with tempfile.TemporaryDirectory() as folder:

@@ -1,4 +1,4 @@
-"""autograder.verdicts: test cells become probes in the kernel and verdicts in the grader.
+"""autograder.execute.verdicts: test cells become probes in the kernel and verdicts in the grader.
 
 The kernel is simulated here by running the probe cell's source in a namespace, in the notebook's folder, as the
 real kernel would; tests/test_autograder.py grades real submissions through the whole pipeline.
@@ -16,7 +16,7 @@ import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
 from autograder.course import SOLUTIONS_DIR
-from autograder.preprocessors import is_test_cell
+from autograder.execute.preprocessors import is_test_cell
 from autograder.execute.verdicts import JudgeTestCells, ProbeTestCells, check_calls, earliest_stage
 from course_lib.answers import noising
 from course_lib.checks import protocol

@@ -36,7 +36,7 @@ from course_lib.checks.harness import CheckFailed
 from course_lib.checks.protocol import CHECKS, CHECKS_FOLDER, RECORD_MIME, verdict
 from course_lib.stages import STAGES
 
-from ..preprocessors import error_output, is_test_cell
+from .preprocessors import error_output, is_test_cell
 
 MAX_RECORD_BYTES = 16 * 2**20  # a cell's probe outputs are a few MB at most
 VERDICTS = "autograder_verdicts"

@@ -43,7 +43,7 @@ from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, compact,
 
 from ..course import REPO_ROOT, SOLUTIONS_DIR
 from ..library_view import LIBRARY_DIR, left_out, write_library_view
-from ..preprocessors import is_test_cell
+from ..execute.preprocessors import is_test_cell
 from ..execute.verdicts import check_calls
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"

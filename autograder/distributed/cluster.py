@@ -1,8 +1,8 @@
 """Phase 1 of grading on a Dask distributed cluster (``grade --dask tcp://HOST:8786`` or ``--dask local:N``).
 
-The cut: one Dask task per notebook, running :func:`autograder.grading.execute_notebook` unchanged on the worker,
+The cut: one Dask task per notebook, running :func:`autograder.execute.notebook.execute_notebook` unchanged on the worker,
 in a fresh temporary course folder, in one of the worker's long-lived grading children
-(:mod:`autograder.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
+(:mod:`autograder.distributed.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
 stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
 into the gradebook) and ``grades.csv`` stay on the client, exactly as with ``--jobs``.
 
@@ -14,7 +14,7 @@ What travels to a worker, as bytes (nothing else; no shared file system is neede
   ``source/<stage>/`` with the *solution cells of the source notebook emptied* (only the cells' metadata is read
   there, for ``skip_when_grading``);
 - per task: the student's submitted files of that stage, the grading options, the name of the library view of
-  the kernel (:func:`autograder.grading.view_stage`) and the version stamp.
+  the kernel (:func:`autograder.execute.notebook.view_stage`) and the version stamp.
 
 What comes back: the executed notebook folder (``executed/<student>/<stage>/``, the test cells holding only
 their verdicts) and the run's record (seconds, problem). The expected values of the checks are computed and
@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import grading_child
-from .course import SUBMITTED
-from .progress import Progress
-from .resume import INDEX, folder_files, load_index, plan, remember, save_index
-from .grading import LOGS, GradingOptions, executed_path, runs_by_student, view_stage
+from ..course import SUBMITTED
+from ..progress import Progress
+from ..execute.resume import INDEX, folder_files, load_index, plan, remember, save_index
+from ..execute.notebook import LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # autograder/
 
 
 class WorkerEnvironmentError(RuntimeError):
@@ -118,7 +118,7 @@ def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
 # --- the worker's side ---------------------------------------------------------------------------------------
 
 def _setup(options: str, jobs_by_host: dict, host: str) -> dict:
-    """The set-up of the grading children (:mod:`autograder.grading_child`) of a worker on ``host``: the options
+    """The set-up of the grading children (:mod:`autograder.distributed.grading_child`) of a worker on ``host``: the options
     (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker processes
     on it), and the log folder."""
     jobs = max(1, int(jobs_by_host.get(host, 1)))
@@ -200,7 +200,7 @@ def connect(spec) -> tuple:
 
 
 def _worker_sandbox() -> str | None:
-    from .sandbox import sandbox_unavailable
+    from ..execute.sandbox import sandbox_unavailable
 
     return sandbox_unavailable()
 
@@ -262,7 +262,7 @@ def _retries(client, keys: list[str]) -> int:
 def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, dask,
                      progress: Callable[[dict], None] | None = None,
                      notify: Callable[[str], None] = print) -> list[dict]:
-    """:func:`autograder.grading.execute_all` on a Dask cluster (``dask``: see :func:`connect`); same return."""
+    """:func:`autograder.execute.notebook.execute_all` on a Dask cluster (``dask``: see :func:`connect`); same return."""
     from distributed import as_completed
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker

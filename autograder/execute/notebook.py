@@ -11,16 +11,16 @@ Two phases, so that several processes can run notebooks while exactly one writes
    execute with per-cell and per-notebook timeouts -> remove the injected cells -> cap output. The executed
    notebooks are moved to ``<root>/executed/<student>/<stage>/``; the scratch folder is deleted.
 
-   The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.sandbox`): all it
+   The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.execute.sandbox`): all it
    sees of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy
-   of ``course_lib`` and ``autograder/kernel_state.py``), read-only, and one writable folder, the notebook's
+   of ``course_lib`` and ``autograder/execute/kernel_state.py``), read-only, and one writable folder, the notebook's
    own ``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
    ``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
 2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
    ``collected/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
    graded notebooks into ``<root>/autograded/``, exactly as a plain ``nbgrader autograde`` would.
 
-Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.limits`): a watchdog thread of
+Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.execute.limits`): a watchdog thread of
 the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or number more
 than ``max_processes``; the cell that was running then gets an error naming the cap, later cells do not run, and
 the points earned before stay. No address-space limit is set, neither on the workers nor on the kernels (an
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, run_nbgrader_app
-from .progress import Progress
+from ..course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, run_nbgrader_app
+from ..progress import Progress
 from .resume import EXECUTED, load_index, plan, remember, save_index
 
 WORK = "work"
@@ -103,9 +103,9 @@ def executed_path(root: Path, student: str, stage: str) -> Path:
 def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
     """A folder to put first on a grading kernel's ``PYTHONPATH`` (read-only in the sandbox), under
     ``<root>/work/_kernel_python/``: ``course_lib`` without the answers of ``view_stage`` and later stages
-    (:mod:`autograder.library_view`; all of it when ``None``) and ``autograder/kernel_state.py``. Never the
+    (:mod:`autograder.library_view`; all of it when ``None``) and ``autograder/execute/kernel_state.py``. Never the
     repository, whose ``solutions/`` hold the hidden tests."""
-    from .library_view import write_library_view
+    from ..library_view import write_library_view
 
     folder = Path(root) / WORK / KERNEL_PYTHON / (view_stage or "all")
     shutil.rmtree(folder, ignore_errors=True)
@@ -115,18 +115,19 @@ def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     else:
         write_library_view(folder, view_stage)
-    (folder / "autograder").mkdir()
-    (folder / "autograder" / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
-    shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "kernel_state.py")
+    (folder / "autograder" / "execute").mkdir(parents=True)
+    for package in ("autograder", "autograder/execute"):
+        (folder / package / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
+    shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "execute" / "kernel_state.py")
     return folder
 
 
 def view_stage(root: Path, assignment: str) -> str | None:
     """The stage whose answers (and later ones) the kernels of ``assignment`` must not have: the earliest stage
-    whose checks its source notebook's test cells call (:func:`autograder.verdicts.earliest_stage`)."""
+    whose checks its source notebook's test cells call (:func:`autograder.execute.verdicts.earliest_stage`)."""
     import nbformat
 
-    from .execute.verdicts import earliest_stage
+    from .verdicts import earliest_stage
 
     return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
 
@@ -162,7 +163,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
                                 RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
     from .privacy import SanitizeOutputs, ScrubPersonalData
     from .submitted_outputs import KeepDemoOutputs
-    from .execute.verdicts import JudgeTestCells, ProbeTestCells
+    from .verdicts import JudgeTestCells, ProbeTestCells
 
     config = nbgrader_config(scratch)
     # KeepDemoOutputs is nbgrader's ClearOutput, except the student's saved outputs of the demo cells it never runs
@@ -303,7 +304,7 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
 
     Notebooks rather than students are the unit of work, so a class of few students still keeps every
     process busy. A notebook executed by an earlier run with the same submission, options and source is kept
-    (:mod:`autograder.resume`; ``notify`` says how many), so a rerun after a crash executes only what is missing.
+    (:mod:`autograder.execute.resume`; ``notify`` says how many), so a rerun after a crash executes only what is missing.
     ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
     ``"progress"`` (:class:`autograder.progress.Progress`: done of all, with problems, time left). Returns one
     ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``

@@ -3,8 +3,8 @@
 Each notebook's execution is recorded as it finishes, keyed by what decides its outcome: the collected
 submission's files, the grading options (not ``jobs``) and the source notebook. A rerun of ``grade`` (after a crash,
 a lost Dask scheduler, or for a class where a few students handed in again) keeps every notebook whose key and
-executed file are unchanged, and executes only the rest. Used by both ``--jobs`` (:mod:`autograder.grading`) and
-``--dask`` (:mod:`autograder.distributed`).
+executed file are unchanged, and executes only the rest. Used by both ``--jobs`` (:mod:`autograder.execute.notebook`) and
+``--dask`` (:mod:`autograder.distributed.cluster`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
-from .course import SUBMITTED
+from ..atomic import atomic_write_bytes
+from ..course import SUBMITTED
 
 INDEX = "index.json"
 EXECUTED = "executed"
