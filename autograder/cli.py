@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .collect.sources import Limits
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
-from .execute.notebook import GradingOptions
+from .execute.options import GradingOptions
 from .publish import folder as publish
 from .safe_text import shown
 from .score.lms_export import FORMATS

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Callable
 
 from .collect import Limits, collect_submissions
-from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config,
+from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config, quiet_nbgrader,
                      run_nbgrader_app, write_course_config)
 from .demo import write_demo_submissions
-from .execute.notebook import GradingOptions, execute_all, quiet_nbgrader, score_all
+from .execute.options import GradingOptions
+from .execute.pool import execute_all
 from .execute.resume import EXECUTED, INDEX
 from .execute.sandbox import SandboxUnavailableError, sandbox_unavailable
+from .score.gradebook import score_all
 from .score.report import GradeTable, read_grade_table
 from .score.run_record import read_run_record, with_earlier_rows, write_run_record
 
@@ -79,14 +81,14 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     :mod:`autograder.distributed.cluster`), score; write the CSV (default ``<root>/grades.csv``).
 
     Releases first when the course folder has not been released. Returns the table and, per student,
-    what :func:`~autograder.execute.notebook.execute_all` returns (seconds and problems); ``progress`` gets each
+    what :func:`~autograder.execute.pool.execute_all` returns (seconds and problems); ``progress`` gets each
     notebook's result as it finishes. ``students`` (ids): grade only these again, in a class graded before
     (late or regraded work); every other student's collected notebooks, graded copies, gradebook entries, CSV row
     and record stay as the last run left them.
 
     The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
     worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
-    :func:`~autograder.execute.notebook.score_all`, one notebook at a time, a failure costing only that notebook, which
+    :func:`~autograder.score.gradebook.score_all`, one notebook at a time, a failure costing only that notebook, which
     then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
     (:mod:`autograder.score.run_record`, for ``report`` and ``export``), atomically.
 

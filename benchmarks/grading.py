@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autograder.commands import grade, release  # noqa: E402
 from autograder.course import SOLUTIONS_DIR, STAGES  # noqa: E402
 from autograder.demo import write_demo_submissions  # noqa: E402
-from autograder.execute.notebook import GradingOptions, score_all  # noqa: E402
+from autograder.execute.options import GradingOptions  # noqa: E402
+from autograder.score.gradebook import score_all  # noqa: E402
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:

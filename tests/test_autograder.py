@@ -20,7 +20,8 @@ import pytest
 from autograder.collect import MISSING, SubmissionsError, collect_submissions
 from autograder.commands import feedback, grade, release
 from autograder.course import REPO_ROOT, nbgrader_config
-from autograder.execute.notebook import GradingOptions, executed_path
+from autograder.execute.notebook import executed_path
+from autograder.execute.options import GradingOptions
 from autograder.execute.sandbox import sandbox_unavailable
 from autograder.execute.submitted_outputs import SUBMITTED_MARKER
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from autograder.distributed.cluster import grading_child
-from autograder.execute.notebook import GradingOptions
+from autograder.execute.options import GradingOptions
 
 pytestmark = pytest.mark.timeout(240)
 

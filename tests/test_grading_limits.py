@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.execute.notebook import GradingOptions
+from autograder.execute.options import GradingOptions
 from autograder.execute.sandbox import sandbox_unavailable
 from test_limits import CHILDREN, FORKS
 

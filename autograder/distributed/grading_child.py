@@ -1,7 +1,7 @@
 """Long-lived grading processes on a Dask worker: what a ``--jobs`` worker process is, for a Dask task.
 
 A Dask worker must not run a notebook itself: phase 1 sets the kernels' thread share and quick mode in its
-environment and sends its stderr into a log (:func:`autograder.execute.notebook._init_worker`). So every notebook runs in a
+environment and sends its stderr into a log (:func:`autograder.execute.notebook.set_up_worker`). So every notebook runs in a
 child process of the worker, ``python -m autograder.distributed.grading_child``, set up that way once and then kept: importing
 nbgrader, nbconvert and torch takes about a second, which a child started per notebook paid every time. (The caps
 on a kernel's memory and processes are kept by a watchdog thread in that child, :mod:`autograder.execute.limits`.)
@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 class GradingChild:
-    """One ``python -m autograder.distributed.grading_child`` process; ``setup`` is ``{"options": GradingOptions as a dict,
+    """One ``python -m autograder.distributed.grading_child`` process; ``setup`` is ``{"options": GradingOptions.to_json(),
     "log_dir": str}``."""
 
     def __init__(self, setup: dict):
@@ -135,12 +135,13 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     _end_when_orphaned(int(argv[1]))  # first: the imports below take seconds
-    from ..execute.notebook import GradingOptions, _init_worker, execute_notebook, kernel_python_path
+    from ..execute.notebook import execute_notebook, kernel_python_path, set_up_worker
+    from ..execute.options import GradingOptions
 
     setup = json.loads(sys.stdin.readline())
     options = GradingOptions.from_json(setup["options"])
     records = os.dup(1)
-    _init_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
+    set_up_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
     os.dup2(2, 1)  # whatever else prints goes to the log too; the records go to the saved stdout
     for module in ("nbgrader.converters", "course_lib.checks"):  # imported now, not when a notebook waits
         importlib.import_module(module)

@@ -1,98 +1,45 @@
-"""Autograde every collected submission, in parallel, into one nbgrader gradebook.
+"""Phase 1 of grading for one notebook (:func:`execute_notebook`), in a process set up by :func:`set_up_worker`.
 
-Two phases, so that several processes can run notebooks while exactly one writes the gradebook (several
-``nbgrader autograde`` processes on one gradebook would write the same SQLite file at once):
+Grading has two phases, so that several processes can run notebooks while exactly one writes the gradebook: this
+one, on ``jobs`` worker processes (:mod:`autograder.execute.pool`) or on a Dask cluster
+(:mod:`autograder.distributed`), then scoring (:mod:`autograder.score.gradebook`).
 
-1. **Execute** (``jobs`` worker processes, one notebook at a time each). A worker runs nbgrader's own
-   ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>-<stage>/`` that has a *copy* of the
-   gradebook (nbgrader needs one to restore cells, and writes the student into it), with our pipeline:
-   sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> mark the demo cells the
-   source tags ``skip_when_grading`` -> inject state resets ->
-   execute with per-cell and per-notebook timeouts -> remove the injected cells -> cap output. The executed
-   notebooks are moved to ``<root>/executed/<student>/<stage>/``; the scratch folder is deleted.
+A worker runs nbgrader's own ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>-<stage>/``
+that has a *copy* of the gradebook (nbgrader needs one to restore cells, and writes the student into it), with our
+pipeline: sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> mark the demo cells the
+source tags ``skip_when_grading`` -> inject state resets -> execute with per-cell and per-notebook timeouts ->
+remove the injected cells -> cap output. The executed notebooks are moved to ``<root>/executed/<student>/<stage>/``;
+the scratch folder is deleted.
 
-   The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.execute.sandbox`): all it
-   sees of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy
-   of ``course_lib`` and ``autograder/execute/kernel_state.py``), read-only, and one writable folder, the notebook's
-   own ``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
-   ``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
-2. **Score** (the main process, no kernel). nbgrader's ``Autograde`` again, reading ``executed/`` instead of
-   ``collected/``, with execution switched off: it writes scores into ``<root>/gradebook.db`` and the
-   graded notebooks into ``<root>/autograded/``, exactly as a plain ``nbgrader autograde`` would.
+The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.execute.sandbox`): all it sees
+of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy of ``course_lib``
+and ``autograder/execute/kernel_state.py``), read-only, and one writable folder, the notebook's own
+``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
+``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
 
-Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.execute.limits`): a watchdog thread of
-the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or number more
-than ``max_processes``; the cell that was running then gets an error naming the cap, later cells do not run, and
-the points earned before stay. No address-space limit is set, neither on the workers nor on the kernels (an
-honest kernel with torch imported has an address space of about 3 GiB). Workers share the CPU: each kernel gets
-``cpu_count // jobs`` torch threads.
+Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.execute.limits`): a watchdog
+thread of the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or
+number more than ``max_processes``; the cell that was running then gets an error naming the cap, later cells do not
+run, and the points earned before stay. No address-space limit is set, neither on the workers nor on the kernels (an
+honest kernel with torch imported has an address space of about 3 GiB).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from ..course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, run_nbgrader_app
-from ..progress import Progress
-from .resume import EXECUTED, load_index, plan, remember, save_index
+from ..course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, quiet_nbgrader, run_nbgrader_app
+from .options import GradingOptions
+from .resume import EXECUTED
 
 WORK = "work"
 LOGS = "logs"
 KERNEL_PYTHON = "_kernel_python"
-
-
-@dataclass(frozen=True)
-class GradingOptions:
-    """How a submission is run: one frozen value from the command line to the worker that starts the kernel
-    (across a process boundary as :meth:`to_json`).
-
-    Attributes:
-        jobs: worker processes that execute notebooks at the same time (>= 1).
-        cell_timeout: seconds one cell may run before it is interrupted.
-        notebook_timeout: seconds one notebook may run; later cells are marked "not run".
-        memory_gb: GiB that all processes of one kernel (the kernel and whatever it starts) may hold together
-            (0: no cap).
-        max_processes: processes one kernel may run at once, itself included (0: no cap).
-        sandbox: run every kernel in a bubblewrap sandbox (False: with this user's rights, as ``--no-sandbox``).
-    """
-
-    jobs: int = 1
-    cell_timeout: int = 120
-    notebook_timeout: float = 600.0
-    memory_gb: float = 8.0
-    max_processes: int = 256
-    sandbox: bool = True
-
-    def __post_init__(self):
-        if not isinstance(self.jobs, int) or self.jobs < 1:
-            raise ValueError(f"`jobs` must be an integer >= 1, got {self.jobs!r}")
-        if self.cell_timeout <= 0 or self.notebook_timeout <= 0:
-            raise ValueError(f"`cell_timeout` and `notebook_timeout` must be > 0, got {self.cell_timeout!r} "
-                             f"and {self.notebook_timeout!r}")
-        if self.memory_gb < 0:
-            raise ValueError(f"`memory_gb` must be >= 0 (0: no cap), got {self.memory_gb!r}")
-        if not isinstance(self.max_processes, int) or isinstance(self.max_processes, bool) or self.max_processes < 0:
-            raise ValueError(f"`max_processes` must be an integer >= 0 (0: no cap), got {self.max_processes!r}")
-
-    def to_json(self) -> str:
-        """The options as one JSON object: what crosses a process boundary (a grading child, a Dask task)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> GradingOptions:
-        """The options :meth:`to_json` wrote (checked again)."""
-        return cls(**json.loads(text))
 
 
 def executed_path(root: Path, student: str, stage: str) -> Path:
@@ -187,23 +134,10 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
     return config
 
 
-def _score_config(root: Path):
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
-                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
-
-    from .privacy import ScrubPersonalData
-
-    config = nbgrader_config(root)
-    config.CourseDirectory.submitted_directory = EXECUTED
-    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
-                                               CheckCellMetadata]
-    config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-                                                SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
-    return config
-
-
-def _run_autograde(config, stage: str, student: str) -> None:
+def run_autograde(config, stage: str, student: str) -> None:
+    """nbgrader's ``Autograde`` with ``config`` on one stage and student, each JSON schema of the cell metadata
+    checked once per process (:mod:`autograder.execute.schema_once`): phase 1 here, phase 2 in
+    :mod:`autograder.score.gradebook`."""
     from nbgrader.converters import Autograde
 
     from . import schema_once
@@ -212,20 +146,8 @@ def _run_autograde(config, stage: str, student: str) -> None:
     run_nbgrader_app(Autograde, config, stage, student)
 
 
-def quiet_nbgrader() -> None:
-    """Keep nbgrader's log and SQLAlchemy's warnings out of the table (nbgrader's errors still show)."""
-    import logging
-
-    logger = logging.getLogger("traitlets")
-    logger.setLevel(logging.ERROR)
-    if not logger.handlers:
-        logger.addHandler(logging.StreamHandler())
-    warnings.filterwarnings("ignore", module="nbgrader")
-    warnings.filterwarnings("ignore", module="nbformat")
-
-
-def _init_worker(options: GradingOptions, log_dir: str) -> None:
-    """Set up a worker process: thread share, quick mode, not the repository on the kernel's path, and stderr
+def set_up_worker(options: GradingOptions, log_dir: str) -> None:
+    """Set up a process that executes notebooks (a ``--jobs`` worker, a Dask worker's grading child): thread share, quick mode, not the repository on the kernel's path, and stderr
     (its own and its kernels') into ``<log_dir>/worker-<pid>.log``. No memory limit: the caps watch the kernels."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -275,7 +197,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     (scratch / SUBMITTED / student / stage).symlink_to(root / SUBMITTED / student / stage, target_is_directory=True)
     try:
         with _kernel_python_path(python_path):
-            _run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
+            run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:
@@ -295,67 +217,3 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
     return {"student": student, "stage": stage, "seconds": time.perf_counter() - started, "problem": problem}
-
-
-def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions,
-                progress: Callable[[dict], None] | None = None,
-                notify: Callable[[str], None] = print) -> list[dict]:
-    """Phase 1 on ``options.jobs`` processes, one notebook per task; ``work`` maps students to stages to run.
-
-    Notebooks rather than students are the unit of work, so a class of few students still keeps every
-    process busy. A notebook executed by an earlier run with the same submission, options and source is kept
-    (:mod:`autograder.execute.resume`; ``notify`` says how many), so a rerun after a crash executes only what is missing.
-    ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
-    ``"progress"`` (:class:`autograder.progress.Progress`: done of all, with problems, time left). Returns one
-    ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``
-    is the time their notebooks took to run, added up.
-    """
-    index = load_index(root)
-    tasks, results = plan(root, work, options, index)
-    if results:
-        notify(f"  {len(results)} notebooks already executed (executed/index.json) are kept")
-    python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s, _ in tasks}}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
-                             initializer=_init_worker, initargs=(options, str(Path(root) / LOGS))) as pool:
-        futures = {pool.submit(execute_notebook, str(root), student, stage, options, python_paths[stage]): key
-                   for student, stage, key in tasks}
-        counter = Progress(len(futures))
-        for future in as_completed(futures):
-            result = future.result()
-            remember(root, index, futures[future], result)
-            result["progress"] = counter.record(result)
-            results.append(result)
-            if progress is not None:
-                progress(result)
-    save_index(root, index)
-    shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
-    return runs_by_student(work, results)
-
-
-def runs_by_student(work: dict[str, tuple[str, ...]], results: list[dict]) -> list[dict]:
-    """:func:`execute_notebook`'s results gathered per student, in the order of ``work``: ``{"student", "seconds",
-    "problems": {stage: reason}}``, ``seconds`` being the time their notebooks took to run, added up."""
-    runs = {student: {"student": student, "seconds": 0.0, "problems": {}} for student in work}
-    for result in results:
-        run = runs[result["student"]]
-        run["seconds"] += result["seconds"]
-        if result["problem"]:
-            run["problems"][result["stage"]] = result["problem"]
-    return list(runs.values())
-
-
-def score_all(root: Path, stages: tuple[str, ...], only: list[str] | None = None) -> dict[tuple[str, str], str]:
-    """Phase 2: write the scores of every executed notebook (of the students ``only``, when given) into the
-    gradebook; returns failures by (student, stage)."""
-    quiet_nbgrader()
-    config = _score_config(Path(root))
-    failures = {}
-    for stage in stages:
-        students = sorted(p.parent.parent.name for p in (Path(root) / EXECUTED).glob(f"*/{stage}/{stage}.ipynb"))
-        for student in [s for s in students if only is None or s in only]:
-            try:
-                _run_autograde(config, stage, student)
-            except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
-                failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
-    return failures
