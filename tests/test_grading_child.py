@@ -1,5 +1,5 @@
-"""The long-lived grading processes of a Dask worker (``autograder.distributed.grading_child``): kept between notebooks, replaced
-when they die, and never left running when their worker is gone."""
+"""The long-lived grading processes of a Dask worker (``autograder.distributed.grading_child``): kept between
+notebooks, replaced when they die, and never left running when their worker is gone."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def test_a_child_whose_parent_is_not_the_worker_it_names_exits_at_once():
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.wait(timeout=60) == 1
     child.stdin.close()
-    usage = subprocess.run([sys.executable, "-m", "autograder.distributed.grading_child"], capture_output=True, text=True,
-                           timeout=60)
+    usage = subprocess.run([sys.executable, "-m", "autograder.distributed.grading_child"], capture_output=True,
+                           text=True, timeout=60)
     assert usage.returncode == 2 and "--parent PID" in usage.stderr
 
 

@@ -1,6 +1,7 @@
-"""The caps on the memory and the number of processes of a kernel's whole process tree (``autograder/execute/limits.py``),
-with real kernels: sandboxed ones (every process of the sandbox counts) and one without the sandbox (the kernel's
-descendants). The same caps through the command line, on a class: ``tests/test_grading_limits.py``.
+"""The caps on the memory and the number of processes of a kernel's whole process tree
+(``autograder/execute/limits.py``), with real kernels: sandboxed ones (every process of the sandbox counts) and one
+without the sandbox (the kernel's descendants). The same caps through the command line, on a class:
+``tests/test_grading_limits.py``.
 
 The processes a cell starts name themselves (``/proc/self/comm``), so the host can tell they are gone.
 """

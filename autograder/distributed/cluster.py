@@ -1,9 +1,9 @@
 """Phase 1 of grading on a Dask distributed cluster (``grade --dask tcp://HOST:8786`` or ``--dask local:N``).
 
-The cut: one Dask task per notebook, running :func:`autograder.execute.notebook.execute_notebook` unchanged on the worker,
-in a fresh temporary course folder, in one of the worker's long-lived grading children
-(:mod:`autograder.distributed.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
-stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
+The cut: one Dask task per notebook, running :func:`autograder.execute.notebook.execute_notebook` unchanged on the
+worker, in a fresh temporary course folder, in one of the worker's long-lived grading children
+(:mod:`autograder.distributed.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick
+mode, stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
 into the gradebook) and ``grades.csv`` stay on the client, exactly as with ``--jobs``.
 
 What travels to a worker, as bytes (nothing else; no shared file system is needed):
@@ -120,9 +120,9 @@ def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
 # --- the worker's side ---------------------------------------------------------------------------------------
 
 def _setup(options: str, jobs_by_host: dict, host: str) -> dict:
-    """The set-up of the grading children (:mod:`autograder.distributed.grading_child`) of a worker on ``host``: the options
-    (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker processes
-    on it), and the log folder."""
+    """The set-up of the grading children (:mod:`autograder.distributed.grading_child`) of a worker on ``host``: the
+    options (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker
+    processes on it), and the log folder."""
     jobs = max(1, int(jobs_by_host.get(host, 1)))
     return {"options": dataclasses.replace(GradingOptions.from_json(options), jobs=jobs).to_json(),
             "log_dir": str(Path(tempfile.gettempdir()) / "autograder-worker-logs")}

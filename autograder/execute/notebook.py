@@ -147,8 +147,9 @@ def run_autograde(config, stage: str, student: str) -> None:
 
 
 def set_up_worker(options: GradingOptions, log_dir: str) -> None:
-    """Set up a process that executes notebooks (a ``--jobs`` worker, a Dask worker's grading child): thread share, quick mode, not the repository on the kernel's path, and stderr
-    (its own and its kernels') into ``<log_dir>/worker-<pid>.log``. No memory limit: the caps watch the kernels."""
+    """Set up a process that executes notebooks (a ``--jobs`` worker, a Dask worker's grading child): thread share,
+    quick mode, not the repository on the kernel's path, and stderr (its own and its kernels') into
+    ``<log_dir>/worker-<pid>.log``. No memory limit: the caps watch the kernels."""
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)

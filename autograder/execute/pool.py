@@ -37,7 +37,8 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
 
     Notebooks rather than students are the unit of work, so a class of few students still keeps every
     process busy. A notebook executed by an earlier run with the same submission, options and source is kept
-    (:mod:`autograder.execute.resume`; ``notify`` says how many), so a rerun after a crash executes only what is missing.
+    (:mod:`autograder.execute.resume`; ``notify`` says how many), so a rerun after a crash executes only what is
+    missing.
     ``progress`` gets :func:`execute_notebook`'s result as each notebook finishes, with its line
     ``"progress"`` (:class:`autograder.progress.Progress`: done of all, with problems, time left). Returns one
     ``{"student", "seconds", "problems": {stage: reason}}`` per student, in the order of ``work``; ``seconds``

@@ -9,8 +9,8 @@ the student saved with it, below a first line :data:`SUBMITTED_MARKER`. Never th
 cell or any cell the grader runs, whatever the submission's own metadata or tags say (the demo cells are
 read from the source notebook, by ``grade_id``), nor of a demo cell whose read-only source the student edited
 (its outputs would not be the course's demo). The kept outputs are size-capped later with every other output
-(:class:`autograder.execute.preprocessors.CapOutputSize`) and sanitized (:mod:`autograder.execute.privacy`); in total at most
-``max_bytes`` per notebook are kept.
+(:class:`autograder.execute.preprocessors.CapOutputSize`) and sanitized (:mod:`autograder.execute.privacy`); in
+total at most ``max_bytes`` per notebook are kept.
 """
 
 from __future__ import annotations

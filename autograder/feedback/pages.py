@@ -3,10 +3,11 @@
 - :class:`AtomicGenerateFeedback` writes each page to a temporary file beside it and ``os.replace``s it onto the old
   one (:mod:`autograder.atomic`), instead of nbgrader's "delete the student's feedback folder, then write": a
   reader sees the old page or the whole new one, and a student whose page fails keeps nothing half written.
-- :func:`feedback_config` renders with the template ``autograder/feedback/templates/autograder_feedback`` (nbgrader's
-  ``feedback`` with every Markdown cell and HTML output passed through :func:`autograder.execute.privacy.clean_html`) and
-  nbconvert's ``HTMLExporter.sanitize_html`` (no JavaScript output, no widget state), after the preprocessors
-  :class:`~autograder.execute.preprocessors.HideHiddenTests` and :class:`~autograder.execute.privacy.ScrubPersonalData`.
+- :func:`feedback_config` renders with the template ``autograder/feedback/templates/autograder_feedback``
+  (nbgrader's ``feedback`` with every Markdown cell and HTML output passed through
+  :func:`autograder.execute.privacy.clean_html`) and nbconvert's ``HTMLExporter.sanitize_html`` (no JavaScript
+  output, no widget state), after the preprocessors :class:`~autograder.execute.preprocessors.HideHiddenTests` and
+  :class:`~autograder.execute.privacy.ScrubPersonalData`.
 """
 
 from __future__ import annotations

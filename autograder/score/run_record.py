@@ -1,8 +1,9 @@
 """What one grading run found, kept beside the grades: ``<course>/grading-run.json``.
 
 ``grade`` writes it last (atomically); the class report (:mod:`autograder.class_report`) and the LMS export
-(:mod:`autograder.score.lms_export`) read it, so neither needs to grade again nor to parse ``grades.csv`` (whose cells are
-escaped for spreadsheets). Its text is data students chose (names, file names): escape it wherever it is shown.
+(:mod:`autograder.score.lms_export`) read it, so neither needs to grade again nor to parse ``grades.csv`` (whose
+cells are escaped for spreadsheets). Its text is data students chose (names, file names): escape it wherever it is
+shown.
 
 Shape::
 
