@@ -139,7 +139,7 @@ def _metadata(stage: str, project: dict, version: str) -> str:
 
 
 def _wheel_file() -> str:
-    return "Wheel-Version: 1.0\nGenerator: autograder.packages\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    return "Wheel-Version: 1.0\nGenerator: autograder.publish.packages\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 
 
 def _write_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
