@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import publish
-from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
 from .collect.sources import Limits
-from .grading import GradingOptions
-from .lms_export import FORMATS
+from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
+from .execute.options import GradingOptions
+from .publish import folder as publish
 from .safe_text import shown
+from .score.lms_export import FORMATS
 
 DEFAULT_COURSE = REPO_ROOT / "build" / "course"
 
@@ -139,9 +139,9 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 def main(argv=None) -> int:
     from . import commands
     from .collect import SubmissionsError
-    from .lms_export import ExportError
-    from .run_record import NoGradingRun
-    from .sandbox import SandboxUnavailableError
+    from .score.lms_export import ExportError
+    from .score.run_record import NoGradingRun
+    from .execute.sandbox import SandboxUnavailableError
     args = _parser().parse_args(argv)
     try:
         return _run(commands, args)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         print(error, file=sys.stderr)
         return 2
     except RuntimeError as error:  # the Dask cluster: workers' environment, scheduler gone
-        from .distributed import SchedulerLostError, WorkerEnvironmentError
+        from .distributed.cluster import SchedulerLostError, WorkerEnvironmentError
 
         if not isinstance(error, (SchedulerLostError, WorkerEnvironmentError)):
             raise
@@ -163,7 +163,7 @@ def _report_or_export(args) -> int:
 
         print(write_report(args.course))
         return 0
-    from .lms_export import export_grades
+    from .score.lms_export import export_grades
 
     path, left_out = export_grades(args.course, args.format, args.output, args.stages, args.missing_as_zero)
     for line in left_out:

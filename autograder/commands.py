@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Callable
 
 from .collect import Limits, collect_submissions
-from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config,
+from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config, quiet_nbgrader,
                      run_nbgrader_app, write_course_config)
 from .demo import write_demo_submissions
-from .grading import GradingOptions, execute_all, quiet_nbgrader, score_all
-from .report import GradeTable, read_grade_table
-from .resume import EXECUTED, INDEX
-from .run_record import read_run_record, with_earlier_rows, write_run_record
-from .sandbox import SandboxUnavailableError, sandbox_unavailable
+from .execute.options import GradingOptions
+from .execute.pool import execute_all
+from .execute.resume import EXECUTED, INDEX
+from .execute.sandbox import SandboxUnavailableError, sandbox_unavailable
+from .score.gradebook import score_all
+from .score.report import GradeTable, read_grade_table
+from .score.run_record import read_run_record, with_earlier_rows, write_run_record
 
 
 def release(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DIR,
@@ -64,7 +66,7 @@ def _execute(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptio
             progress(result)
 
     if dask:
-        from .distributed import execute_all_dask
+        from .distributed.cluster import execute_all_dask
 
         return execute_all_dask(root, work, options, dask, timed), seconds
     return execute_all(root, work, options, timed), seconds
@@ -76,19 +78,19 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
           students: tuple[str, ...] = ()) -> tuple[GradeTable, list[dict]]:
     """Collect (:mod:`autograder.collect`, within ``limits``), execute (on ``options.jobs`` processes, or on a
     Dask cluster when ``dask`` is given: ``"local:N"``, ``"tcp://HOST:8786"`` or a ``distributed.Client``;
-    :mod:`autograder.distributed`), score; write the CSV (default ``<root>/grades.csv``).
+    :mod:`autograder.distributed.cluster`), score; write the CSV (default ``<root>/grades.csv``).
 
     Releases first when the course folder has not been released. Returns the table and, per student,
-    what :func:`~autograder.grading.execute_all` returns (seconds and problems); ``progress`` gets each
+    what :func:`~autograder.execute.pool.execute_all` returns (seconds and problems); ``progress`` gets each
     notebook's result as it finishes. ``students`` (ids): grade only these again, in a class graded before
     (late or regraded work); every other student's collected notebooks, graded copies, gradebook entries, CSV row
     and record stay as the last run left them.
 
     The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
     worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
-    :func:`~autograder.grading.score_all`, one notebook at a time, a failure costing only that notebook, which
+    :func:`~autograder.score.gradebook.score_all`, one notebook at a time, a failure costing only that notebook, which
     then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
-    (:mod:`autograder.run_record`, for ``report`` and ``export``), atomically.
+    (:mod:`autograder.score.run_record`, for ``report`` and ``export``), atomically.
 
     Raises:
         SandboxUnavailableError: ``options.sandbox`` and no sandbox can be made here (before anything runs).
@@ -123,11 +125,11 @@ def feedback(root: Path, stages=STAGES, students: tuple[str, ...] = ()) -> list[
     """HTML feedback for every graded student (or only ``students``, ids) in
     ``<root>/feedback/<student>/<stage>/<stage>.html``; the others' pages stay as they are.
 
-    nbgrader's feedback with :class:`~autograder.preprocessors.HideHiddenTests` added: failed checks show
+    nbgrader's feedback with :class:`~autograder.execute.preprocessors.HideHiddenTests` added: failed checks show
     their message, never the hidden tests' code. No student HTML or JavaScript is live in a page, no editor's
-    personal metadata is in it, and each page replaces the old one atomically (:mod:`autograder.feedback`).
+    personal metadata is in it, and each page replaces the old one atomically (:mod:`autograder.feedback.pages`).
     """
-    from .feedback import AtomicGenerateFeedback, feedback_config
+    from .feedback.pages import AtomicGenerateFeedback, feedback_config
 
     root = Path(root).resolve()
     quiet_nbgrader()
@@ -144,7 +146,7 @@ def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), 
          mistakes=None, progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
     """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions (``dask``: as
     :func:`grade`), every notebook executed afresh: the demo shows a whole grading run, so it keeps nothing an
-    earlier demo executed (:mod:`autograder.resume`)."""
+    earlier demo executed (:mod:`autograder.execute.resume`)."""
     check_sandbox(options)
     root = Path(root).resolve()
     (root / EXECUTED / INDEX).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from course_lib.stages import NOTEBOOKS
@@ -61,6 +62,18 @@ def run_nbgrader_app(app_class, config, stage: str, student: str = "*") -> None:
     app = app_class(coursedir=coursedir, config=config)
     app.force = True
     app.start()
+
+
+def quiet_nbgrader() -> None:
+    """Keep nbgrader's log and SQLAlchemy's warnings out of the table (nbgrader's errors still show)."""
+    import logging
+
+    logger = logging.getLogger("traitlets")
+    logger.setLevel(logging.ERROR)
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+    warnings.filterwarnings("ignore", module="nbgrader")
+    warnings.filterwarnings("ignore", module="nbformat")
 
 
 COURSE_CONFIG = "nbgrader_config.py"

@@ -8,14 +8,14 @@ student costs on one process), with the sandbox on (``--no-sandbox``: off).
 The ``sandbox s/nb`` column is what the bubblewrap sandbox adds to one notebook: the time to start a kernel,
 import torch and matplotlib in it and shut it down, in the sandbox minus without, the median over
 ``--kernel-starts`` pairs run one after the other (0: not measured). The sandboxed kernel gets the copies of
-this machine's caches that grading gives it (``autograder.grading.home_seed``).
+this machine's caches that grading gives it (``autograder.execute.notebook.home_seed``).
 
     python benchmarks/grading.py --copies 2            # 6 students, all five stages
     python benchmarks/grading.py --stages 01_noising   # one stage only
     python benchmarks/grading.py --jobs --kernel-starts 10   # the sandbox's cost only
     python benchmarks/grading.py --jobs 2 --dask local:2 --rounds 3   # a Dask LocalCluster against --jobs 2
 
-``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed``; the wall time includes
+``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed.cluster``; the wall time includes
 starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook, and
 checks that both give the same grades. With ``--rounds R`` the modes take turns R times and the medians of
 rounds 2 to R are compared. On a shared machine one run's wall time can be off by a third or more, and the
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autograder.commands import grade, release  # noqa: E402
 from autograder.course import SOLUTIONS_DIR, STAGES  # noqa: E402
 from autograder.demo import write_demo_submissions  # noqa: E402
-from autograder.grading import GradingOptions, score_all  # noqa: E402
+from autograder.execute.options import GradingOptions  # noqa: E402
+from autograder.score.gradebook import score_all  # noqa: E402
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:
@@ -56,8 +57,8 @@ def kernel_seconds(sandboxed: bool) -> float:
     """Seconds to start a kernel (sandboxed or not), import torch and matplotlib in it and shut it down."""
     from jupyter_client.manager import AsyncKernelManager
 
-    from autograder.grading import home_seed
-    from autograder.sandbox import SandboxedKernelManager
+    from autograder.execute.notebook import home_seed
+    from autograder.execute.sandbox import SandboxedKernelManager
 
     async def run() -> float:
         with tempfile.TemporaryDirectory() as folder:

@@ -20,9 +20,10 @@ import pytest
 from autograder.collect import MISSING, SubmissionsError, collect_submissions
 from autograder.commands import feedback, grade, release
 from autograder.course import REPO_ROOT, nbgrader_config
-from autograder.grading import GradingOptions, executed_path
-from autograder.sandbox import sandbox_unavailable
-from autograder.submitted_outputs import SUBMITTED_MARKER
+from autograder.execute.notebook import executed_path
+from autograder.execute.options import GradingOptions
+from autograder.execute.sandbox import sandbox_unavailable
+from autograder.execute.submitted_outputs import SUBMITTED_MARKER
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -453,7 +454,7 @@ def test_kernel_state_restore_undoes_a_notebooks_global_changes(tmp_path, monkey
 
     import torch
 
-    from autograder import kernel_state
+    from autograder.execute import kernel_state
 
     original_print = builtins.print
     monkeypatch.setattr(kernel_state, "_saved", {})

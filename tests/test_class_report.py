@@ -18,9 +18,9 @@ import nbformat
 import pytest
 
 from autograder.class_report.gather import gather_stage
-from autograder.lms_export import CANVAS_FIXED, MOODLE_HEADER, export_grades
-from autograder.run_record import RUN_RECORD
-from autograder.sandbox import sandbox_unavailable
+from autograder.score.lms_export import CANVAS_FIXED, MOODLE_HEADER, export_grades
+from autograder.score.run_record import RUN_RECORD
+from autograder.execute.sandbox import sandbox_unavailable
 from test_autograder import _live_html
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"

@@ -30,10 +30,11 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from autograder.commands import grade, release  # noqa: E402
-from autograder.distributed import ALLOWED_FAILURES, WorkerEnvironmentError, check_workers  # noqa: E402
-from autograder.resume import INDEX, resume_key  # noqa: E402
-from autograder.grading import EXECUTED, GradingOptions, executed_path  # noqa: E402
-from autograder.sandbox import sandbox_unavailable  # noqa: E402
+from autograder.distributed.cluster import ALLOWED_FAILURES, WorkerEnvironmentError, check_workers  # noqa: E402
+from autograder.execute.notebook import executed_path  # noqa: E402
+from autograder.execute.options import GradingOptions  # noqa: E402
+from autograder.execute.resume import EXECUTED, INDEX, resume_key  # noqa: E402
+from autograder.execute.sandbox import sandbox_unavailable  # noqa: E402
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"

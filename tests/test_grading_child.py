@@ -1,5 +1,5 @@
-"""The long-lived grading processes of a Dask worker (``autograder.grading_child``): kept between notebooks, replaced
-when they die, and never left running when their worker is gone."""
+"""The long-lived grading processes of a Dask worker (``autograder.distributed.grading_child``): kept between
+notebooks, replaced when they die, and never left running when their worker is gone."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from autograder import grading_child
-from autograder.grading import GradingOptions
+from autograder.distributed.cluster import grading_child
+from autograder.execute.options import GradingOptions
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -87,7 +87,7 @@ def test_a_child_ends_when_its_worker_is_gone(tmp_path, busy_cpus, dies):
     at_once = dies == "while the child imports"
     worker = subprocess.Popen([sys.executable, "-c", (
         "import json, os, signal, time\n"
-        "from autograder import grading_child\n"
+        "from autograder.distributed.cluster import grading_child\n"
         f"child = grading_child.GradingChild(json.loads({repr(__import__('json').dumps(_setup(tmp_path)))}))\n"
         "print(child.process.pid, flush=True)\n"
         + ("os.kill(os.getpid(), signal.SIGKILL)\n" if at_once else "time.sleep(600)\n"))],
@@ -106,12 +106,12 @@ def test_a_child_ends_when_its_worker_is_gone(tmp_path, busy_cpus, dies):
 def test_a_child_whose_parent_is_not_the_worker_it_names_exits_at_once():
     """The worker died before the child's first instruction: the child, adopted by another process, must not even
     read its set-up (its stdin stays open here)."""
-    child = subprocess.Popen([sys.executable, "-m", "autograder.grading_child", "--parent", "1"],
+    child = subprocess.Popen([sys.executable, "-m", "autograder.distributed.grading_child", "--parent", "1"],
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.wait(timeout=60) == 1
     child.stdin.close()
-    usage = subprocess.run([sys.executable, "-m", "autograder.grading_child"], capture_output=True, text=True,
-                           timeout=60)
+    usage = subprocess.run([sys.executable, "-m", "autograder.distributed.grading_child"], capture_output=True,
+                           text=True, timeout=60)
     assert usage.returncode == 2 and "--parent PID" in usage.stderr
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.sandbox import sandbox_unavailable
+from autograder.execute.sandbox import sandbox_unavailable
 from test_autograder import (ACTIVE_HTML, COLAB_SECRETS, DETACHED, FILL_DISK, FORGE, PATCH_TORCH, _from_colab,
                              _live_html)
 

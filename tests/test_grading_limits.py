@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.grading import GradingOptions
-from autograder.sandbox import sandbox_unavailable
+from autograder.execute.options import GradingOptions
+from autograder.execute.sandbox import sandbox_unavailable
 from test_limits import CHILDREN, FORKS
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"

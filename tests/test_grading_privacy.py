@@ -1,6 +1,6 @@
 """What graded copies and feedback keep of a submission, preprocessor by preprocessor (no kernel, no grading run):
-no live student HTML (:mod:`autograder.privacy`), no editor's personal metadata, the demo cells' saved outputs
-(:mod:`autograder.submitted_outputs`), and atomic writes (:mod:`autograder.atomic`). The whole pipeline on a
+no live student HTML (:mod:`autograder.execute.privacy`), no editor's personal metadata, the demo cells' saved outputs
+(:mod:`autograder.execute.submitted_outputs`), and atomic writes (:mod:`autograder.atomic`). The whole pipeline on a
 class of submissions is in ``tests/test_autograder.py``."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from nbformat.v4 import new_output
 
 from autograder.atomic import atomic_write_text
-from autograder.privacy import REMOVED_JAVASCRIPT, SanitizeOutputs, ScrubPersonalData, clean_html
-from autograder.report import GradeTable, StudentGrades
-from autograder.submitted_outputs import EDITED_NOTE, SUBMITTED_MARKER, KeepDemoOutputs
+from autograder.execute.privacy import REMOVED_JAVASCRIPT, SanitizeOutputs, ScrubPersonalData, clean_html
+from autograder.score.report import GradeTable, StudentGrades
+from autograder.execute.submitted_outputs import EDITED_NOTE, SUBMITTED_MARKER, KeepDemoOutputs
 from course_lib.checks.protocol import RECORD_MIME
 
 TOY = Path(__file__).parent / "submissions" / "toy" / "00_toy.ipynb"

@@ -1,6 +1,7 @@
-"""The caps on the memory and the number of processes of a kernel's whole process tree (``autograder/limits.py``),
-with real kernels: sandboxed ones (every process of the sandbox counts) and one without the sandbox (the kernel's
-descendants). The same caps through the command line, on a class: ``tests/test_grading_limits.py``.
+"""The caps on the memory and the number of processes of a kernel's whole process tree
+(``autograder/execute/limits.py``), with real kernels: sandboxed ones (every process of the sandbox counts) and one
+without the sandbox (the kernel's descendants). The same caps through the command line, on a class:
+``tests/test_grading_limits.py``.
 
 The processes a cell starts name themselves (``/proc/self/comm``), so the host can tell they are gone.
 """
@@ -17,7 +18,7 @@ import psutil
 import pytest
 from nbclient.exceptions import DeadKernelError
 
-from autograder.limits import GIB, LimitedKernelManager, TreeWatchdog
+from autograder.execute.limits import GIB, LimitedKernelManager, TreeWatchdog
 from test_sandbox import _kernel, _run, _stdout, _stop, needs_sandbox
 
 pytestmark = pytest.mark.timeout(180)
@@ -160,7 +161,7 @@ def test_without_caps_no_watchdog_runs_and_a_failing_watch_never_raises(tmp_path
         def pids(self):
             raise RuntimeError("a tree that cannot be listed")
 
-    with caplog.at_level(logging.ERROR, logger="autograder.limits"):
+    with caplog.at_level(logging.ERROR, logger="autograder.execute.limits"):
         watchdog = TreeWatchdog(Broken(), memory_gb=1, interval=0.01)
         watchdog._thread.join(5)
     assert not watchdog._thread.is_alive() and watchdog.reason is None

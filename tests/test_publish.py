@@ -27,7 +27,7 @@ import pytest
 
 from autograder.cli import main as cli_main
 from autograder.course import SOLUTIONS_DIR
-from autograder.publish import MARKER, PLACEHOLDER
+from autograder.publish.folder import MARKER, PLACEHOLDER
 from course_lib.stages import get
 from course_lib.stages import NOTEBOOKS, STAGES
 
@@ -299,7 +299,7 @@ def test_every_package_imports_and_its_visible_checks_pass_on_the_solution(publi
                                                                           mnist_root):
     """Each published wheel, unpacked alone on the path: every module imports, and the notebook's visible check
     calls pass on the solution code of the source notebook, from the stored fixtures alone."""
-    from autograder.packages import visible_calls
+    from autograder.publish.packages import visible_calls
 
     directory, _ = published
     runs = {}
@@ -322,7 +322,7 @@ def test_every_package_imports_and_its_visible_checks_pass_on_the_solution(publi
 
 
 def test_a_module_level_import_of_what_a_package_leaves_out_fails_the_build():
-    from autograder.packages import check_imports
+    from autograder.publish.packages import check_imports
 
     left_out = {"course_lib/stages/ddpm/reference.py", "course_lib/stages/ddpm/answers.py"}
     checks = "course_lib/stages/ddpm/checks.py"
@@ -462,7 +462,7 @@ def test_bad_arguments_are_refused_by_name_and_nothing_is_written(arguments, nam
 
 
 def test_a_web_folder_that_is_not_github_gets_plain_urls_and_no_badge(solutions, tmp_path):
-    from autograder.publish import parse_site, read_marker, rewrite_notebook
+    from autograder.publish.folder import parse_site, read_marker, rewrite_notebook
 
     site = parse_site("https://courses.example.org/diffusion/")
     url = site.file_url(f"packages/{wheel_file('01_noising')}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.sandbox import sandbox_unavailable
+from autograder.execute.sandbox import sandbox_unavailable
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"

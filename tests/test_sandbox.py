@@ -1,4 +1,4 @@
-"""The bubblewrap sandbox of the grading kernels (``autograder/sandbox.py``), each promise with a real kernel.
+"""The bubblewrap sandbox of the grading kernels (``autograder/execute/sandbox.py``), each promise with a real kernel.
 
 One sandboxed kernel runs a notebook of probes laid out like a real grading run (the notebook's folder
 inside a scratch course folder beside the gradebook, the source notebook and another student's work);
@@ -28,8 +28,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from autograder import cli
 from autograder.course import REPO_ROOT
-from autograder.grading import kernel_python_path
-from autograder.sandbox import SandboxedKernelManager, bwrap_command, sandbox_unavailable
+from autograder.execute.notebook import kernel_python_path
+from autograder.execute.sandbox import SandboxedKernelManager, bwrap_command, sandbox_unavailable
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -147,7 +147,7 @@ PROBES = {
     "read_source_relative": "open(os.path.join(os.getcwd(), '../../..', 'source', STAGE, STAGE + '.ipynb')).read()",
     "read_gradebook": "open('../../../gradebook.db').read()",
     "read_solutions": "os.listdir(os.path.join(REPO, 'solutions'))",
-    "read_repository": "open(os.path.join(REPO, 'autograder', 'grading.py')).read()",
+    "read_repository": "open(os.path.join(REPO, 'autograder', 'execute', 'notebook.py')).read()",
     "read_other_student": "open(BOB).read()",
     "read_home": "open(HOME_FILE).read()",
     "write_course": "open(os.path.join(ROOT, 'grades.csv'), 'w').write('all 100')",
@@ -159,7 +159,7 @@ PROBES = {
     "write_root": "open('/hacked.txt', 'w').write('x')",
     "tcp_this_machine": "import socket\nsocket.create_connection(('127.0.0.1', PORT), timeout=5).close()",
     "tcp_internet": "import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=5).close()",
-    "import_repository": "import autograder.grading",
+    "import_repository": "import autograder.execute.notebook",
     "own_file": "assert open('data.txt').read() == \"alice's own file\"",
     "seeded_cache": "assert open(os.path.expanduser('~/.cache/course_lib/cache.txt')).read() == "
                     "'a cache of this machine'",
@@ -182,9 +182,9 @@ def probed(layout, tmp_path_factory):
                  "HOME_FILE": str(layout["home_file"]), "ROOT": str(layout["root"]), "PORT": layout["port"],
                  "DISK_MB": DISK_MB, "TMP_NAME": tmp_name}
     setup = "\n".join(f"{name} = {value!r}" for name, value in constants.items())
-    report = ("import json, os, sys, course_lib, autograder.kernel_state\n"
+    report = ("import json, os, sys, course_lib, autograder.execute.kernel_state\n"
               "print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), 'course_lib': course_lib.__file__, "
-              "'kernel_state': autograder.kernel_state.__file__, 'path': sys.path}))")
+              "'kernel_state': autograder.execute.kernel_state.__file__, 'path': sys.path}))")
     saved = {name: os.environ.get(name) for name in ("COURSE_MODE", "GRADER_SECRET")}
     os.environ.update(COURSE_MODE="quick", GRADER_SECRET="the grader's token")
     km = _kernel(python_path=[str(python)], seed={str(layout["root"] / "cache.txt"): ".cache/course_lib/cache.txt"})
@@ -381,7 +381,7 @@ def test_sandbox_probe_runs_python_in_a_sandbox_once_per_process():
 
 
 def test_sandbox_probe_names_a_missing_bwrap(monkeypatch):
-    from autograder import sandbox
+    from autograder.execute import sandbox
 
     monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
     sandbox.sandbox_unavailable.cache_clear()

@@ -1,4 +1,4 @@
-"""nbgrader's cell-metadata validation with schemas checked once (``autograder.schema_once``): the same verdicts
+"""nbgrader's cell-metadata validation with schemas checked once (``autograder.execute.schema_once``): the same verdicts
 and messages as ``jsonschema.validate``, the schema checked only the first time."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import nbgrader
 import pytest
 from nbgrader.nbgraderformat import MetadataValidator, ValidationError
 
-from autograder import schema_once
+from autograder.execute import schema_once
 from autograder.course import SOLUTIONS_DIR
 
 SCHEMA = json.loads((Path(nbgrader.__file__).parent / "nbgraderformat" / "v3.json").read_text())

@@ -1,4 +1,4 @@
-"""autograder.verdicts: test cells become probes in the kernel and verdicts in the grader.
+"""autograder.execute.verdicts: test cells become probes in the kernel and verdicts in the grader.
 
 The kernel is simulated here by running the probe cell's source in a namespace, in the notebook's folder, as the
 real kernel would; tests/test_autograder.py grades real submissions through the whole pipeline.
@@ -16,8 +16,8 @@ import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
 from autograder.course import SOLUTIONS_DIR
-from autograder.preprocessors import is_test_cell
-from autograder.verdicts import JudgeTestCells, ProbeTestCells, check_calls, earliest_stage
+from autograder.execute.preprocessors import is_test_cell
+from autograder.execute.verdicts import JudgeTestCells, ProbeTestCells, check_calls, earliest_stage
 from course_lib.stages.noising import answers as noising
 from course_lib.checks import protocol
 from course_lib.checks.protocol import RECORD_MIME
@@ -159,7 +159,7 @@ def test_everything_the_checks_save_holds_only_its_own_data():
     """A tensor's storage can be larger than the tensor (a scalar loss keeps its reduction's 25 kB buffer, whose
     tail is leftover memory); ``torch.save`` would write all of it into a record, grading inputs or a package's
     fixtures. What the checks hand out is compact."""
-    from autograder.verdicts import load_check_modules
+    from autograder.execute.verdicts import load_check_modules
     from course_lib.checks.protocol import CHECKS
 
     load_check_modules()

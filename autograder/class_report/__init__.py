@@ -1,6 +1,6 @@
 """``python -m autograder report``: what a graded class got wrong, on one self-contained page.
 
-``<course>/report/index.html``, from the last grading run (:mod:`autograder.run_record`), the gradebook and the
+``<course>/report/index.html``, from the last grading run (:mod:`autograder.score.run_record`), the gradebook and the
 graded copies (:mod:`.gather`): score distributions, points lost per TODO, the most frequent failing-check messages
 per TODO with an example student each (linked to their feedback page), problems by kind, kernel time per stage,
 written answers still waiting, and pairs of students whose TODO code looks alike (:mod:`.similarity`, a lead for a
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..course import nbgrader_config
-from ..run_record import read_run_record
+from ..score.run_record import read_run_record
 from . import figures
 from .gather import StageFindings, gather_stage, problem_kind
 from .page import feedback_link, image, page, table, text

@@ -1,6 +1,6 @@
 """What a graded class got wrong, read from the course folder: points lost per TODO and the failing checks' messages.
 
-Sources: the run's record (:mod:`autograder.run_record`), the gradebook's score of every test cell, the graded
+Sources: the run's record (:mod:`autograder.score.run_record`), the gradebook's score of every test cell, the graded
 copies in ``autograded/`` (each failed check's message is its test cell's error), and the source notebooks, whose
 order tells which TODO each test cell checks: a test cell checks the nearest solution code cell above it.
 """

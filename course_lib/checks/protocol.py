@@ -14,7 +14,7 @@ Every check of the course is one :class:`Check`:
 
 In a notebook, ``check_add_noise(add_noise, seed=3)`` runs all three in one process (:meth:`Check.run`). When
 grading, the kernel only runs the probes (:func:`record`, which shows the outputs as the cell's output), and the
-grader, in its own process, computes the expected values and judges (``autograder/verdicts.py``).
+grader, in its own process, computes the expected values and judges (``autograder/execute/verdicts.py``).
 
 A check is declared by decorating its notebook signature: the parameters without defaults are the student's
 objects, those with defaults the case::

@@ -17,7 +17,7 @@ in the browser of whoever opens the graded copy in formgrader or the HTML feedba
   HTML and Markdown outputs through :func:`clean_html`.
 - :func:`clean_html`: bleach with an allow-list wide enough for tables, figures and formatted text, and no
   scripts, event handlers, styles, frames, forms or ``javascript:`` links; what is not allowed is escaped, so
-  the student's text stays readable. The feedback template (``autograder/templates/autograder_feedback``) uses
+  the student's text stays readable. The feedback template (``autograder/feedback/templates/autograder_feedback``) uses
   it on every rendered Markdown cell, which nbgrader's own feedback template leaves unsanitized even with
   nbconvert's ``HTMLExporter.sanitize_html``.
 """

@@ -20,9 +20,9 @@ import csv
 import io
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from .run_record import read_run_record
-from .safe_text import csv_cell
+from ..safe_text import csv_cell
 
 FORMATS = ("canvas", "moodle", "csv")
 CANVAS_FIXED = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]

@@ -3,20 +3,20 @@
 Each notebook's execution is recorded as it finishes, keyed by what decides its outcome: the collected
 submission's files, the grading options (not ``jobs``) and the source notebook. A rerun of ``grade`` (after a crash,
 a lost Dask scheduler, or for a class where a few students handed in again) keeps every notebook whose key and
-executed file are unchanged, and executes only the rest. Used by both ``--jobs`` (:mod:`autograder.grading`) and
-``--dask`` (:mod:`autograder.distributed`).
+executed file are unchanged, and executes only the rest. Used by both ``--jobs`` (:mod:`autograder.execute.pool`) and
+``--dask`` (:mod:`autograder.distributed.cluster`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
-from .course import SUBMITTED
+from ..atomic import atomic_write_bytes
+from ..course import SUBMITTED
+from .options import GradingOptions
 
 INDEX = "index.json"
 EXECUTED = "executed"
@@ -27,13 +27,15 @@ def folder_files(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def options_key(options) -> dict:
-    """The options that change a notebook's run (not ``jobs``), numbers as floats: 120 and 120.0 are one limit."""
-    return {key: float(value) if type(value) in (int, float) else value
-            for key, value in dataclasses.asdict(options).items() if key != "jobs"}
+def options_key(options: GradingOptions) -> dict:
+    """The options that change a notebook's run: :meth:`GradingOptions.to_json` without ``jobs``, numbers as floats
+    (120 and 120.0 are one limit)."""
+    fields = json.loads(options.to_json())
+    del fields["jobs"]
+    return {key: float(value) if type(value) in (int, float) else value for key, value in fields.items()}
 
 
-def resume_key(root: Path, student: str, stage: str, options) -> str:
+def resume_key(root: Path, student: str, stage: str, options: GradingOptions) -> str:
     """What decides whether an executed notebook can be reused: the submission's files, the grading options
     (not ``jobs``) and the source notebook."""
     digest = hashlib.sha256()
@@ -60,7 +62,7 @@ def notebook_hash(root: Path, student: str, stage: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def plan(root: Path, work: dict[str, tuple[str, ...]], options, index: dict) -> tuple[list, list[dict]]:
+def plan(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, index: dict) -> tuple[list, list[dict]]:
     """The ``(student, stage, key)`` of the notebooks of ``work`` to execute, and the results of those kept;
     every executed folder of a student of ``work`` that is not kept is removed, and its entry of ``index``."""
     tasks, kept = [], []

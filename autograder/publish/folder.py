@@ -7,7 +7,8 @@ command publishes their notebooks and the next stage's (the current assignment) 
   whose set-up cell installs that stage's package (its ``PACKAGE_URL = ""`` line gets the wheel's URL) and whose
   "Open in Colab" badge opens this copy (for a GitHub repository; for another web folder the badge is left out);
 - ``packages/course_lib-<version>+stage<k>-py3-none-any.whl``: the student package of each published stage
-  (:mod:`autograder.packages`): the given code, the answers of the stages before k, the visible checks' fixtures;
+  (:mod:`autograder.publish.packages`): the given code, the answers of the stages before k, the visible checks'
+  fixtures;
 - ``README.md`` for students, and ``.course-publication.json``, the marker that records what was published.
 
 ``URL`` is where ``DIR`` will be served: a GitHub repository ``https://github.com/ORG/REPO`` (push ``DIR`` to its
@@ -36,9 +37,9 @@ import nbformat
 
 from course_lib import stages
 
-from .atomic import atomic_write_bytes
-from .course import SOLUTIONS_DIR, generate_student_notebooks
-from .library_view import left_out_files
+from ..atomic import atomic_write_bytes
+from ..course import SOLUTIONS_DIR, generate_student_notebooks
+from ..library_view import left_out_files
 from .packages import build_wheel, wheel_name
 
 COMMAND = "publish"

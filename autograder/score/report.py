@@ -13,8 +13,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .safe_text import csv_cell, shown
+from ..atomic import atomic_write_text
+from ..safe_text import csv_cell, shown
 
 NOT_SANDBOXED = ("NOT SANDBOXED (--no-sandbox): the notebooks ran with this user's rights, able to read the "
                  "hidden tests and other students' work, write anywhere and use the network.")
@@ -114,7 +114,7 @@ def read_grade_table(root: Path, stages, collection, problems: dict[tuple[str, s
     """
     from nbgrader.api import Gradebook, MissingEntry
 
-    from .course import nbgrader_config
+    from ..course import nbgrader_config
 
     db_url = nbgrader_config(Path(root)).CourseDirectory.db_url
     rows = []

@@ -39,10 +39,10 @@ import torch
 from course_lib import stages
 from course_lib.checks.protocol import CHECKS, FIXTURES_FILE, case_key, compact, one_thread
 
-from .course import REPO_ROOT, SOLUTIONS_DIR
-from .library_view import LIBRARY_DIR, left_out_files, write_library_view
-from .preprocessors import is_test_cell
-from .verdicts import check_calls
+from ..course import REPO_ROOT, SOLUTIONS_DIR
+from ..library_view import LIBRARY_DIR, left_out_files, write_library_view
+from ..execute.preprocessors import is_test_cell
+from ..execute.verdicts import check_calls
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"
@@ -137,7 +137,7 @@ def _metadata(stage: str, project: dict, version: str) -> str:
 
 
 def _wheel_file() -> str:
-    return "Wheel-Version: 1.0\nGenerator: autograder.packages\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    return "Wheel-Version: 1.0\nGenerator: autograder.publish.packages\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 
 
 def _write_entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:

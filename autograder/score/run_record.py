@@ -1,8 +1,9 @@
 """What one grading run found, kept beside the grades: ``<course>/grading-run.json``.
 
 ``grade`` writes it last (atomically); the class report (:mod:`autograder.class_report`) and the LMS export
-(:mod:`autograder.lms_export`) read it, so neither needs to grade again nor to parse ``grades.csv`` (whose cells are
-escaped for spreadsheets). Its text is data students chose (names, file names): escape it wherever it is shown.
+(:mod:`autograder.score.lms_export`) read it, so neither needs to grade again nor to parse ``grades.csv`` (whose
+cells are escaped for spreadsheets). Its text is data students chose (names, file names): escape it wherever it is
+shown.
 
 Shape::
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 RUN_RECORD = "grading-run.json"
 
@@ -31,7 +32,7 @@ class NoGradingRun(FileNotFoundError):
 
 def write_run_record(root: Path, table, collection, not_run: set[tuple[str, str]],
                      seconds: dict[tuple[str, str], float], earlier: dict | None = None) -> Path:
-    """Write the record of ``table`` (a :class:`autograder.report.GradeTable`) and ``collection`` (whose roster
+    """Write the record of ``table`` (a :class:`autograder.score.report.GradeTable`) and ``collection`` (whose roster
     gives each student's LMS and participant id); a student of ``table`` not in ``collection`` keeps their entry
     of ``earlier`` (the record of the run before, ``grade --student``). Returns its path."""
     people = {student.id: student for student in collection.students}

@@ -1,9 +1,9 @@
 """Phase 1 of grading on a Dask distributed cluster (``grade --dask tcp://HOST:8786`` or ``--dask local:N``).
 
-The cut: one Dask task per notebook, running :func:`autograder.grading.execute_notebook` unchanged on the worker,
-in a fresh temporary course folder, in one of the worker's long-lived grading children
-(:mod:`autograder.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick mode,
-stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
+The cut: one Dask task per notebook, running :func:`autograder.execute.notebook.execute_notebook` unchanged on the
+worker, in a fresh temporary course folder, in one of the worker's long-lived grading children
+(:mod:`autograder.distributed.grading_child`, set up as a ``--jobs`` worker process: memory cap, thread share, quick
+mode, stderr into a log; started on every worker before the first task), with the same sandbox. Phase 2 (scoring
 into the gradebook) and ``grades.csv`` stay on the client, exactly as with ``--jobs``.
 
 What travels to a worker, as bytes (nothing else; no shared file system is needed):
@@ -14,7 +14,7 @@ What travels to a worker, as bytes (nothing else; no shared file system is neede
   ``source/<stage>/`` with the *solution cells of the source notebook emptied* (only the cells' metadata is read
   there, for ``skip_when_grading``);
 - per task: the student's submitted files of that stage, the grading options, the name of the library view of
-  the kernel (:func:`autograder.grading.view_stage`) and the version stamp.
+  the kernel (:func:`autograder.execute.notebook.view_stage`) and the version stamp.
 
 What comes back: the executed notebook folder (``executed/<student>/<stage>/``, the test cells holding only
 their verdicts) and the run's record (seconds, problem). The expected values of the checks are computed and
@@ -44,14 +44,16 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ..course import SUBMITTED
+from ..execute.notebook import LOGS, executed_path, view_stage
+from ..execute.options import GradingOptions
+from ..execute.pool import runs_by_student
+from ..execute.resume import INDEX, folder_files, load_index, plan, remember, save_index
+from ..progress import Progress
 from . import grading_child
-from .course import SUBMITTED
-from .progress import Progress
-from .resume import INDEX, folder_files, load_index, plan, remember, save_index
-from .grading import LOGS, GradingOptions, executed_path, runs_by_student, view_stage
 
 ALLOWED_FAILURES = 2  # retries after a worker died with the notebook (local:N; a remote scheduler has its own)
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # autograder/
 
 
 class WorkerEnvironmentError(RuntimeError):
@@ -118,9 +120,9 @@ def _course_files(files: dict[str, bytes]) -> dict[str, bytes]:
 # --- the worker's side ---------------------------------------------------------------------------------------
 
 def _setup(options: str, jobs_by_host: dict, host: str) -> dict:
-    """The set-up of the grading children (:mod:`autograder.grading_child`) of a worker on ``host``: the options
-    (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker processes
-    on it), and the log folder."""
+    """The set-up of the grading children (:mod:`autograder.distributed.grading_child`) of a worker on ``host``: the
+    options (:meth:`GradingOptions.to_json`) with the kernels' thread share of the host (``jobs``: the Dask worker
+    processes on it), and the log folder."""
     jobs = max(1, int(jobs_by_host.get(host, 1)))
     return {"options": dataclasses.replace(GradingOptions.from_json(options), jobs=jobs).to_json(),
             "log_dir": str(Path(tempfile.gettempdir()) / "autograder-worker-logs")}
@@ -200,7 +202,7 @@ def connect(spec) -> tuple:
 
 
 def _worker_sandbox() -> str | None:
-    from .sandbox import sandbox_unavailable
+    from ..execute.sandbox import sandbox_unavailable
 
     return sandbox_unavailable()
 
@@ -262,82 +264,130 @@ def _retries(client, keys: list[str]) -> int:
 def execute_all_dask(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, dask,
                      progress: Callable[[dict], None] | None = None,
                      notify: Callable[[str], None] = print) -> list[dict]:
-    """:func:`autograder.grading.execute_all` on a Dask cluster (``dask``: see :func:`connect`); same return."""
+    """:func:`autograder.execute.pool.execute_all` on a Dask cluster (``dask``: see :func:`connect`); same return."""
+    root = Path(root)
+    client, cluster = connect(dask)
+    with _client_log_quiet():
+        try:
+            stamp, hosts = _prepare_workers(client, options, notify)
+            index = load_index(root)
+            tasks, results = plan(root, work, options, index)
+            if results:
+                notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
+            futures = _submit(client, root, tasks, options.to_json(), stamp, hosts)
+            results += _gather(client, root, futures, index, progress)
+            save_index(root, index)
+        finally:
+            _release(client, cluster, dask)
+    return runs_by_student(work, results)
+
+
+@contextlib.contextmanager
+def _client_log_quiet():
+    """The Dask client's log silenced while the block runs: a lost scheduler is :class:`SchedulerLostError`, not the
+    reconnection's traceback."""
+    client_log = logging.getLogger("distributed.client")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
+
+
+def _prepare_workers(client, options: GradingOptions, notify: Callable[[str], None]) -> tuple[str, dict[str, int]]:
+    """Check the workers (:func:`check_workers`), say where the run goes, and start their grading children (whose
+    imports overlap with the client's preparation); returns the version stamp and the workers per host."""
+    stamp = environment_stamp()
+    hosts = check_workers(client, stamp, options.sandbox)
+    link = dashboard_link(client)
+    notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}; "
+           + (f"dashboard {link}" if link else "no dashboard (the scheduler serves one when bokeh is installed "
+                                               "beside it)"))
+    client.run(start_children, options.to_json(), hosts)
+    return stamp, hosts
+
+
+def _submit(client, root: Path, tasks: list, options: str, stamp: str, hosts: dict[str, int]) -> dict:
+    """One :func:`grade_notebook_task` per ``(student, stage, key)`` of ``tasks``, and one task per stage holding its
+    course files; returns the futures, each with its ``(student, stage, key)``."""
+    # a task rather than scattered data: the scheduler recomputes it when the worker holding it dies
+    courses = {stage: client.submit(_course_files, course_payload(root, stage))
+               for stage in {stage for _, stage, _ in tasks}}
+    views = {stage: view_stage(root, stage) for stage in courses}
+    futures = {}
+    for student, stage, key in tasks:
+        submission = folder_files(root / SUBMITTED / student / stage)
+        future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options,
+                               views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
+                               pure=False, retries=0)
+        futures[future] = (student, stage, key)
+    return futures
+
+
+def _gather(client, root: Path, futures: dict, index: dict, progress: Callable[[dict], None] | None) -> list[dict]:
+    """The results of ``futures`` (see :func:`_submit`) as they finish, each executed folder written to
+    ``executed/`` and recorded in ``index`` as it arrives; a scheduler that goes away is :class:`SchedulerLostError`."""
     from distributed import as_completed
+
+    results, counter = [], Progress(len(futures))
+    try:
+        for future in as_completed(list(futures)):
+            student, stage, key = futures[future]
+            answer = _answer(client, future, student, stage, len(results), len(futures))
+            result = _keep(root, student, stage, key, answer, index)
+            results.append(result)
+            result["progress"] = f"{counter.record(result)}, {_retries(client, [f.key for f in futures])} retried"
+            if progress is not None:
+                progress(result)
+    except Exception as error:
+        if isinstance(error, (SchedulerLostError, WorkerEnvironmentError)) or client.status == "running":
+            raise
+        raise SchedulerLostError(_lost_message(client, len(results), len(futures), error)) from None
+    return results
+
+
+def _answer(client, future, student: str, stage: str, finished: int, total: int) -> dict:
+    """What :func:`grade_notebook_task` returned for ``future``; a notebook that killed the grading worker every time
+    it ran becomes its own problem, and a lost connection :class:`SchedulerLostError`."""
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
-    root = Path(root)
-    client, cluster = connect(dask)
-    client_log = logging.getLogger("distributed.client")
-    level = client_log.level
-    client_log.setLevel(logging.CRITICAL)  # a lost scheduler is SchedulerLostError, not the reconnection's traceback
     try:
-        stamp = environment_stamp()
-        hosts = check_workers(client, stamp, options.sandbox)
-        link = dashboard_link(client)
-        notify(f"Dask: {sum(hosts.values())} workers on {len(hosts)} machine(s) at {client.scheduler.address}; "
-               + (f"dashboard {link}" if link else "no dashboard (the scheduler serves one when bokeh is installed "
-                                                   "beside it)"))
-        options_json = options.to_json()
-        client.run(start_children, options_json, hosts)  # their imports overlap with what follows
-        index = load_index(root)
-        tasks, results = plan(root, work, options, index)
-        if results:
-            notify(f"  {len(results)} notebooks already executed (executed/{INDEX}) are kept")
-        # a task rather than scattered data: the scheduler recomputes it when the worker holding it dies
-        courses = {stage: client.submit(_course_files, course_payload(root, stage))
-                   for stage in {stage for _, stage, _ in tasks}}
-        views = {stage: view_stage(root, stage) for stage in courses}
-        futures = {}
-        for student, stage, key in tasks:
-            submission = folder_files(root / SUBMITTED / student / stage)
-            future = client.submit(grade_notebook_task, courses[stage], submission, student, stage, options_json,
-                                   views[stage], stamp, hosts, key=f"grade-{student}-{stage}-{key[:12]}",
-                                   pure=False, retries=0)
-            futures[future] = (student, stage, key)
-        finished, counter = 0, Progress(len(futures))
-        try:
-            for future in as_completed(list(futures)):
-                student, stage, key = futures[future]
-                try:
-                    answer = future.result()
-                except KilledWorker:
-                    answer = {"result": {"student": student, "stage": stage, "seconds": 0.0,
-                                         "problem": "not graded: its notebook killed the grading worker "
-                                                    "every time it ran (tried on several workers)"}, "files": {}}
-                except WorkerEnvironmentError:
-                    raise
-                except (FutureCancelledError, OSError, TimeoutError) as error:
-                    raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
-                result = answer["result"]
-                target = executed_path(root, student, stage).parent
-                shutil.rmtree(target, ignore_errors=True)
-                if answer["files"]:
-                    target.mkdir(parents=True)
-                    _write_files(target, answer["files"])
-                    remember(root, index, key, result)
-                finished += 1
-                result["progress"] = (f"{counter.record(result)}, "
-                                      f"{_retries(client, [f.key for f in futures])} retried")
-                results.append(result)
-                if progress is not None:
-                    progress(result)
-        except Exception as error:
-            if isinstance(error, (SchedulerLostError, WorkerEnvironmentError)) or client.status == "running":
-                raise
-            raise SchedulerLostError(_lost_message(client, finished, len(futures), error)) from None
-        save_index(root, index)
-    finally:
-        if client.status == "running":  # idle children hold torch in memory on the lab machines
-            with contextlib.suppress(Exception):
-                client.run(grading_child.close_all)
-        if client is not dask:  # a client passed in stays open for its owner
-            client.close()
-        if cluster is not None:
-            cluster.close()
-        client_log.setLevel(level)
-    return runs_by_student(work, results)
+        return future.result()
+    except KilledWorker:
+        return {"result": {"student": student, "stage": stage, "seconds": 0.0,
+                           "problem": "not graded: its notebook killed the grading worker "
+                                      "every time it ran (tried on several workers)"}, "files": {}}
+    except WorkerEnvironmentError:
+        raise
+    except (FutureCancelledError, OSError, TimeoutError) as error:
+        raise SchedulerLostError(_lost_message(client, finished, total, error)) from None
+
+
+def _keep(root: Path, student: str, stage: str, key: str, answer: dict, index: dict) -> dict:
+    """Write the executed folder of ``answer`` (see :func:`grade_notebook_task`) into ``executed/`` and record it in
+    ``index`` under ``key``; returns its result."""
+    result = answer["result"]
+    target = executed_path(root, student, stage).parent
+    shutil.rmtree(target, ignore_errors=True)
+    if answer["files"]:
+        target.mkdir(parents=True)
+        _write_files(target, answer["files"])
+        remember(root, index, key, result)
+    return result
+
+
+def _release(client, cluster, dask) -> None:
+    """End the workers' idle grading children (they hold torch in memory on the lab machines), then close what
+    :func:`connect` opened: a client passed in as ``dask`` stays open for its owner."""
+    if client.status == "running":
+        with contextlib.suppress(Exception):
+            client.run(grading_child.close_all)
+    if client is not dask:
+        client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def _lost_message(client, finished: int, total: int, error: BaseException) -> str:

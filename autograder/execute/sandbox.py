@@ -22,7 +22,7 @@ when the kernel exits or is killed, every process it started (double-forked, ``s
 SIGHUP and SIGTERM) is killed with the namespace.
 
 Memory and process caps (``memory_gb``, ``max_processes``): no limit is set on any process of the sandbox; a
-watchdog thread of the host (:mod:`autograder.limits`) lists every process of the namespace in the sandbox's own
+watchdog thread of the host (:mod:`autograder.execute.limits`) lists every process of the namespace in the sandbox's own
 ``/proc`` ten times a second and kills the whole sandbox when they hold more memory together than ``memory_gb``
 (shared pages counted once) or number more than ``max_processes``; :attr:`SandboxedKernelManager.limit_exceeded`
 then says which.

@@ -3,10 +3,11 @@
 - :class:`AtomicGenerateFeedback` writes each page to a temporary file beside it and ``os.replace``s it onto the old
   one (:mod:`autograder.atomic`), instead of nbgrader's "delete the student's feedback folder, then write": a
   reader sees the old page or the whole new one, and a student whose page fails keeps nothing half written.
-- :func:`feedback_config` renders with the template ``autograder/templates/autograder_feedback`` (nbgrader's
-  ``feedback`` with every Markdown cell and HTML output passed through :func:`autograder.privacy.clean_html`) and
-  nbconvert's ``HTMLExporter.sanitize_html`` (no JavaScript output, no widget state), after the preprocessors
-  :class:`~autograder.preprocessors.HideHiddenTests` and :class:`~autograder.privacy.ScrubPersonalData`.
+- :func:`feedback_config` renders with the template ``autograder/feedback/templates/autograder_feedback``
+  (nbgrader's ``feedback`` with every Markdown cell and HTML output passed through
+  :func:`autograder.execute.privacy.clean_html`) and nbconvert's ``HTMLExporter.sanitize_html`` (no JavaScript
+  output, no widget state), after the preprocessors :class:`~autograder.execute.preprocessors.HideHiddenTests` and
+  :class:`~autograder.execute.privacy.ScrubPersonalData`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from nbgrader.converters import GenerateFeedback
 
-from .atomic import atomic_write_bytes
-from .course import nbgrader_config
+from ..atomic import atomic_write_bytes
+from ..course import nbgrader_config
 
 TEMPLATES = Path(__file__).with_name("templates")
 TEMPLATE = "autograder_feedback"
@@ -44,8 +45,8 @@ def feedback_config(root: Path):
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.preprocessors import GetGrades
 
-    from .preprocessors import HideHiddenTests
-    from .privacy import ScrubPersonalData
+    from ..execute.preprocessors import HideHiddenTests
+    from ..execute.privacy import ScrubPersonalData
 
     import nbgrader.server_extensions.formgrader as formgrader
 
@@ -55,6 +56,6 @@ def feedback_config(root: Path):
     config.HTMLExporter.template_file = f"{TEMPLATE}.html.j2"  # extends index.html.j2, nbgrader's feedback page
     config.HTMLExporter.extra_template_basedirs = [str(TEMPLATES),
                                                    os.path.join(os.path.dirname(formgrader.__file__), "templates")]
-    config.HTMLExporter.filters = {"clean_student_html": "autograder.privacy.clean_html"}
+    config.HTMLExporter.filters = {"clean_student_html": "autograder.execute.privacy.clean_html"}
     config.HTMLExporter.sanitize_html = True
     return config

@@ -12,9 +12,9 @@ of a kernel's tree every ``interval`` seconds (0.1 s) and kills the whole tree w
 
 It records a one-line reason (:attr:`TreeWatchdog.reason`) before it kills. Between two looks a tree may pass a
 cap for up to ``interval``. Not counted: memory held outside the processes (the sandbox's tmpfs folders, capped
-by their own sizes, see :mod:`autograder.sandbox`; GPU memory) and threads.
+by their own sizes, see :mod:`autograder.execute.sandbox`; GPU memory) and threads.
 
-Which tree: for a sandboxed kernel (:class:`autograder.sandbox.SandboxedKernelManager`) every process of its PID
+Which tree: for a sandboxed kernel (:class:`autograder.execute.sandbox.SandboxedKernelManager`) every process of its PID
 namespace, listed in the sandbox's own ``/proc`` (opened once, so a PID used again on the host can never point the
 watchdog elsewhere) and killed all at once through its PID 1. For a kernel without the sandbox
 (:class:`LimitedKernelManager`, ``--no-sandbox``, trusted notebooks only) the kernel process and its descendants,

@@ -1,16 +1,16 @@
 """nbgrader preprocessors that make grading fair to every student and safe for the machine.
 
-Autograding (see :mod:`autograder.grading` for the order they run in):
+Autograding (see :mod:`autograder.execute.notebook` for the order they run in):
 
 - :class:`RestoreDeletedCells`: puts back read-only and test cells a student deleted (nbgrader's own
   ``OverwriteCells`` then restores the source of the ones that were edited).
 - :class:`InjectStateReset` / :class:`RemoveInjectedCells`: before execution, a cell that records the kernel's
-  settings and, before each graded test cell, one that restores them (:mod:`autograder.kernel_state`);
+  settings and, before each graded test cell, one that restores them (:mod:`autograder.execute.kernel_state`);
   removed after execution.
 - :class:`SkipDemoCells`: read-only cells the source notebook tags ``skip_when_grading`` are not run (they keep
-  the outputs the student saved with them, marked: :mod:`autograder.submitted_outputs`).
-- :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.sandbox`)
-  under caps on the memory and processes of its whole process tree (:mod:`autograder.limits`), survives a kernel
+  the outputs the student saved with them, marked: :mod:`autograder.execute.submitted_outputs`).
+- :class:`GuardedExecute`: nbgrader's ``Execute`` that runs the kernel in a sandbox (:mod:`autograder.execute.sandbox`)
+  under caps on the memory and processes of its whole process tree (:mod:`autograder.execute.limits`), survives a kernel
   that dies, is stopped at a cap or ignores interrupts, and caps the whole notebook's run time; every cell it
   could not run gets an error output that says why.
 - :class:`StderrIsNotFailure`: nbgrader scores a test cell 0 when anything was written to stderr (a progress
@@ -43,8 +43,8 @@ from traitlets import Bool, Float, Integer, Unicode
 INJECTED = "autograder_injected"
 SKIPPED = "autograder_skipped"
 SKIP_TAG = "skip_when_grading"
-CAPTURE_SOURCE = "import autograder.kernel_state\nautograder.kernel_state.capture()"
-RESTORE_SOURCE = "__import__('autograder.kernel_state', fromlist=['restore']).restore()"
+CAPTURE_SOURCE = "import autograder.execute.kernel_state\nautograder.execute.kernel_state.capture()"
+RESTORE_SOURCE = "__import__('autograder.execute.kernel_state', fromlist=['restore']).restore()"
 
 
 def error_output(name: str, message: str) -> NotebookNode:
@@ -146,9 +146,9 @@ class SkipDemoCells(NbGraderPreprocessor):
 class GuardedExecute(Execute):
     """nbgrader's ``Execute`` (per-cell ``timeout``, interrupt on timeout) made robust for hostile notebooks.
 
-    - ``sandbox``: the kernel runs in a bubblewrap sandbox (:class:`autograder.sandbox.SandboxedKernelManager`,
+    - ``sandbox``: the kernel runs in a bubblewrap sandbox (:class:`autograder.execute.sandbox.SandboxedKernelManager`,
       configured through ``config.SandboxedKernelManager``); else it runs as this user, in a
-      :class:`autograder.limits.LimitedKernelManager`. The caps on the memory and processes of the kernel's tree
+      :class:`autograder.execute.limits.LimitedKernelManager`. The caps on the memory and processes of the kernel's tree
       are both managers' ``memory_gb`` and ``max_processes`` (``config.LimitedKernelManager``).
     - A kernel that dies (``os._exit``, a segfault) or that the watchdog of the caps stops no longer aborts the
       notebook: the cell gets an error output naming the cause (the cap and what the processes held), every later
@@ -166,7 +166,7 @@ class GuardedExecute(Execute):
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
-    sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.sandbox).").tag(config=True)
+    sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.execute.sandbox).").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"

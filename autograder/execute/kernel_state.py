@@ -1,6 +1,6 @@
 """Runs INSIDE the kernel that executes a student's notebook: puts global settings back before each test.
 
-The grading pipeline (:mod:`autograder.preprocessors`) injects two kinds of cells, removed again after the run:
+The grading pipeline (:mod:`autograder.execute.preprocessors`) injects two kinds of cells, removed again after the run:
 ``capture()`` before the first cell, and ``restore()`` before every graded test cell. A notebook that changed
 the working directory, torch's default dtype, thread count, determinism or gradient mode, the warning filters,
 ``sys.stdout``/``sys.stderr`` or a builtin is therefore tested exactly as one that did not.

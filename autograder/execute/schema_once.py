@@ -41,7 +41,7 @@ def install() -> None:
     from nbgrader.nbgraderformat import common
 
     if getattr(common.jsonschema, "validate", None) is not validate:
-        shim = types.ModuleType("jsonschema", "jsonschema, with schemas checked once (autograder.schema_once)")
+        shim = types.ModuleType("jsonschema", "jsonschema, with schemas checked once (autograder.execute.schema_once)")
         shim.__dict__.update({name: getattr(jsonschema, name) for name in dir(jsonschema) if not name.startswith("__")})
         shim.validate = validate
         common.jsonschema = shim

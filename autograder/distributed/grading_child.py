@@ -1,20 +1,20 @@
 """Long-lived grading processes on a Dask worker: what a ``--jobs`` worker process is, for a Dask task.
 
 A Dask worker must not run a notebook itself: phase 1 sets the kernels' thread share and quick mode in its
-environment and sends its stderr into a log (:func:`autograder.grading._init_worker`). So every notebook runs in a
-child process of the worker, ``python -m autograder.grading_child``, set up that way once and then kept: importing
-nbgrader, nbconvert and torch takes about a second, which a child started per notebook paid every time. (The caps
-on a kernel's memory and processes are kept by a watchdog thread in that child, :mod:`autograder.limits`.)
+environment and sends its stderr into a log (:func:`autograder.execute.notebook.set_up_worker`). So every notebook runs
+in a child process of the worker, ``python -m autograder.distributed.grading_child``, set up that way once and then
+kept: importing nbgrader, nbconvert and torch takes about a second, which a child started per notebook paid every
+time. (The caps
+on a kernel's memory and processes are kept by a watchdog thread in that child, :mod:`autograder.execute.limits`.)
 
 Protocol (one JSON document per line): the child reads its set-up ``{"options": GradingOptions.to_json(),
 "log_dir"}`` from stdin, imports what grading needs, then answers each request ``{"root", "student", "stage",
-"view"}`` with
-:func:`autograder.grading.execute_notebook`'s record on stdout. Anything else the child or nbgrader prints goes to
-the log. The child ends when stdin closes or when the worker that started it is gone: the worker passes its PID
-(``--parent``), and the child's first instruction starts a watch that exits as soon as its parent is another
-process, before the imports that take seconds. A sandboxed kernel ends with it (``bwrap --die-with-parent``).
-(Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that started the child ends, and a Dask worker's threads
-come and go.)
+"view"}`` with :func:`autograder.execute.notebook.execute_notebook`'s record on stdout. Anything else the child or
+nbgrader prints goes to the log. The child ends when stdin closes or when the worker that started it is gone: the
+worker passes its PID (``--parent``), and the child's first instruction starts a watch that exits as soon as its
+parent is another process, before the imports that take seconds. A sandboxed kernel ends with it
+(``bwrap --die-with-parent``). (Not ``PR_SET_PDEATHSIG``: it fires when the *thread* that started the child ends,
+and a Dask worker's threads come and go.)
 
 :func:`take` and :func:`give_back` keep the idle children of this worker process; a worker with several threads
 gets one child per notebook it runs at the same time.
@@ -32,12 +32,12 @@ from pathlib import Path
 
 
 class GradingChild:
-    """One ``python -m autograder.grading_child`` process; ``setup`` is ``{"options": GradingOptions as a dict,
-    "log_dir": str}``."""
+    """One ``python -m autograder.distributed.grading_child`` process; ``setup`` is
+    ``{"options": GradingOptions.to_json(), "log_dir": str}``."""
 
     def __init__(self, setup: dict):
         self.setup = setup
-        command = [sys.executable, "-m", "autograder.grading_child", "--parent", str(os.getpid())]
+        command = [sys.executable, "-m", "autograder.distributed.grading_child", "--parent", str(os.getpid())]
         self.process = subprocess.Popen(command,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.process.stdin.write(json.dumps(setup) + "\n")
@@ -129,18 +129,20 @@ def _end_when_orphaned(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m autograder.grading_child --parent PID``: the set-up line, then one record per request line."""
+    """``python -m autograder.distributed.grading_child --parent PID``: the set-up line, then one record per request
+    line."""
     if len(argv) != 2 or argv[0] != "--parent" or not argv[1].isdigit():
-        print("usage: python -m autograder.grading_child --parent PID (the PID of the process that starts it)",
-              file=sys.stderr)
+        print("usage: python -m autograder.distributed.grading_child --parent PID "
+              "(the PID of the process that starts it)", file=sys.stderr)
         return 2
     _end_when_orphaned(int(argv[1]))  # first: the imports below take seconds
-    from .grading import GradingOptions, _init_worker, execute_notebook, kernel_python_path
+    from ..execute.notebook import execute_notebook, kernel_python_path, set_up_worker
+    from ..execute.options import GradingOptions
 
     setup = json.loads(sys.stdin.readline())
     options = GradingOptions.from_json(setup["options"])
     records = os.dup(1)
-    _init_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
+    set_up_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
     os.dup2(2, 1)  # whatever else prints goes to the log too; the records go to the saved stdout
     for module in ("nbgrader.converters", "course_lib.checks"):  # imported now, not when a notebook waits
         importlib.import_module(module)

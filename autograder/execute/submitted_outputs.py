@@ -2,15 +2,15 @@
 
 Grading clears every output of a submission (a student's saved outputs could pass for the grader's) and does not
 run the read-only cells that the source notebook tags ``skip_when_grading`` (long training runs and sampling
-demos that no test reads, :class:`autograder.preprocessors.SkipDemoCells`). So the figures that written
+demos that no test reads, :class:`autograder.execute.preprocessors.SkipDemoCells`). So the figures that written
 questions ask about would be missing from the graded copy in formgrader. :class:`KeepDemoOutputs` replaces
 nbgrader's ``ClearOutput`` in the sanitize step: it clears all outputs, except that a demo cell keeps the outputs
 the student saved with it, below a first line :data:`SUBMITTED_MARKER`. Never those of a test cell, an answer
 cell or any cell the grader runs, whatever the submission's own metadata or tags say (the demo cells are
 read from the source notebook, by ``grade_id``), nor of a demo cell whose read-only source the student edited
 (its outputs would not be the course's demo). The kept outputs are size-capped later with every other output
-(:class:`autograder.preprocessors.CapOutputSize`) and sanitized (:mod:`autograder.privacy`); in total at most
-``max_bytes`` per notebook are kept.
+(:class:`autograder.execute.preprocessors.CapOutputSize`) and sanitized (:mod:`autograder.execute.privacy`); in
+total at most ``max_bytes`` per notebook are kept.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ EDITED_NOTE = ("The student's saved outputs of this read-only cell were not kept
 
 def demo_cells(source: nbformat.NotebookNode) -> dict[str, str]:
     """``grade_id`` -> source of the read-only cells that ``source`` (a source notebook) tags ``skip_when_grading``:
-    the cells :class:`~autograder.preprocessors.SkipDemoCells` marks not to run."""
+    the cells :class:`~autograder.execute.preprocessors.SkipDemoCells` marks not to run."""
     return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in source.cells
             if cell.cell_type == "code" and SKIP_TAG in cell.metadata.get("tags", []) and utils.is_locked(cell)
             and not utils.is_grade(cell) and not utils.is_solution(cell)}
@@ -45,7 +45,7 @@ def _stream(text: str):
 class KeepDemoOutputs(SkipDemoCells):
     """nbgrader's ``ClearOutput``, except for the demo cells of the source notebook (see the module docstring).
 
-    A subclass of :class:`~autograder.preprocessors.SkipDemoCells` only to read the same ``source_root``
+    A subclass of :class:`~autograder.execute.preprocessors.SkipDemoCells` only to read the same ``source_root``
     (``config.SkipDemoCells.source_root`` applies to it too); it marks nothing to skip itself.
     """
 

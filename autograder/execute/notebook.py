@@ -1,0 +1,220 @@
+"""Phase 1 of grading for one notebook (:func:`execute_notebook`), in a process set up by :func:`set_up_worker`.
+
+Grading has two phases, so that several processes can run notebooks while exactly one writes the gradebook: this
+one, on ``jobs`` worker processes (:mod:`autograder.execute.pool`) or on a Dask cluster
+(:mod:`autograder.distributed.cluster`), then scoring (:mod:`autograder.score.gradebook`).
+
+A worker runs nbgrader's own ``Autograde`` converter in a throw-away course folder ``<root>/work/<student>-<stage>/``
+that has a *copy* of the gradebook (nbgrader needs one to restore cells, and writes the student into it), with our
+pipeline: sanitize (clear outputs, restore deleted and edited cells from the gradebook) -> mark the demo cells the
+source tags ``skip_when_grading`` -> inject state resets -> execute with per-cell and per-notebook timeouts ->
+remove the injected cells -> cap output. The executed notebooks are moved to ``<root>/executed/<student>/<stage>/``;
+the scratch folder is deleted.
+
+The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.execute.sandbox`): all it sees
+of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy of ``course_lib``
+and ``autograder/execute/kernel_state.py``), read-only, and one writable folder, the notebook's own
+``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
+``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
+
+Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.execute.limits`): a watchdog
+thread of the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or
+number more than ``max_processes``; the cell that was running then gets an error naming the cap, later cells do not
+run, and the points earned before stay. No address-space limit is set, neither on the workers nor on the kernels (an
+honest kernel with torch imported has an address space of about 3 GiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..course import REPO_ROOT, SUBMITTED, nbgrader_config, put_python_tools_on_path, quiet_nbgrader, run_nbgrader_app
+from .options import GradingOptions
+from .resume import EXECUTED
+
+WORK = "work"
+LOGS = "logs"
+KERNEL_PYTHON = "_kernel_python"
+
+
+def executed_path(root: Path, student: str, stage: str) -> Path:
+    """Where phase 1 leaves the executed notebook of ``student`` for ``stage``."""
+    return Path(root) / EXECUTED / student / stage / f"{stage}.ipynb"
+
+
+def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
+    """A folder to put first on a grading kernel's ``PYTHONPATH`` (read-only in the sandbox), under
+    ``<root>/work/_kernel_python/``: ``course_lib`` without the answers of ``view_stage`` and later stages
+    (:mod:`autograder.library_view`; all of it when ``None``) and ``autograder/execute/kernel_state.py``. Never the
+    repository, whose ``solutions/`` hold the hidden tests."""
+    from ..library_view import write_library_view
+
+    folder = Path(root) / WORK / KERNEL_PYTHON / (view_stage or "all")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if view_stage is None:
+        shutil.copytree(REPO_ROOT / "course_lib", folder / "course_lib",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        write_library_view(folder, view_stage)
+    (folder / "autograder" / "execute").mkdir(parents=True)
+    for package in ("autograder", "autograder/execute"):
+        (folder / package / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
+    shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "execute" / "kernel_state.py")
+    return folder
+
+
+def view_stage(root: Path, assignment: str) -> str | None:
+    """The stage whose answers (and later ones) the kernels of ``assignment`` must not have: the earliest stage
+    whose checks its source notebook's test cells call (:func:`autograder.execute.verdicts.earliest_stage`)."""
+    import nbformat
+
+    from .verdicts import earliest_stage
+
+    return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
+def _data_dir() -> Path:
+    """The MNIST folder of :func:`course_lib.data.default_root` (outside Colab), without importing torch here."""
+    if os.environ.get("COURSE_DATA_DIR"):
+        return Path(os.environ["COURSE_DATA_DIR"]).expanduser().resolve()
+    return (_cache_dir() / "course_lib" / "data").resolve()
+
+
+def home_seed() -> dict[str, str]:
+    """This machine's caches that a sandboxed kernel (whose home folder starts empty) gets a copy of: course_lib's
+    classifier statistics of the MNIST test digits (public data; 10 s and more to compute again in every
+    notebook) and matplotlib's font list."""
+    cache = _cache_dir()
+    seed = {str(path): f".cache/course_lib/{path.name}"
+            for path in sorted((cache / "course_lib").glob("test-feature-statistics-*.pt"))}
+    fonts = Path(os.environ["MPLCONFIGDIR"]) if os.environ.get("MPLCONFIGDIR") else cache / "matplotlib"
+    seed.update({str(path): f".cache/matplotlib/{path.name}" for path in sorted(fonts.glob("fontlist-*.json"))})
+    return seed
+
+
+def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None):
+    from nbgrader.preprocessors import (CheckCellMetadata, DeduplicateIds, LimitOutput, OverwriteCells,
+                                        OverwriteKernelspec)
+
+    from .preprocessors import (CapOutputSize, GuardedExecute, InjectStateReset, RemoveInjectedCells,
+                                RestoreDeletedCells, SkipDemoCells, StderrIsNotFailure)
+    from .privacy import SanitizeOutputs, ScrubPersonalData
+    from .submitted_outputs import KeepDemoOutputs
+    from .verdicts import JudgeTestCells, ProbeTestCells
+
+    config = nbgrader_config(scratch)
+    # KeepDemoOutputs is nbgrader's ClearOutput, except the student's saved outputs of the demo cells it never runs
+    config.Autograde.sanitize_preprocessors = [KeepDemoOutputs, ScrubPersonalData, DeduplicateIds, OverwriteKernelspec,
+                                               RestoreDeletedCells, OverwriteCells, CheckCellMetadata]
+    config.Autograde.autograde_preprocessors = [SkipDemoCells, ProbeTestCells, InjectStateReset, GuardedExecute,
+                                                RemoveInjectedCells, JudgeTestCells, StderrIsNotFailure,
+                                                SanitizeOutputs, CapOutputSize, LimitOutput]
+    config.SkipDemoCells.source_root = str(scratch / "source")
+    config.Execute.timeout = int(options.cell_timeout)
+    config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
+    config.GuardedExecute.sandbox = options.sandbox
+    config.LimitedKernelManager.memory_gb = float(options.memory_gb)  # SandboxedKernelManager's too (a subclass)
+    config.LimitedKernelManager.max_processes = options.max_processes
+    config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
+    config.SandboxedKernelManager.seed = home_seed()
+    data = _data_dir()
+    if data.is_dir():  # the notebooks load MNIST from here (read-only; the sandbox has no network)
+        config.SandboxedKernelManager.read_only = [str(data)]
+        config.SandboxedKernelManager.env = {"COURSE_DATA_DIR": str(data)}
+    return config
+
+
+def run_autograde(config, stage: str, student: str) -> None:
+    """nbgrader's ``Autograde`` with ``config`` on one stage and student, each JSON schema of the cell metadata
+    checked once per process (:mod:`autograder.execute.schema_once`): phase 1 here, phase 2 in
+    :mod:`autograder.score.gradebook`."""
+    from nbgrader.converters import Autograde
+
+    from . import schema_once
+
+    schema_once.install()
+    run_nbgrader_app(Autograde, config, stage, student)
+
+
+def set_up_worker(options: GradingOptions, log_dir: str) -> None:
+    """Set up a process that executes notebooks (a ``--jobs`` worker, a Dask worker's grading child): thread share,
+    quick mode, not the repository on the kernel's path, and stderr (its own and its kernels') into
+    ``<log_dir>/worker-<pid>.log``. No memory limit: the caps watch the kernels."""
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    log = os.open(Path(log_dir) / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    quiet_nbgrader()
+    threads = max(1, (os.cpu_count() or 1) // options.jobs)
+    inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                 if entry and Path(entry).resolve() != REPO_ROOT]
+    os.environ.update(
+        COURSE_MODE="quick",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(inherited),
+    )
+    put_python_tools_on_path()
+
+
+@contextlib.contextmanager
+def _kernel_python_path(python_path: str):
+    """``python_path`` first on ``PYTHONPATH`` while the block runs: what a kernel started without the sandbox
+    inherits (the sandbox sets its kernel's path itself)."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, inherited]))
+    try:
+        yield
+    finally:
+        os.environ["PYTHONPATH"] = inherited
+
+
+def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str) -> dict:
+    """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
+    importing from ``python_path`` (:func:`kernel_python_path`) before the environment.
+
+    Returns ``{"student", "stage", "seconds", "problem"}``; ``problem`` is ``None`` unless a cell was
+    interrupted, the run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
+    """
+    root = Path(root)
+    started = time.perf_counter()
+    scratch = root / WORK / f"{student}-{stage}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / SUBMITTED / student).mkdir(parents=True)
+    shutil.copy2(root / "gradebook.db", scratch / "gradebook.db")
+    for name in ("source", "release"):
+        (scratch / name).symlink_to(root / name, target_is_directory=True)
+    (scratch / SUBMITTED / student / stage).symlink_to(root / SUBMITTED / student / stage, target_is_directory=True)
+    try:
+        with _kernel_python_path(python_path):
+            run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
+    except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
+        problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
+    else:
+        target = executed_path(root, student, stage).parent
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(scratch / "autograded" / student / stage, target)
+        timestamp = root / SUBMITTED / student / stage / "timestamp.txt"
+        if timestamp.exists():
+            shutil.copy2(timestamp, target / "timestamp.txt")
+        record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
+        notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
+                 ] if record.get("timed_out") else []
+        notes += [f"stopped {stop['cell']} after {stop['seconds']} s and skipped it: {stop['reason']}"
+                  for stop in record.get("stopped", [])]
+        notes += [record["problem"]] if record.get("problem") else []
+        problem = "; ".join(notes) or None
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"student": student, "stage": stage, "seconds": time.perf_counter() - started, "problem": problem}
