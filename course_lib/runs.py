@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .data import DeviceImages, load_mnist, validation_split
-from .noise import DDPMSchedule
+from .noise import DDPMSchedule, course_schedule
 from .runtime import pick_device
 from .stages import StageBudget, budget, build_model, stage_loss, value_range
 from .training import LossHistory, train
@@ -41,7 +41,7 @@ def train_stage(stage: str, mode: str | None = None, *, device: torch.device | s
                                                                 value_range(stage), stage_budget.subset_size))
     torch.manual_seed(seed)
     model = build_model(stage, stage_budget).to(device)
-    schedule = stage_budget.schedule().to(device)
+    schedule = course_schedule(stage_budget.num_steps).to(device)
     losses = train(model, stage_loss(stage, schedule), data, epochs=stage_budget.epochs,
                    batch_size=stage_budget.batch_size, learning_rate=stage_budget.learning_rate,
                    lr_gamma=stage_budget.lr_gamma, seed=seed, checkpoint_dir=checkpoint_dir, progress=progress,

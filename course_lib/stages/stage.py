@@ -40,7 +40,8 @@ class StageBudget:
         subset_size: number of MNIST training images drawn, before :func:`course_lib.data.validation_split` holds
             out one in twelve of them for validation (``None``: all 60,000, so 55,000 train).
         learning_rate: Adam's learning rate.
-        num_steps: T, the number of diffusion steps (ignored by the single-step denoiser).
+        num_steps: T, the number of diffusion steps (ignored by the single-step denoiser); the schedule is
+            ``course_lib.noise.course_schedule(num_steps)``.
         decay_lr: multiply the learning rate by ``0.1 ** (1 / epochs)`` after each epoch.
         eval_samples: how many samples a notebook draws to measure quality (course_lib.quality).
     """
@@ -53,12 +54,6 @@ class StageBudget:
     num_steps: int = COURSE_NUM_STEPS
     decay_lr: bool = False
     eval_samples: int = 1000
-
-    def schedule(self):
-        """The course's linear schedule with this budget's T (:func:`course_lib.noise.course_schedule`), on the CPU."""
-        from .noising.api import course_schedule  # stage 1's schedule; imported when asked, so entries stay light
-
-        return course_schedule(self.num_steps)
 
     @property
     def lr_gamma(self) -> float:
