@@ -95,7 +95,7 @@ def _grades(table) -> dict:
     return {row.student: (row.points, sorted(row.problems)) for row in table.rows}
 
 
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=1, help="copies of the three demo students (default 1)")
     parser.add_argument("--jobs", type=int, nargs="*", default=[1, 2],
@@ -111,6 +111,58 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.copies < 1 or args.rounds < 1:
         parser.error(f"--copies and --rounds must be >= 1, got {args.copies} and {args.rounds}")
+    return args
+
+
+def grade_rounds(args: argparse.Namespace, root: Path, submissions: Path, students: int,
+                 cost: float) -> dict | None:
+    """Grade the class ``--rounds`` times in each mode (job counts, then the Dask cluster), printing a row per
+    grading; the wall times of each mode, or ``None`` after printing the tables when two modes' grades differ."""
+    modes = [*args.jobs, *([args.dask] if args.dask else [])]
+    walls, tables = {mode: [] for mode in modes}, {}
+    for _ in range(args.rounds):  # the modes take turns, so that a busy spell of the machine hits them alike
+        for mode in modes:
+            (root / "executed" / "index.json").unlink(missing_ok=True)  # --dask: execute everything again
+            options = GradingOptions(jobs=mode if isinstance(mode, int) else 1, sandbox=not args.no_sandbox)
+            started = time.perf_counter()
+            table, runs = grade(submissions, root, args.stages, options, args.solutions,
+                                dask=None if isinstance(mode, int) else mode)
+            wall = time.perf_counter() - started
+            walls[mode].append(wall)
+            alone = sum(run["seconds"] for run in runs) / len(runs)
+            print(f"{mode:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}"
+                  f"  (run s/notebook {alone / len(args.stages):.2f})", flush=True)
+            if tables and _grades(table) != _grades(next(iter(tables.values()))):
+                print(f"The grades of {mode} differ:\n{next(iter(tables.values())).format()}\n{table.format()}")
+                return None
+            tables[mode] = table
+    return walls
+
+
+def print_dask_overhead(args: argparse.Namespace, walls: dict, notebooks: int) -> None:
+    """With ``--dask local:N`` and ``N`` among the job counts: the cluster's overhead over ``--jobs N``."""
+    workers = int(args.dask.split(":")[1]) if args.dask and args.dask.startswith("local:") else None
+    if workers in walls:
+        counted = slice(1 if args.rounds > 1 else 0, None)  # round 1 was the slowest in every run here
+        dask, jobs = statistics.median(walls[args.dask][counted]), statistics.median(walls[workers][counted])
+        extra = dask - jobs
+        print(f"Dask overhead over --jobs {workers} (medians of rounds {counted.start + 1} to {args.rounds}): "
+              f"{extra:+.1f} s wall ({extra / notebooks:+.2f} s per notebook, {100 * extra / jobs:+.0f} %), "
+              "cluster start included")
+
+
+def time_scoring(root: Path, stages) -> None:
+    """Phase 2 alone: scoring every executed notebook into the gradebook, per notebook."""
+    notebooks = len(list((root / "executed").glob("*/*/*.ipynb")))
+    started = time.perf_counter()
+    score_all(root, tuple(stages))
+    scoring = time.perf_counter() - started
+    print(f"Phase 2 (scoring into the gradebook, this process alone): {scoring:.1f} s for {notebooks} notebooks, "
+          f"{scoring / notebooks:.2f} s per notebook")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     nan = float("nan")
     sandboxed, plain, cost = sandbox_cost(args.kernel_starts) if args.kernel_starts > 0 else (nan, nan, nan)
     if not args.jobs:
@@ -125,39 +177,11 @@ def main(argv=None) -> int:
         print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU, "
               f"{'no sandbox' if args.no_sandbox else 'sandboxed'}")
         print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}  {'sandbox s/nb':>12}")
-        notebooks = students * len(args.stages)
-        modes = [*args.jobs, *([args.dask] if args.dask else [])]
-        walls, tables = {mode: [] for mode in modes}, {}
-        for _ in range(args.rounds):  # the modes take turns, so that a busy spell of the machine hits them alike
-            for mode in modes:
-                (root / "executed" / "index.json").unlink(missing_ok=True)  # --dask: execute everything again
-                options = GradingOptions(jobs=mode if isinstance(mode, int) else 1, sandbox=not args.no_sandbox)
-                started = time.perf_counter()
-                table, runs = grade(submissions, root, args.stages, options, args.solutions,
-                                    dask=None if isinstance(mode, int) else mode)
-                wall = time.perf_counter() - started
-                walls[mode].append(wall)
-                alone = sum(run["seconds"] for run in runs) / len(runs)
-                print(f"{mode:>4}  {wall:>7.1f}  {wall / students:>9.1f}  {alone:>13.1f}  {cost:>+12.2f}"
-                      f"  (run s/notebook {alone / len(args.stages):.2f})", flush=True)
-                if tables and _grades(table) != _grades(next(iter(tables.values()))):
-                    print(f"The grades of {mode} differ:\n{next(iter(tables.values())).format()}\n{table.format()}")
-                    return 1
-                tables[mode] = table
-        workers = int(args.dask.split(":")[1]) if args.dask and args.dask.startswith("local:") else None
-        if workers in walls:
-            counted = slice(1 if args.rounds > 1 else 0, None)  # round 1 was the slowest in every run here
-            dask, jobs = statistics.median(walls[args.dask][counted]), statistics.median(walls[workers][counted])
-            extra = dask - jobs
-            print(f"Dask overhead over --jobs {workers} (medians of rounds {counted.start + 1} to {args.rounds}): "
-                  f"{extra:+.1f} s wall ({extra / notebooks:+.2f} s per notebook, {100 * extra / jobs:+.0f} %), "
-                  "cluster start included")
-        notebooks = len(list((root / "executed").glob("*/*/*.ipynb")))
-        started = time.perf_counter()
-        score_all(root, tuple(args.stages))
-        scoring = time.perf_counter() - started
-        print(f"Phase 2 (scoring into the gradebook, this process alone): {scoring:.1f} s for {notebooks} notebooks, "
-              f"{scoring / notebooks:.2f} s per notebook")
+        walls = grade_rounds(args, root, submissions, students, cost)
+        if walls is None:
+            return 1
+        print_dask_overhead(args, walls, students * len(args.stages))
+        time_scoring(root, args.stages)
     return 0
 
 

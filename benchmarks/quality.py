@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from course_lib import checkpoints, quality, sampling
+from course_lib import checkpoints, quality, sampling, stages
 from course_lib.classifier import accuracy, load_classifier
 from course_lib.data import DeviceImages, load_mnist
+from course_lib.noise import course_schedule
 from course_lib.runtime import MODES, course_mode, pick_device
 from course_lib.stages import TRAINING_STAGES, budget, build_model
 
@@ -62,7 +64,72 @@ def timed(sample):
     return samples, time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Evaluation:
+    """What every stage's rows need: the options, the device, the reference rows and fresh seeded generators."""
+
+    args: argparse.Namespace
+    device: torch.device
+    real_row: str
+
+    @property
+    def n(self) -> int:
+        return self.args.num_samples
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.args.seed)
+
+    def sample_table(self) -> Iterator[str]:
+        """The header and the real digits' row that open every table of samples."""
+        yield f"  {'sampler':<22}{'confidence':>11}{'FLD':>9}{'requested':>10}{'seconds':>10}"
+        yield self.real_row
+
+
+def psnr_rows(model: nn.Module, schedule: nn.Module, run: Evaluation) -> Iterator[str]:
+    """The denoiser: PSNR of the noisy input and of the denoised digits at each sigma."""
+    images, seed = run.args.psnr_images, run.args.seed
+    noisy = quality.denoiser_psnr(nn.Identity(), num_images=images, seed=seed, device=run.device)
+    denoised = quality.denoiser_psnr(model, num_images=images, seed=seed)
+    yield f"  {'sigma':>6}{'noisy PSNR':>12}{'denoised PSNR':>15}   (dB, {images} test digits)"
+    for sigma, value in denoised.items():
+        yield f"  {sigma:>6.1f}{noisy[sigma]:>12.2f}{value:>15.2f}"
+
+
+def ddpm_rows(model: nn.Module, schedule: nn.Module, run: Evaluation) -> Iterator[str]:
+    """DDPM samples with all T steps, then DDIM samples with each step count up to T."""
+    yield from run.sample_table()
+    samples, seconds = timed(lambda: sampling.ddpm_sample(model, schedule, run.n, generator=run.generator()))
+    yield quality_row(f"DDPM {schedule.num_steps} steps", samples, seconds)
+    for count in [s for s in run.args.steps if s <= schedule.num_steps]:
+        samples, seconds = timed(lambda: sampling.ddim_sample(model, schedule, run.n, count,
+                                                              generator=run.generator()))
+        yield quality_row(f"DDIM {count} steps", samples, seconds)
+
+
+def guidance_rows(model: nn.Module, schedule: nn.Module, run: Evaluation) -> Iterator[str]:
+    """Class-conditional samples of the digits 0-9 in turn at each guidance weight."""
+    yield from run.sample_table()
+    labels = torch.arange(10, device=run.device).repeat((run.n + 9) // 10)[:run.n]
+    for guidance in run.args.guidance:
+        samples, seconds = timed(lambda: sampling.cfg_sample(model, schedule, labels, guidance,
+                                                             generator=run.generator()))
+        yield quality_row(f"guidance {guidance:g}", samples, seconds, labels)
+
+
+def flow_rows(model: nn.Module, schedule: nn.Module, run: Evaluation) -> Iterator[str]:
+    """Rectified-flow samples with each number of Euler steps."""
+    yield from run.sample_table()
+    for count in run.args.steps:
+        samples, seconds = timed(lambda: sampling.flow_sample(model, run.n, count, generator=run.generator()))
+        yield quality_row(f"flow {count} Euler steps", samples, seconds)
+
+
+# The rows of each training stage (every key of TRAINING_STAGES), printed under the stage's title line.
+STAGE_ROWS: dict[str, Callable[[nn.Module, nn.Module, Evaluation], Iterator[str]]] = {
+    "denoiser": psnr_rows, "ddpm": ddpm_rows, "cfg": guidance_rows, "flow": flow_rows}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder of `python -m course_lib train`")
     parser.add_argument("--mode", choices=MODES, help="budget the run was trained with, for T "
@@ -74,58 +141,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", nargs="+", type=float, default=list(DEFAULT_GUIDANCE))
     parser.add_argument("--psnr-images", type=int, default=1000, help="test digits for the denoiser's PSNR")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    mode = args.mode or course_mode()
-    device = pick_device()
+
+def references(args: argparse.Namespace, mode: str, device: torch.device) -> Evaluation:
+    """Print the run's line and the classifier's accuracy; the evaluation with the real digits' row."""
     n = args.num_samples
     test = DeviceImages.from_dataset(load_mnist(train=False), device, "unit")
     train = DeviceImages.from_dataset(load_mnist(train=True), device, "signed", n)
     print(f"Run {args.run} ({mode!r} budgets) on {device}; {n} samples per row, seed {args.seed}")
     print(f"Reference classifier: test accuracy {accuracy(load_classifier(device), *test.first(len(test))):.4f} "
           f"on {len(test)} test digits")
-    header = f"  {'sampler':<22}{'confidence':>11}{'FLD':>9}{'requested':>10}{'seconds':>10}"
     real_row = quality_row(f"real digits (N={len(train)})", train.first(len(train))[0], 0.0)
+    return Evaluation(args, device, real_row)
 
-    def generator():
-        return torch.Generator(device=device).manual_seed(args.seed)
 
+def evaluate_stage(stage: str, mode: str, run: Evaluation) -> None:
+    """The stage's title line and its rows, or a line saying that the run has no checkpoint of it."""
+    run_dir = run.args.run
+    loaded = load_stage(run_dir, stage, mode, run.device)
+    if loaded is None:
+        print(f"\n{stage}: no checkpoint in {run_dir / stage / 'checkpoints'}; skipped")
+        return
+    model, epoch = loaded
+    schedule = course_schedule(budget(stage, mode).num_steps).to(run.device)
+    uses_schedule = "schedule" in stages.get(stage).model.loss_inputs  # trained on the DDPM schedule: show its T
+    steps_text = f", T={schedule.num_steps}" if uses_schedule else ""
+    print(f"\n{stage} (epoch {epoch}, D={model.body.num_hiddens}{steps_text})")
+    for line in STAGE_ROWS[stage](model, schedule, run):
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = args.mode or course_mode()
+    run = references(args, mode, pick_device())
     for stage in args.stages:
-        loaded = load_stage(args.run, stage, mode, device)
-        if loaded is None:
-            print(f"\n{stage}: no checkpoint in {args.run / stage / 'checkpoints'}; skipped")
-            continue
-        model, epoch = loaded
-        schedule = budget(stage, mode).schedule().to(device)
-        steps = [s for s in args.steps if s <= schedule.num_steps]
-        steps_text = f", T={schedule.num_steps}" if stage in ("ddpm", "cfg") else ""
-        print(f"\n{stage} (epoch {epoch}, D={model.body.num_hiddens}{steps_text})")
-        if stage == "denoiser":
-            noisy = quality.denoiser_psnr(nn.Identity(), num_images=args.psnr_images, seed=args.seed, device=device)
-            denoised = quality.denoiser_psnr(model, num_images=args.psnr_images, seed=args.seed)
-            print(f"  {'sigma':>6}{'noisy PSNR':>12}{'denoised PSNR':>15}   (dB, {args.psnr_images} test digits)")
-            for sigma, value in denoised.items():
-                print(f"  {sigma:>6.1f}{noisy[sigma]:>12.2f}{value:>15.2f}")
-            continue
-        print(header)
-        print(real_row)
-        if stage == "ddpm":
-            samples, seconds = timed(lambda: sampling.ddpm_sample(model, schedule, n, generator=generator()))
-            print(quality_row(f"DDPM {schedule.num_steps} steps", samples, seconds))
-            for count in steps:
-                samples, seconds = timed(lambda: sampling.ddim_sample(model, schedule, n, count,
-                                                                      generator=generator()))
-                print(quality_row(f"DDIM {count} steps", samples, seconds))
-        elif stage == "cfg":
-            labels = torch.arange(10, device=device).repeat((n + 9) // 10)[:n]
-            for guidance in args.guidance:
-                samples, seconds = timed(lambda: sampling.cfg_sample(model, schedule, labels, guidance,
-                                                                     generator=generator()))
-                print(quality_row(f"guidance {guidance:g}", samples, seconds, labels))
-        else:
-            for count in args.steps:
-                samples, seconds = timed(lambda: sampling.flow_sample(model, n, count, generator=generator()))
-                print(quality_row(f"flow {count} Euler steps", samples, seconds))
+        evaluate_stage(stage, mode, run)
     return 0
 
 

@@ -6,7 +6,7 @@ times a slice of a training epoch in two ways, in one run on one machine:
   handout    torchvision MNIST through a DataLoader with ToTensor, fp32, noise drawn per batch
   course_lib the split resident on the device (course_lib.data.DeviceImages), the mixed-precision policy
              of course_lib.training (fp16 + GradScaler below compute capability 8, bf16 from 8 up, fp32
-             on the CPU), channels_last and cudnn.benchmark on CUDA, Adam of course_lib.training (fused on
+             on the CPU), channels_last and cudnn.benchmark on CUDA, Adam of course_lib.optimizers (fused on
              CUDA), optionally torch.compile of the model (--compile) and the captured step of
              course_lib.training.train (--capture, on by default on CUDA: the loss compiled with
              mode="reduce-overhead", i.e. CUDA graphs; compile times reported apart from the steady state)
@@ -41,12 +41,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from course_lib import sampling
 from course_lib.data import DeviceImages, load_mnist
 from course_lib.host_syncs import HostSyncCounter, host_only
-from course_lib.noise import DDPMSchedule
+from course_lib.noise import DDPMSchedule, course_schedule
 from course_lib.runtime import autocast_dtype, pick_device
-from course_lib.stages import budget, build_model, stage_loss, value_range
-from course_lib.training import TrainStep, make_optimizer
+from course_lib.optimizers import make_optimizer
+from course_lib.stages import TRAINING_STAGES, budget, build_model, stage_loss, value_range
+from course_lib.train_step import TrainStep
 
-STAGES = ("denoiser", "ddpm", "cfg")
+# Timed unless --stages says otherwise: the assignment's three trainings (its 5 + 20 + 20 epochs, the budget of the
+# 6-minute goal). Flow trains stage 3's UNet at ddpm's width and batch, so by default it would time the same network
+# again; it stays a choice of --stages.
+DEFAULT_STAGES = tuple(key for key in TRAINING_STAGES if key != "flow")
 TRAIN_IMAGES = 60_000
 T4_PEAK_TFLOPS = {"fp32": 8.1, "fp16": 65.0}
 # Dense peak TFLOP/s (fp32, and the autocast dtype's tensor-core rate) of common GPUs, by a name fragment
@@ -101,7 +105,7 @@ def training_flops_per_image(stage: str, width: int) -> float:
     """
     stage_budget = budget(stage, "full")
     model = build_model(stage, _with_width(stage_budget, width))
-    schedule = stage_budget.schedule()
+    schedule = course_schedule(stage_budget.num_steps)
     images = torch.rand(2, 1, 28, 28)
     labels = torch.arange(2)
     counter = FlopCounterMode(display=False)
@@ -183,7 +187,7 @@ def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: in
     dataset.transform = ToTensor()
     loader = iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers))
     model = build_model(stage, _with_width(stage_budget, width)).to(device).train()
-    schedule = stage_budget.schedule().to(device)
+    schedule = course_schedule(stage_budget.num_steps).to(device)
     loss_fn = stage_loss(stage, schedule)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage_budget.learning_rate)
     signed = value_range(stage) == "signed"
@@ -208,14 +212,15 @@ def handout_loop(stage: str, width: int, batch_size: int, warmup: int, steps: in
 
 def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps: int, device: torch.device,
                     compile_model: bool, channels_last: bool, capture: bool = False) -> Timing:
-    """course_lib's path: resident data, course_lib.training's precision policy and Adam, channels_last, optional
-    compile of the model, optional capture of the step (course_lib.training.TrainStep, as train() does)."""
+    """course_lib's path: resident data, course_lib.training's precision policy, Adam of course_lib.optimizers,
+    channels_last, optional compile of the model, optional capture of the step (course_lib.train_step.TrainStep, as
+    train() does)."""
     stage_budget = budget(stage, "full")
     data = DeviceImages.from_dataset(load_mnist(train=True), device, value_range(stage))
     model = build_model(stage, _with_width(stage_budget, width)).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    schedule = stage_budget.schedule().to(device)
+    schedule = course_schedule(stage_budget.num_steps).to(device)
     loss_fn = stage_loss(stage, schedule)
     forward_model = torch.compile(model) if compile_model else model
     optimizer = make_optimizer(model.parameters(), stage_budget.learning_rate, device)
@@ -239,6 +244,26 @@ def course_lib_loop(stage: str, width: int, batch_size: int, warmup: int, steps:
     return _timed(step, batch_size, warmup, steps, device)
 
 
+def _unguided(model: torch.nn.Module, schedule: DDPMSchedule, device: torch.device):
+    """Sampling 40 digits with DDPM, as ``run(generator)``."""
+    def run(g):
+        return sampling.ddpm_sample(model, schedule, 40, generator=g, device=device)
+    return run
+
+
+def _guided(model: torch.nn.Module, schedule: DDPMSchedule, device: torch.device):
+    """Sampling the digits 0-9 four times each with classifier-free guidance 5, as ``run(generator)``."""
+    labels = torch.arange(10, device=device).repeat(4)
+
+    def run(g):
+        return sampling.cfg_sample(model, schedule, labels, 5.0, generator=g, device=device)
+    return run
+
+
+# The stages whose sampling is timed, and how each samples.
+SAMPLERS = {"ddpm": _unguided, "cfg": _guided}
+
+
 def sampling_seconds(width: int, num_steps: int, device: torch.device, compile_model: bool) -> dict[str, float]:
     """Seconds to sample 40 digits with ``num_steps`` DDPM steps: unguided and guided (2N forward passes).
 
@@ -246,17 +271,9 @@ def sampling_seconds(width: int, num_steps: int, device: torch.device, compile_m
     """
     schedule = DDPMSchedule(num_steps).to(device)
     results = {}
-    for name in ("ddpm", "cfg"):
+    for name, sampler in SAMPLERS.items():
         model = build_model(name, _with_width(budget(name, "full"), width)).to(device)
-        model = torch.compile(model) if compile_model else model
-        if name == "ddpm":
-            def run(g):
-                return sampling.ddpm_sample(model, schedule, 40, generator=g, device=device)
-        else:
-            labels = torch.arange(10, device=device).repeat(4)
-
-            def run(g):
-                return sampling.cfg_sample(model, schedule, labels, 5.0, generator=g, device=device)
+        run = sampler(torch.compile(model) if compile_model else model, schedule, device)
         run(torch.Generator(device=device).manual_seed(0))
         synchronize(device)
         started = time.perf_counter()
@@ -270,9 +287,9 @@ def _maybe(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="+", choices=TRAINING_STAGES, default=list(DEFAULT_STAGES))
     parser.add_argument("--steps", type=int, default=50, help="timed optimizer steps per loop (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default 5)")
     parser.add_argument("--width", type=int, help="D for every stage (default: the assignment's, 128 / 64)")
@@ -286,8 +303,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="DataLoader workers of the handout loop (default 0, as in the handout)")
     parser.add_argument("--sampling-steps", type=int, default=300, help="DDPM steps of the sampling timing")
     parser.add_argument("--cpu-peak-tflops", type=float, help="the CPU's fp32 peak, for the fraction-of-peak column")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+@dataclass
+class Setup:
+    """The device and what course_lib's path uses on it: the variants timed (label, compile, capture) and the peak
+    TFLOP/s of each path (``None``: unknown)."""
+
+    device: torch.device
+    channels_last: bool
+    variants: list[tuple[str, bool, bool]]
+    handout_peak: float | None
+    course_peak: float | None
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Pick the device, print its line and the table's header."""
     device = pick_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -304,39 +336,54 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'stage':<9}{'D':>4}{'batch':>6}  {'path':<19}{'images/s':>10}{'ratio':>7}{'startup s':>10}"
               f"{'GFLOP/img':>10}{'TFLOP/s':>9}{'% peak':>8}{'epoch s':>9}{'syncs/step':>11}{'GPU busy':>9}")
     print(header)
-    total_flops = 0.0
-    for stage in args.stages:
-        stage_budget = budget(stage, "full")
-        width = args.width or stage_budget.num_hiddens
-        batch_size = args.batch or stage_budget.batch_size
-        flops = training_flops_per_image(stage, width)
-        total_flops += training_flops_per_image(stage, stage_budget.num_hiddens) * stage_budget.epochs * TRAIN_IMAGES
-        rows = [("handout", handout_loop(stage, width, batch_size, args.warmup, args.steps, device, args.workers),
-                 peak_fp32)]
-        for label, compile_model, capture_step in variants:
-            rows.append((label, course_lib_loop(stage, width, batch_size, args.warmup, args.steps, device,
-                                                compile_model, channels_last, capture_step), course_peak))
-        baseline = rows[0][1].images_per_second
-        for label, timing, peak in rows:
-            tflops = flops * timing.images_per_second / 1e12
-            fraction = f"{100 * tflops / peak:.1f}" if peak else "n/a"
-            print(f"{stage:<9}{width:>4}{batch_size:>6}  {label:<19}{timing.images_per_second:>10.0f}"
-                  f"{timing.images_per_second / baseline:>7.2f}{timing.startup_seconds:>10.1f}"
-                  f"{flops / 1e9:>10.3f}{tflops:>9.3f}{fraction:>8}"
-                  f"{timing.startup_seconds + TRAIN_IMAGES / timing.images_per_second:>9.0f}"
-                  f"{_maybe(timing.syncs_per_step, '.1f'):>11}{_maybe(timing.gpu_busy, '.0%'):>9}", flush=True)
+    return Setup(device, channels_last, variants, peak_fp32, course_peak)
 
-    print(f"\nFull budget ({' + '.join(str(budget(s, 'full').epochs) for s in args.stages)} epochs of "
+
+def time_stage(stage: str, args: argparse.Namespace, bench: Setup) -> float:
+    """Time the handout loop and each variant of course_lib's path on ``stage``, print their rows, and return the
+    FLOPs of the stage's full budget at the assignment's width."""
+    stage_budget = budget(stage, "full")
+    width = args.width or stage_budget.num_hiddens
+    batch_size = args.batch or stage_budget.batch_size
+    flops = training_flops_per_image(stage, width)
+    full_budget_flops = training_flops_per_image(stage, stage_budget.num_hiddens) * stage_budget.epochs * TRAIN_IMAGES
+    rows = [("handout", handout_loop(stage, width, batch_size, args.warmup, args.steps, bench.device, args.workers),
+             bench.handout_peak)]
+    for label, compile_model, capture_step in bench.variants:
+        rows.append((label, course_lib_loop(stage, width, batch_size, args.warmup, args.steps, bench.device,
+                                            compile_model, bench.channels_last, capture_step), bench.course_peak))
+    baseline = rows[0][1].images_per_second
+    for label, timing, peak in rows:
+        tflops = flops * timing.images_per_second / 1e12
+        fraction = f"{100 * tflops / peak:.1f}" if peak else "n/a"
+        print(f"{stage:<9}{width:>4}{batch_size:>6}  {label:<19}{timing.images_per_second:>10.0f}"
+              f"{timing.images_per_second / baseline:>7.2f}{timing.startup_seconds:>10.1f}"
+              f"{flops / 1e9:>10.3f}{tflops:>9.3f}{fraction:>8}"
+              f"{timing.startup_seconds + TRAIN_IMAGES / timing.images_per_second:>9.0f}"
+              f"{_maybe(timing.syncs_per_step, '.1f'):>11}{_maybe(timing.gpu_busy, '.0%'):>9}", flush=True)
+    return full_budget_flops
+
+
+def print_full_budget(stages: list[str], total_flops: float) -> None:
+    """The FLOPs of the stages' full budgets and their time on a T4."""
+    print(f"\nFull budget ({' + '.join(str(budget(s, 'full').epochs) for s in stages)} epochs of "
           f"{TRAIN_IMAGES:,} images, at the assignment's widths): {total_flops / 1e15:.2f} PFLOP of training")
     for precision, peak in T4_PEAK_TFLOPS.items():
         print(f"  T4 at 100% of its {precision} peak ({peak} TFLOP/s): {total_flops / peak / 1e12:.0f} s; "
               f"at 30%: {total_flops / (0.3 * peak) / 1e12:.0f} s")
-    if set(args.stages) == set(STAGES):
+    if set(stages) == set(DEFAULT_STAGES):
         print("  (the course's 6-minute goal needs "
               f"{100 * total_flops / 360 / (T4_PEAK_TFLOPS['fp16'] * 1e12):.0f}% of the T4's fp16 peak)")
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = setup(args)
+    total_flops = sum(time_stage(stage, args, bench) for stage in args.stages)
+    print_full_budget(args.stages, total_flops)
+
     width = args.width or budget("ddpm", "full").num_hiddens
-    seconds = sampling_seconds(width, args.sampling_steps, device, compile_model=False)
+    seconds = sampling_seconds(width, args.sampling_steps, bench.device, compile_model=False)
     print(f"\nSampling 40 digits, {args.sampling_steps} DDPM steps, D={width}: "
           f"unguided {seconds['ddpm']:.2f} s, guided (batch 2x40) {seconds['cfg']:.2f} s")
     return 0
