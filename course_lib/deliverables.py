@@ -1,7 +1,8 @@
 """The figures the command line saves for each trained stage (``python -m course_lib train``).
 
-Each training stage's registry entry (:mod:`course_lib.stages`) names its function here (``Model.figures``);
-every one is ``figures(trained, generator, data_root) -> {file name: Figure}``.
+Each training stage's entry (:mod:`course_lib.stages`) names its function here (``Model.figures``);
+every one is ``figures(trained, generator, data_root) -> {file name: Figure}`` and samples with the stage's own
+sampler (``Model.sampler``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from . import plots
 from .data import DeviceImages, load_mnist
 from .noise import add_noise
 from .runs import TrainedStage
-from .sampling import cfg_sample, ddpm_sample, flow_sample
+from .stages import get
 
 
 def denoised_digits(trained: TrainedStage, generator: torch.Generator,
@@ -36,19 +37,19 @@ def denoised_digits(trained: TrainedStage, generator: torch.Generator,
 
 def ddpm_samples(trained: TrainedStage, generator: torch.Generator, data_root=None) -> dict[str, plt.Figure]:
     """40 samples of the DDPM (all T steps)."""
-    samples = ddpm_sample(trained.model, trained.schedule, 40, generator)
+    samples = get(trained.stage).model.sampler()(trained.model, trained.schedule, 40, generator)
     return {"samples.png": plots.show_images(samples, "DDPM samples", value_range="signed")}
 
 
 def guided_samples(trained: TrainedStage, generator: torch.Generator, data_root=None) -> dict[str, plt.Figure]:
     """Four guided samples (guidance 5) of every digit."""
     labels = torch.arange(10, device=generator.device).repeat(4)
-    samples = cfg_sample(trained.model, trained.schedule, labels, 5.0, generator)
+    samples = get(trained.stage).model.sampler()(trained.model, trained.schedule, labels, 5.0, generator)
     return {"samples.png": plots.plot_digit_samples(samples, labels, "Guided samples (guidance 5), 4 per digit")}
 
 
 def flow_samples(trained: TrainedStage, generator: torch.Generator, data_root=None) -> dict[str, plt.Figure]:
     """40 samples of the rectified flow (50 Euler steps)."""
-    samples = flow_sample(trained.model, 40, 50, generator)
+    samples = get(trained.stage).model.sampler()(trained.model, 40, 50, generator)
     return {"samples.png": plots.show_images(samples, "Rectified-flow samples (50 Euler steps)",
                                              value_range="signed")}

@@ -195,3 +195,24 @@ def test_a_left_out_answer_says_so_when_called(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "leaves out the reference answers of stage 'noising'" in result.stdout, result.stderr
+
+
+def test_each_stage_entry_reaches_its_model_loss_sampler_and_modules():
+    """A Stage carries everything about its stage: the model's class, loss and (checked) sampler come from its
+    answers and api, and its modules are its own package's files."""
+    from course_lib import deliverables
+    from course_lib.stages import STAGES
+
+    for stage in STAGES:
+        assert stage.checks.__name__ == f"{stage.package}.checks"
+        assert stage.answers.__name__ == f"{stage.package}.answers"
+        assert stage.reference.__name__ == f"{stage.package}.reference"
+        if stage.model is None:
+            continue
+        assert isinstance(stage.model.builder(), type) and callable(stage.model.loss())
+        assert stage.model.loss() is getattr(stage.answers, stage.model.loss().__name__)
+        assert callable(getattr(deliverables, stage.model.figures))
+        if stage.model.sampler is not None:
+            sampler = stage.model.sampler()
+            assert sampler is getattr(stage.api, sampler.__name__) and sampler.__module__ == f"{stage.package}.api"
+    assert [stage.key for stage in STAGES if stage.model is not None and stage.model.sampler is None] == ["denoiser"]

@@ -71,14 +71,15 @@ def diffusion_budgets(**quick) -> dict[str, StageBudget]:
 
 @dataclass(frozen=True)
 class Model:
-    """The model a stage trains. ``builder``, ``loss`` and ``sampler`` return an answer when called (so the entry
+    """The model a stage trains. ``builder``, ``loss`` and ``sampler`` return what they name when called (so the entry
     imports without the answers).
 
     Attributes:
         builder: returns the network class, built as ``cls(num_hiddens=D)``.
         loss: returns the training objective, called as ``loss(model, *inputs, generator=g)``.
         loss_inputs: the loss's arguments after the model, by name: ``"images"``, ``"labels"``, ``"schedule"``.
-        sampler: returns what draws new images from the trained model (``None`` for the one-step denoiser).
+        sampler: returns the stage's public, checked sampler (its ``api``), which draws new images from the trained
+            model, e.g. ``ddpm_sample`` (``None`` for the one-step denoiser).
         value_range: ``"unit"`` (images in [0, 1]) or ``"signed"`` ([-1, 1]).
         figures: the name of the function of :mod:`course_lib.deliverables` that draws the trained model's figures.
     """

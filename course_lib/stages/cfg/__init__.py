@@ -9,6 +9,6 @@ STAGE = Stage(
      "cfg_loss": ("class_conditional_loss",), "guided_eps": ("guided_eps",), "cfg_sample": ("cfg_sample",)},
     classes=("ClassConditionalUNet",),
     model=Model(builder=lambda: STAGE.answers.ClassConditionalUNet, loss=lambda: STAGE.answers.class_conditional_loss,
-                loss_inputs=("images", "labels", "schedule"), sampler=lambda: STAGE.answers.cfg_sample,
+                loss_inputs=("images", "labels", "schedule"), sampler=lambda: STAGE.api.cfg_sample,
                 value_range="signed", figures="guided_samples"),
     budgets=diffusion_budgets(num_steps=50))

@@ -9,6 +9,6 @@ STAGE = Stage(
      "ddpm_step": ("ddpm_step",), "ddpm_sample": ("ddpm_sample",)},
     classes=("FCBlock", "TimeConditionalUNet"),
     model=Model(builder=lambda: STAGE.answers.TimeConditionalUNet, loss=lambda: STAGE.answers.ddpm_loss,
-                loss_inputs=("images", "schedule"), sampler=lambda: STAGE.answers.ddpm_sample, value_range="signed",
+                loss_inputs=("images", "schedule"), sampler=lambda: STAGE.api.ddpm_sample, value_range="signed",
                 figures="ddpm_samples"),
     budgets=diffusion_budgets(num_steps=50))

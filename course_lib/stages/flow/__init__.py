@@ -8,6 +8,6 @@ STAGE = Stage(
     "flow", "05_flow", "Rectified flow", __name__, ("noising", "denoiser", "ddpm"),
     {"flow_loss": ("flow_loss",), "flow_sample": ("flow_sample",)},
     model=Model(builder=lambda: ddpm.STAGE.answers.TimeConditionalUNet, loss=lambda: STAGE.answers.flow_loss,
-                loss_inputs=("images",), sampler=lambda: STAGE.answers.flow_sample, value_range="signed",
+                loss_inputs=("images",), sampler=lambda: STAGE.api.flow_sample, value_range="signed",
                 figures="flow_samples"),
     budgets=diffusion_budgets())
