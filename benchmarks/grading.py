@@ -2,8 +2,11 @@
 
 Grades ``--copies`` copies of the three built-in demo submissions (solutions, untouched, deliberate mistakes;
 see ``autograder.demo``) in quick mode on the CPU and prints one row per job count: wall time, seconds per
-student (wall / students) and the mean time one student's five notebooks took to run, added up (what a single
-student costs on one process), with the sandbox on (``--no-sandbox``: off).
+student (wall / students) and the mean time one student's notebooks took to run, added up (what a single
+student costs on one process), with the sandbox on (``--no-sandbox``: off). Then, for the first job count: the fixed
+cost per notebook (from its arrival at a worker to the start of its first cell: scratch folder, kernel and sandbox
+start, imports), every notebook's kernel time by student and stage, phase 2 per notebook, and (unless
+``--no-plain``) each solved notebook's grading time against a plain ``jupyter nbconvert --execute`` of it here.
 
 The ``sandbox s/nb`` column is what the bubblewrap sandbox adds to one notebook: the time to start a kernel,
 import torch and matplotlib in it and shut it down, in the sandbox minus without, the median over
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,6 +113,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="times each mode grades the class, taking turns (default 1; medians are compared)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES))
     parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR)
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip the comparison with plain `jupyter nbconvert --execute` of the solved notebooks")
     args = parser.parse_args(argv)
     if args.copies < 1 or args.rounds < 1:
         parser.error(f"--copies and --rounds must be >= 1, got {args.copies} and {args.rounds}")
@@ -115,18 +122,20 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def grade_rounds(args: argparse.Namespace, root: Path, submissions: Path, students: int,
-                 cost: float) -> dict | None:
+                 cost: float) -> tuple[dict, dict] | None:
     """Grade the class ``--rounds`` times in each mode (job counts, then the Dask cluster), printing a row per
-    grading; the wall times of each mode, or ``None`` after printing the tables when two modes' grades differ."""
+    grading; the wall times of each mode and the per-notebook results of its last round, or ``None`` after printing
+    the tables when two modes' grades differ."""
     modes = [*args.jobs, *([args.dask] if args.dask else [])]
-    walls, tables = {mode: [] for mode in modes}, {}
+    walls, tables, notebooks = {mode: [] for mode in modes}, {}, {}
     for _ in range(args.rounds):  # the modes take turns, so that a busy spell of the machine hits them alike
         for mode in modes:
             (root / "executed" / "index.json").unlink(missing_ok=True)  # --dask: execute everything again
             options = GradingOptions(jobs=mode if isinstance(mode, int) else 1, sandbox=not args.no_sandbox)
+            notebooks[mode] = []
             started = time.perf_counter()
             table, runs = grade(submissions, root, args.stages, options, args.solutions,
-                                dask=None if isinstance(mode, int) else mode)
+                                dask=None if isinstance(mode, int) else mode, progress=notebooks[mode].append)
             wall = time.perf_counter() - started
             walls[mode].append(wall)
             alone = sum(run["seconds"] for run in runs) / len(runs)
@@ -136,7 +145,7 @@ def grade_rounds(args: argparse.Namespace, root: Path, submissions: Path, studen
                 print(f"The grades of {mode} differ:\n{next(iter(tables.values())).format()}\n{table.format()}")
                 return None
             tables[mode] = table
-    return walls
+    return walls, notebooks
 
 
 def print_dask_overhead(args: argparse.Namespace, walls: dict, notebooks: int) -> None:
@@ -161,6 +170,60 @@ def time_scoring(root: Path, stages) -> None:
           f"{scoring / notebooks:.2f} s per notebook")
 
 
+def spread(values: list[float]) -> str:
+    """``median (min to max)`` of ``values``, in seconds."""
+    return f"{statistics.median(values):.2f} s ({min(values):.2f} to {max(values):.2f})"
+
+
+def print_fixed_cost(mode, results: list[dict]) -> None:
+    """The fixed cost of a notebook: from its arrival at a worker to the start of its first cell."""
+    fixed = [result["first_cell_seconds"] for result in results if result.get("first_cell_seconds") is not None]
+    if fixed:
+        print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}: {spread(fixed)} over {len(fixed)} "
+              "notebooks")
+
+
+def print_kernel_time_per_stage(mode, results: list[dict], stages) -> None:
+    """Seconds each notebook took to run, by student and stage, and each student's total."""
+    seconds = {(result["student"], result["stage"]): result["seconds"] for result in results}
+    students = sorted({student for student, _ in seconds})
+    print(f"Kernel time per notebook (s), jobs {mode}:")
+    print(f"  {'student':<14}" + "".join(f"{stage:>18}" for stage in stages) + f"{'total':>8}")
+    for student in students:
+        row = [seconds.get((student, stage), float("nan")) for stage in stages]
+        print(f"  {student:<14}" + "".join(f"{value:>18.1f}" for value in row) + f"{sum(row):>8.1f}")
+
+
+def plain_seconds(notebook: Path, threads: int) -> float:
+    """Seconds ``jupyter nbconvert --to notebook --execute`` takes to run ``notebook`` here: quick mode, no sandbox,
+    no grading, ``threads`` torch threads (what a ``--jobs`` kernel gets)."""
+    env = {**os.environ, "COURSE_MODE": "quick", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / notebook.name
+        shutil.copy2(notebook, copy)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                        "--ExecutePreprocessor.timeout=600", str(copy)], cwd=folder, env=env, check=True,
+                       capture_output=True)
+        return time.perf_counter() - started
+
+
+def print_plain_ratio(mode, results: list[dict], submissions: Path, stages) -> None:
+    """Grading a solved notebook against running it plainly with ``jupyter nbconvert --execute``, per stage."""
+    graded = {result["stage"]: result["seconds"] for result in results if result["student"].startswith("solutions")}
+    threads = max(1, (os.cpu_count() or 1) // mode)
+    ratios = []
+    for stage in stages:
+        folder = next(path for path in sorted(submissions.iterdir()) if path.name.startswith("solutions"))
+        plain = plain_seconds(folder / stage / f"{stage}.ipynb", threads)
+        ratios.append(graded[stage] / plain)
+        print(f"  {stage:<18} graded {graded[stage]:>5.1f} s, nbconvert --execute {plain:>5.1f} s: "
+              f"{ratios[-1]:.2f}x")
+    print(f"Grading / plain execution of the solved notebooks, jobs {mode}: {statistics.median(ratios):.2f}x "
+          f"(median over {len(stages)} stages)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     nan = float("nan")
@@ -177,11 +240,17 @@ def main(argv=None) -> int:
         print(f"{students} students x {len(args.stages)} notebooks, quick mode, CPU, "
               f"{'no sandbox' if args.no_sandbox else 'sandboxed'}")
         print(f"{'jobs':>4}  {'wall s':>7}  {'s/student':>9}  {'run s/student':>13}  {'sandbox s/nb':>12}")
-        walls = grade_rounds(args, root, submissions, students, cost)
-        if walls is None:
+        graded = grade_rounds(args, root, submissions, students, cost)
+        if graded is None:
             return 1
+        walls, notebooks = graded
         print_dask_overhead(args, walls, students * len(args.stages))
+        mode = args.jobs[0]
+        print_fixed_cost(mode, notebooks[mode])
+        print_kernel_time_per_stage(mode, notebooks[mode], args.stages)
         time_scoring(root, args.stages)
+        if args.plain:
+            print_plain_ratio(mode, notebooks[mode], submissions, args.stages)
     return 0
 
 

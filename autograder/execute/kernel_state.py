@@ -54,7 +54,10 @@ def restore() -> None:
     torch.set_default_dtype(_saved["default_dtype"])
     if torch.get_num_threads() != _saved["num_threads"]:
         torch.set_num_threads(_saved["num_threads"])
-    torch.use_deterministic_algorithms(_saved["deterministic"], warn_only=_saved["deterministic_warn_only"])
+    determinism = (_saved["deterministic"], _saved["deterministic_warn_only"])
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != \
+            determinism:  # only when changed: its first call costs a second (it imports more of torch)
+        torch.use_deterministic_algorithms(determinism[0], warn_only=determinism[1])
     torch.set_grad_enabled(_saved["grad_enabled"])
     torch.autograd.set_detect_anomaly(_saved["anomaly"])
     torch.backends.cudnn.deterministic = _saved["cudnn_deterministic"]

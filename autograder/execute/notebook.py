@@ -184,11 +184,14 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
     importing from ``python_path`` (:func:`kernel_python_path`) before the environment.
 
-    Returns ``{"student", "stage", "seconds", "problem"}``; ``problem`` is ``None`` unless a cell was
-    interrupted, the run stopped early (kernel died, notebook time limit) or nbgrader could not process it.
+    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "problem"}``; ``first_cell_seconds`` is the
+    notebook's fixed cost, from its arrival here to the start of its first cell (``None`` when no cell ran);
+    ``problem`` is ``None`` unless a cell was interrupted, the run stopped early (kernel died, notebook time limit)
+    or nbgrader could not process it.
     """
     root = Path(root)
-    started = time.perf_counter()
+    started, arrived_at = time.perf_counter(), time.time()
+    first_cell_at = None
     scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / SUBMITTED / student).mkdir(parents=True)
@@ -210,6 +213,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
+        first_cell_at = record.get("first_cell_at")
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
         notes += [f"stopped {stop['cell']} after {stop['seconds']} s and skipped it: {stop['reason']}"
@@ -217,4 +221,5 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         notes += [record["problem"]] if record.get("problem") else []
         problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
-    return {"student": student, "stage": stage, "seconds": time.perf_counter() - started, "problem": problem}
+    return {"student": student, "stage": stage, "seconds": time.perf_counter() - started,
+            "first_cell_seconds": None if first_cell_at is None else first_cell_at - arrived_at, "problem": problem}

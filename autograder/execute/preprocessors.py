@@ -162,7 +162,8 @@ class GuardedExecute(Execute):
 
     The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``),
     ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position) and ``stopped``
-    (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped).
+    (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped) and
+    ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run).
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
@@ -182,12 +183,13 @@ class GuardedExecute(Execute):
         self._problem = None
         self._timed_out = []
         self._stopped = []
+        self._first_cell_at = None  # wall clock when the first cell started: the notebook's fixed cost ends there
         self._not_replayed = set()  # indices of the code cells a replacement kernel must not run again
         self._deadline = time.monotonic() + self.notebook_timeout
         self.iopub_timeout = max(1, round(self.interrupt_grace))
         nb, resources = super().preprocess(nb, resources, km)
         nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out,
-                                     "stopped": self._stopped}
+                                     "stopped": self._stopped, "first_cell_at": self._first_cell_at}
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
@@ -203,6 +205,8 @@ class GuardedExecute(Execute):
         position = 1 + sum(not other.metadata.get(INJECTED) for other in self.nb.cells[:index])
         name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {position}"
         started = time.monotonic()
+        if self._first_cell_at is None and cell.cell_type == "code":
+            self._first_cell_at = time.time()
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except CellTimeoutError:  # the interrupt did not stop it within iopub_timeout (interrupt_grace) s
