@@ -13,7 +13,7 @@ from .execute.options import GradingOptions
 from .execute.pool import execute_all
 from .execute.resume import EXECUTED, INDEX
 from .execute.sandbox import SandboxUnavailableError, sandbox_unavailable
-from .score.gradebook import score_all
+from .score.gradebook import score_all, scoring_processes
 from .score.report import GradeTable, read_grade_table
 from .score.run_record import read_run_record, with_earlier_rows, write_run_record
 
@@ -88,8 +88,9 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
 
     The order is a guarantee: phase 1 returns only when every notebook's kernel is gone (and, with ``jobs``, the
     worker processes too); only then does this process write: the gradebook and the graded copies (phase 2,
-    :func:`~autograder.score.gradebook.score_all`, one notebook at a time, a failure costing only that notebook, which
-    then scores 0 whatever an earlier run left in the gradebook), then the CSV and the run's record
+    :func:`~autograder.score.gradebook.score_all`, here or, for a large class, converted on ``jobs`` processes with
+    this one alone writing the gradebook; a failure costs only that notebook, which then scores 0 whatever an earlier
+    run left in the gradebook), then the CSV and the run's record
     (:mod:`autograder.score.run_record`, for ``report`` and ``export``), atomically.
 
     Raises:
@@ -111,7 +112,9 @@ def grade(submissions: Path, root: Path, stages=STAGES, options: GradingOptions 
     runs, seconds = _execute(root, work, options, dask, progress)
     for run in runs:
         problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
-    not_scored = score_all(root, stages, list(work) if students else None)
+    notebooks = sum(len(stages_of) for stages_of in work.values())
+    not_scored = score_all(root, stages, list(work) if students else None,
+                           jobs=scoring_processes(notebooks, options.jobs))
     problems.update(not_scored)
     table = read_grade_table(root, stages, collection, problems, not_run | set(not_scored), sandboxed=options.sandbox)
     if earlier is not None:

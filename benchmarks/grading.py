@@ -23,8 +23,8 @@ starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in
 checks that both give the same grades. With ``--rounds R`` the modes take turns R times and the medians of
 rounds 2 to R are compared. On a shared machine one run's wall time can be off by a third or more, and the
 first round was the slowest one in each of the four runs made here, whichever mode went first.
-The last line times phase 2 alone (scoring every executed notebook into the gradebook, which one process does
-after phase 1 whatever ran phase 1), per notebook.
+Phase 2 alone (scoring every executed notebook into the gradebook, after phase 1 whatever ran phase 1) is timed per
+notebook in one process and on the largest job count's processes (one writer).
 """
 
 from __future__ import annotations
@@ -160,14 +160,16 @@ def print_dask_overhead(args: argparse.Namespace, walls: dict, notebooks: int) -
               "cluster start included")
 
 
-def time_scoring(root: Path, stages) -> None:
-    """Phase 2 alone: scoring every executed notebook into the gradebook, per notebook."""
+def time_scoring(root: Path, stages, jobs: int) -> None:
+    """Phase 2 alone: scoring every executed notebook into the gradebook, per notebook, in one process and (for
+    ``jobs`` > 1) converted on ``jobs`` processes with this one writing."""
     notebooks = len(list((root / "executed").glob("*/*/*.ipynb")))
-    started = time.perf_counter()
-    score_all(root, tuple(stages))
-    scoring = time.perf_counter() - started
-    print(f"Phase 2 (scoring into the gradebook, this process alone): {scoring:.1f} s for {notebooks} notebooks, "
-          f"{scoring / notebooks:.2f} s per notebook")
+    for processes in sorted({1, jobs}):
+        started = time.perf_counter()
+        score_all(root, tuple(stages), jobs=processes)
+        scoring = time.perf_counter() - started
+        print(f"Phase 2 (scoring into the gradebook) on {processes} process{'es' if processes > 1 else ''}: "
+              f"{scoring:.1f} s for {notebooks} notebooks, {scoring / notebooks:.3f} s per notebook")
 
 
 def spread(values: list[float]) -> str:
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
         mode = args.jobs[0]
         print_fixed_cost(mode, notebooks[mode])
         print_kernel_time_per_stage(mode, notebooks[mode], args.stages)
-        time_scoring(root, args.stages)
+        time_scoring(root, args.stages, max(args.jobs))
         if args.plain:
             print_plain_ratio(mode, notebooks[mode], submissions, args.stages)
     return 0

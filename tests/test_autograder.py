@@ -24,6 +24,7 @@ from autograder.execute.notebook import executed_path
 from autograder.execute.options import GradingOptions
 from autograder.execute.sandbox import sandbox_unavailable
 from autograder.execute.submitted_outputs import SUBMITTED_MARKER
+from scoring_helpers import gradebook_scores, graded_copies, rescored
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -634,3 +635,25 @@ def test_release_writes_a_course_config_that_nbgraders_own_apps_read(course, mon
     app = NbGrader()
     app.load_config_file()
     assert app.config.CourseDirectory.db_url == expected.CourseDirectory.db_url
+
+
+def test_scoring_on_several_processes_gives_what_one_process_gives(graded, tmp_path):
+    """The class was scored in one process (too few notebooks for more); scoring the same executed notebooks on two
+    processes with one writer gives the same gradebook, graded copies and grades.csv, problems (dead kernels,
+    timeouts, a notebook that cannot be scored) included."""
+    from autograder.collect import Limits
+    from autograder.score.report import read_grade_table
+
+    course, submissions, table, _, runs = graded
+    copy, not_scored = rescored(course, tmp_path / "course", STAGES, jobs=2)
+    assert gradebook_scores(copy) == gradebook_scores(course)
+    assert graded_copies(copy) == graded_copies(course)
+    assert set(not_scored) == {("garbled", STAGE)}
+    collection = collect_submissions(submissions, copy, STAGES, Limits())
+    problems = dict(collection.problems)
+    not_run = set(problems)
+    for run in runs:
+        problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
+    problems.update(not_scored)
+    parallel = read_grade_table(copy, STAGES, collection, problems, not_run | set(not_scored), sandboxed=SANDBOXED)
+    assert parallel.write_csv(tmp_path / "grades.csv").read_text() == (course / "grades.csv").read_text()

@@ -15,6 +15,7 @@ import pytest
 
 from autograder.course import REPO_ROOT, STAGES
 from autograder.demo import MISTAKES
+from scoring_helpers import gradebook_scores, graded_copies, rescored
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -58,6 +59,10 @@ def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
     for stage in MISTAKES:  # each planted mistake costs points in its own stage
         assert float(rows["mistakes"][stage]) < float(rows["solutions"][stage])
     _assert_the_report_finds_each_planted_mistake(course)
+    # scored in one process (18 notebooks); two processes with one writer give the same gradebook and graded copies
+    copy, not_scored = rescored(course, tmp_path / "scored-on-two-processes", STAGES, jobs=2)
+    assert not not_scored
+    assert gradebook_scores(copy) == gradebook_scores(course) and graded_copies(copy) == graded_copies(course)
 
     pages = _autograder("feedback", "--course", str(course))
     assert pages.returncode == 0, pages.stderr[-3000:]

@@ -1,10 +1,11 @@
 """Phase 2 of grading: the one writer of the gradebook.
 
-nbgrader's ``Autograde`` again, in the main process and with no kernel, reading ``executed/`` (what phase 1,
+nbgrader's ``Autograde`` again, with no kernel, reading ``executed/`` (what phase 1,
 :mod:`autograder.execute`, left) instead of ``collected/``, with execution switched off: it writes scores into
 ``<root>/gradebook.db`` and the graded notebooks into ``<root>/autograded/``, exactly as a plain
-``nbgrader autograde`` would. It runs only once every kernel of phase 1 has ended (several ``nbgrader autograde``
-processes on one gradebook would write the same SQLite file at once).
+``nbgrader autograde`` would. It runs only once every kernel of phase 1 has ended. In one process, or converted on
+several (``jobs``) while this process alone writes the gradebook (:mod:`autograder.score.parallel`): several
+``nbgrader autograde`` processes on one gradebook would write the same SQLite file at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..execute.notebook import run_autograde
 from ..execute.resume import EXECUTED
 
 
-def _score_config(root: Path):
+def score_config(root: Path):
+    """The config of phase 2's ``Autograde``: no kernel, ``executed/`` as the submitted folder, scores saved."""
     from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
                                         LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
@@ -32,17 +34,35 @@ def _score_config(root: Path):
     return config
 
 
-def score_all(root: Path, stages: tuple[str, ...], only: list[str] | None = None) -> dict[tuple[str, str], str]:
+#: notebooks per process from which scoring on several processes pays for their start (about 4 s each, importing
+#: nbgrader and scoring a first notebook) on this project's machine: measured in benchmarks/grading.py
+NOTEBOOKS_PER_SCORING_PROCESS = 40
+
+
+def scoring_processes(notebooks: int, jobs: int) -> int:
+    """How many processes phase 2 uses for ``notebooks`` with ``jobs`` allowed: 1 for a small class."""
+    return max(1, min(jobs, notebooks // NOTEBOOKS_PER_SCORING_PROCESS))
+
+
+def score_all(root: Path, stages: tuple[str, ...], only: list[str] | None = None,
+              jobs: int = 1) -> dict[tuple[str, str], str]:
     """Phase 2: write the scores of every executed notebook (of the students ``only``, when given) into the
-    gradebook; returns failures by (student, stage)."""
+    gradebook, in this process or, with ``jobs`` > 1, converted on ``jobs`` processes and written here
+    (:mod:`autograder.score.parallel`); returns failures by (student, stage)."""
     quiet_nbgrader()
-    config = _score_config(Path(root))
+    executed = Path(root) / EXECUTED
+    tasks = [(student, stage) for stage in stages
+             for student in sorted(path.parent.parent.name for path in executed.glob(f"*/{stage}/{stage}.ipynb"))
+             if only is None or student in only]
+    if jobs > 1 and len(tasks) > 1:
+        from .parallel import score_in_parallel
+
+        return score_in_parallel(Path(root), tasks, jobs)
+    config = score_config(Path(root))
     failures = {}
-    for stage in stages:
-        students = sorted(p.parent.parent.name for p in (Path(root) / EXECUTED).glob(f"*/{stage}/{stage}.ipynb"))
-        for student in [s for s in students if only is None or s in only]:
-            try:
-                run_autograde(config, stage, student)
-            except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
-                failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
+    for student, stage in tasks:
+        try:
+            run_autograde(config, stage, student)
+        except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
+            failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
     return failures
