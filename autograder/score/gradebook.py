@@ -12,30 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..course import nbgrader_config, quiet_nbgrader
+from ..course import quiet_nbgrader
 from ..execute.notebook import run_autograde
 from ..execute.resume import EXECUTED
-
-
-def score_config(root: Path):
-    """The config of phase 2's ``Autograde``: no kernel, ``executed/`` as the submitted folder, scores saved."""
-    from nbconvert.preprocessors import ClearMetadataPreprocessor
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
-                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
-
-    from ..execute.privacy import ScrubPersonalData
-
-    config = nbgrader_config(root)
-    config.CourseDirectory.submitted_directory = EXECUTED
-    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
-                                               CheckCellMetadata]
-    config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-                                                SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
-    return config
+from .config import score_config
 
 
 #: notebooks per process from which scoring on several processes pays for their start (about 4 s each, importing
-#: nbgrader and scoring a first notebook) on this project's machine: measured in benchmarks/grading.py
+#: nbgrader and scoring a first notebook) on this project's machine (benchmarks/README.md, "Phase 2 on several
+#: processes")
 NOTEBOOKS_PER_SCORING_PROCESS = 40
 
 

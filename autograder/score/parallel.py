@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..course import quiet_nbgrader
 from ..execute.notebook import WORK, run_autograde
+from .config import score_config
 
 SCORING = "scoring"  # under <root>/work/: the snapshot and the workers' copies of the gradebook
 _worker: dict = {}
@@ -32,8 +33,6 @@ def _set_up(root: str, snapshot: str) -> None:
     """
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
-
-    from .gradebook import score_config
 
     event.listen(Engine, "connect", lambda connection, _: connection.execute("PRAGMA synchronous=OFF"))
     quiet_nbgrader()

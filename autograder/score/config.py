@@ -1,0 +1,25 @@
+"""The nbgrader configuration of phase 2 (scoring), shared by the one-process and the several-process scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..course import nbgrader_config
+from ..execute.resume import EXECUTED
+
+
+def score_config(root: Path):
+    """The config of phase 2's ``Autograde``: no kernel, ``executed/`` as the submitted folder, scores saved."""
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
+                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
+
+    from ..execute.privacy import ScrubPersonalData
+
+    config = nbgrader_config(root)
+    config.CourseDirectory.submitted_directory = EXECUTED
+    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                               CheckCellMetadata]
+    config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                                SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+    return config
