@@ -638,22 +638,26 @@ def test_release_writes_a_course_config_that_nbgraders_own_apps_read(course, mon
 
 
 def test_scoring_on_several_processes_gives_what_one_process_gives(graded, tmp_path):
-    """The class was scored in one process (too few notebooks for more); scoring the same executed notebooks on two
-    processes with one writer gives the same gradebook, graded copies and grades.csv, problems (dead kernels,
-    timeouts, a notebook that cannot be scored) included."""
+    """Scoring the class's executed notebooks again in one process and on two processes with one writer (each in a
+    copy of the course, so that the other tests' changes do not matter) gives the same gradebook, graded copies and
+    grades.csv, problems (dead kernels, timeouts, a notebook that cannot be scored) included."""
     from autograder.collect import Limits
     from autograder.score.report import read_grade_table
 
-    course, submissions, table, _, runs = graded
-    copy, not_scored = rescored(course, tmp_path / "course", STAGES, jobs=2)
-    assert gradebook_scores(copy) == gradebook_scores(course)
-    assert graded_copies(copy) == graded_copies(course)
-    assert set(not_scored) == {("garbled", STAGE)}
-    collection = collect_submissions(submissions, copy, STAGES, Limits())
-    problems = dict(collection.problems)
-    not_run = set(problems)
-    for run in runs:
-        problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
-    problems.update(not_scored)
-    parallel = read_grade_table(copy, STAGES, collection, problems, not_run | set(not_scored), sandboxed=SANDBOXED)
-    assert parallel.write_csv(tmp_path / "grades.csv").read_text() == (course / "grades.csv").read_text()
+    course, submissions, _, _, runs = graded
+    csv_files = []
+    for jobs in (1, 2):
+        copy, not_scored = rescored(course, tmp_path / f"jobs-{jobs}", STAGES, jobs=jobs)
+        assert set(not_scored) == {("garbled", STAGE)}
+        collection = collect_submissions(submissions, copy, STAGES, Limits())
+        problems = dict(collection.problems)
+        not_run = set(problems)
+        for run in runs:
+            problems.update({(run["student"], stage): reason for stage, reason in run["problems"].items()})
+        problems.update(not_scored)
+        table = read_grade_table(copy, STAGES, collection, problems, not_run | set(not_scored), sandboxed=SANDBOXED)
+        csv_files.append(table.write_csv(copy / "grades.csv").read_text())
+    one, two = tmp_path / "jobs-1", tmp_path / "jobs-2"
+    assert gradebook_scores(two) == gradebook_scores(one)
+    assert graded_copies(two) == graded_copies(one)
+    assert csv_files[1] == csv_files[0] and "garbled" in csv_files[0]
