@@ -37,6 +37,9 @@ def _running_options() -> argparse.ArgumentParser:
     running.add_argument("--no-sandbox", action="store_true",
                          help="run the notebooks without the bubblewrap sandbox, with your rights (trusted "
                               "notebooks only; the table and CSV say so)")
+    running.add_argument("--cold-kernels", action="store_true",
+                         help="start each notebook's kernel when the notebook arrives, rather than while the one "
+                              "before it runs (slower; to measure what warm kernels save)")
     return running
 
 
@@ -116,7 +119,8 @@ def _positive(option: str):
 
 def _options(args) -> GradingOptions:
     return GradingOptions(jobs=args.jobs, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
-                          memory_gb=args.memory_gb, max_processes=args.max_processes, sandbox=not args.no_sandbox)
+                          memory_gb=args.memory_gb, max_processes=args.max_processes, sandbox=not args.no_sandbox,
+                          warm_kernels=not args.cold_kernels)
 
 
 def _print_progress(result: dict) -> None:

@@ -123,6 +123,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
     config.GuardedExecute.sandbox = options.sandbox
+    config.GuardedExecute.warm_kernels = options.warm_kernels
     config.LimitedKernelManager.memory_gb = float(options.memory_gb)  # SandboxedKernelManager's too (a subclass)
     config.LimitedKernelManager.max_processes = options.max_processes
     config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
@@ -184,14 +185,16 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
     importing from ``python_path`` (:func:`kernel_python_path`) before the environment.
 
-    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "problem"}``; ``first_cell_seconds`` is the
-    notebook's fixed cost, from its arrival here to the start of its first cell (``None`` when no cell ran);
+    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "problem"}``;
+    ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first cell
+    (``None`` when no cell ran); ``warm_kernel``, whether it ran in a kernel started before it arrived
+    (:mod:`autograder.execute.warm_kernels`);
     ``problem`` is ``None`` unless a cell was interrupted, the run stopped early (kernel died, notebook time limit)
     or nbgrader could not process it.
     """
     root = Path(root)
     started, arrived_at = time.perf_counter(), time.time()
-    first_cell_at = None
+    first_cell_at, warm = None, False
     scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / SUBMITTED / student).mkdir(parents=True)
@@ -213,7 +216,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
-        first_cell_at = record.get("first_cell_at")
+        first_cell_at, warm = record.get("first_cell_at"), bool(record.get("warm_kernel"))
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
         notes += [f"stopped {stop['cell']} after {stop['seconds']} s and skipped it: {stop['reason']}"
@@ -222,4 +225,5 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
     return {"student": student, "stage": stage, "seconds": time.perf_counter() - started,
-            "first_cell_seconds": None if first_cell_at is None else first_cell_at - arrived_at, "problem": problem}
+            "first_cell_seconds": None if first_cell_at is None else first_cell_at - arrived_at,
+            "warm_kernel": warm, "problem": problem}

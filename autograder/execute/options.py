@@ -23,6 +23,8 @@ class GradingOptions:
             (0: no cap).
         max_processes: processes one kernel may run at once, itself included (0: no cap).
         sandbox: run every kernel in a bubblewrap sandbox (False: with this user's rights, as ``--no-sandbox``).
+        warm_kernels: with the sandbox, start each worker's next kernel and import torch and ``course_lib`` in it
+            while the current notebook runs (:mod:`autograder.execute.warm_kernels`; False: as ``--cold-kernels``).
     """
 
     jobs: int = 1
@@ -31,6 +33,7 @@ class GradingOptions:
     memory_gb: float = 8.0
     max_processes: int = 256
     sandbox: bool = True
+    warm_kernels: bool = True
 
     def __post_init__(self):
         if not isinstance(self.jobs, int) or self.jobs < 1:

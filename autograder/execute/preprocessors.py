@@ -163,11 +163,14 @@ class GuardedExecute(Execute):
     The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``),
     ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position) and ``stopped``
     (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped) and
-    ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run).
+    ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run) and
+    ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived).
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
     sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.execute.sandbox).").tag(config=True)
+    warm_kernels = Bool(False, help="With the sandbox: run the notebook in a kernel started and warmed while the "
+                                    "previous one ran (autograder.execute.warm_kernels).").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"
@@ -187,10 +190,25 @@ class GuardedExecute(Execute):
         self._not_replayed = set()  # indices of the code cells a replacement kernel must not run again
         self._deadline = time.monotonic() + self.notebook_timeout
         self.iopub_timeout = max(1, round(self.interrupt_grace))
-        nb, resources = super().preprocess(nb, resources, km)
+        warm = self._warm_kernel(nb, resources) if km is None else None
+        try:
+            nb, resources = super().preprocess(nb, resources, warm or km)
+        finally:
+            if warm is not None and self.km is not None:  # nbclient shuts down only the kernels it started
+                self._cleanup_kernel()
         nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out,
-                                     "stopped": self._stopped, "first_cell_at": self._first_cell_at}
+                                     "stopped": self._stopped, "first_cell_at": self._first_cell_at,
+                                     "warm_kernel": warm is not None}
         return nb, resources
+
+    def _warm_kernel(self, nb, resources):
+        """A warm kernel for this notebook (:func:`autograder.execute.warm_kernels.take`), or None."""
+        if not (self.sandbox and self.warm_kernels):
+            return None
+        from . import warm_kernels
+
+        name = self.kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+        return warm_kernels.take(self.config, name, (resources or {}).get("metadata", {}).get("path") or ".")
 
     def preprocess_cell(self, cell, resources, index):
         if cell.metadata.pop(SKIPPED, False):  # never run: keeps the student's saved outputs, if any

@@ -63,8 +63,10 @@ def notebook_hash(root: Path, student: str, stage: str) -> str | None:
 
 
 def plan(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, index: dict) -> tuple[list, list[dict]]:
-    """The ``(student, stage, key)`` of the notebooks of ``work`` to execute, and the results of those kept;
-    every executed folder of a student of ``work`` that is not kept is removed, and its entry of ``index``."""
+    """The ``(student, stage, key)`` of the notebooks of ``work`` to execute, stage after stage (so a worker's
+    warm kernel, :mod:`autograder.execute.warm_kernels`, is most often one for its next notebook), and the results
+    of those kept; every executed folder of a student of ``work`` that is not kept is removed, and its entry of
+    ``index``."""
     tasks, kept = [], []
     for student, stages in work.items():
         done = set()
@@ -81,7 +83,7 @@ def plan(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, 
             if stale.name not in done:
                 shutil.rmtree(stale, ignore_errors=True)
                 index.pop(f"{student}/{stale.name}", None)
-    return tasks, kept
+    return sorted(tasks, key=lambda task: task[1]), kept
 
 
 def remember(root: Path, index: dict, key: str, result: dict) -> None:

@@ -288,6 +288,11 @@ class SandboxedKernelManager(LimitedKernelManager):
         """The host PID of the running sandbox's PID 1 (None before the start)."""
         return self._sandbox_pid
 
+    @property
+    def kernel_pid(self) -> int | None:
+        """The host PID of the running kernel process (None before the start)."""
+        return self._kernel_pid
+
     # -- start ---------------------------------------------------------------------------------------------
     async def _async_pre_start_kernel(self, **kw):
         reason = sandbox_unavailable()

@@ -1,0 +1,164 @@
+"""Sandboxed kernels started and warmed before their notebook arrives: one spare kernel per worker process.
+
+A notebook's fixed cost is mostly its kernel's: the sandbox and the Python start-up, then importing torch,
+torchvision, numpy, matplotlib and ``course_lib`` in the first cell (about 3 s of a 4 s fixed cost on this
+project's machines). So while one notebook runs, its worker (a ``--jobs`` process, a Dask worker's grading child)
+starts the next notebook's kernel and imports those modules in it, with a *silent* request (no execution count,
+no history, no names bound in the notebook's namespace).
+
+A warm kernel serves exactly one notebook and is never reused: :func:`take` hands the spare out at most once, and
+the notebook's executor shuts it down after its last cell (:class:`autograder.execute.preprocessors.GuardedExecute`).
+It runs in a sandbox of its own like any kernel (:mod:`autograder.execute.sandbox`): its working folder is the
+in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and gets the notebook's other files
+(:func:`~autograder.execute.sandbox.workdir_copies`: never a notebook) when it is handed out, before the
+notebook's first cell, while only this module's code has run in it. A spare started for other settings (another
+stage's ``course_lib`` view, other caps) is shut down unused.
+
+Kernels are started from one long-lived thread of the worker, with an event loop of its own: bwrap's
+``--die-with-parent`` follows the *thread* that started it, so a kernel started from a short-lived thread would
+die with that thread. A spare still starting when its notebook arrives is waited for; one that failed to start,
+or died while it waited, is replaced by a kernel started the usual way (:func:`take` returns None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import shutil
+import threading
+from concurrent.futures import Future
+
+from .sandbox import SandboxedKernelManager, workdir_copies
+
+#: the working folder (and home) of a warm kernel, inside its sandbox
+WORKDIR = "/grading"
+#: what a warm kernel runs before its notebook arrives: imports only, binding no name in the notebook's namespace
+WARM_UP = 'list(map(__import__, ("numpy", "matplotlib.pyplot", "torch", "torchvision", "course_lib")))'
+#: seconds a kernel has to start, and its warm-up to finish
+START_TIMEOUT = 120.0
+_log = logging.getLogger(__name__)
+
+
+class _Starter:
+    """One daemon thread running an event loop that lives as long as the worker process."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="warm-kernels", daemon=True).start()
+
+    def submit(self, coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+
+class _Spare:
+    """A kernel being started (``future``: its manager, or the error) for the settings ``key``."""
+
+    def __init__(self, starter: _Starter, key: str, config, kernel_name: str):
+        self.key = key
+        self.future = starter.submit(_start_warm(config, kernel_name))
+
+
+_starter: _Starter | None = None
+_spare: _Spare | None = None
+
+
+def settings_key(config, kernel_name: str) -> str:
+    """What a kernel's start depends on, as one string: the kernel name and the kernel managers' settings of
+    ``config`` (a traitlets ``Config``: the ``course_lib`` view on the path, the caps, the caches, the data)."""
+    sections = {name: dict(config[name]) for name in ("LimitedKernelManager", "SandboxedKernelManager")
+                if name in config}
+    return json.dumps({"kernel": kernel_name, **sections}, sort_keys=True, default=str)
+
+
+async def _start_warm(config, kernel_name: str) -> SandboxedKernelManager:
+    """A sandboxed kernel started with ``config`` in :data:`WORKDIR`, with :data:`WARM_UP` run in it."""
+    manager = SandboxedKernelManager(config=config, kernel_name=kernel_name, workdir=WORKDIR)
+    await manager.start_kernel()
+    client = manager.client()
+    try:
+        client.start_channels()
+        await client.wait_for_ready(timeout=START_TIMEOUT)
+        reply = await client.execute_interactive(WARM_UP, silent=True, store_history=False, timeout=START_TIMEOUT,
+                                                 output_hook=lambda message: None)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"the warm-up failed: {reply['content'].get('ename')}")
+    except BaseException:
+        await _shut_down(manager)
+        raise
+    finally:
+        client.stop_channels()
+    return manager
+
+
+async def _shut_down(manager: SandboxedKernelManager) -> None:
+    try:
+        await manager.shutdown_kernel(now=True)
+    finally:
+        await manager.cleanup_resources()
+
+
+def _discard(spare: _Spare) -> None:
+    """Shut the kernel of ``spare`` down (in the background; a start that failed is only logged)."""
+    def shut_down(future: Future) -> None:
+        if future.exception() is None:
+            _starter.submit(_shut_down(future.result()))
+
+    spare.future.add_done_callback(shut_down)
+
+
+def close() -> None:
+    """At the worker's exit: the spare's kernel is shut down and its files removed."""
+    if _spare is None:
+        return
+    try:
+        _starter.submit(_shut_down(_spare.future.result(timeout=START_TIMEOUT))).result(timeout=30)
+    except Exception:  # noqa: BLE001 - it did not start; the sandbox dies with this process anyway
+        pass
+
+
+def take(config, kernel_name: str, folder: str) -> SandboxedKernelManager | None:
+    """The spare kernel, if it was started with these settings and is alive, with the files of ``folder`` (the
+    notebook's working folder on this machine) copied into its working folder; None otherwise. Either way the
+    spare is no longer the spare (it is handed out once), and a new spare with these settings starts.
+
+    The caller owns the kernel it gets and shuts it down after its one notebook.
+    """
+    global _starter, _spare
+    if _starter is None:
+        _starter = _Starter()
+        atexit.register(close)
+    key, spare = settings_key(config, kernel_name), _spare
+    _spare = _Spare(_starter, key, config, kernel_name)
+    if spare is None:
+        return None
+    if spare.key != key:
+        _discard(spare)
+        return None
+    try:
+        manager = spare.future.result(timeout=START_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 - a kernel started the usual way takes its place
+        _log.warning("a warm kernel did not start (%s: %s); starting one the usual way", type(error).__name__, error)
+        return None
+    try:
+        if not manager.provisioner or manager.provisioner.process.poll() is not None:
+            raise RuntimeError("the warm kernel died while it waited")
+        hand_over(manager, folder)
+    except Exception as error:  # noqa: BLE001
+        _log.warning("a warm kernel could not be used (%s: %s)", type(error).__name__, error)
+        _starter.submit(_shut_down(manager))
+        return None
+    return manager
+
+
+def hand_over(manager: SandboxedKernelManager, folder: str) -> None:
+    """Copy the files of ``folder`` (:func:`workdir_copies`: no notebook, no link) into the working folder of
+    ``manager``'s running kernel, through the kernel's root (``/proc/<pid>/root``); only this module's warm-up has
+    run in that kernel, so nothing in its folder can point elsewhere."""
+    root = f"/proc/{manager.kernel_pid}/root{WORKDIR}"
+    for source, target in workdir_copies(folder):
+        destination = os.path.join(root, target)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copyfile(source, destination)

@@ -1,0 +1,125 @@
+"""Warm kernels (``autograder/execute/warm_kernels.py``): started before their notebook, one notebook each.
+
+Through the real command line: a class of the toy course graded by one worker, so every notebook after the first
+runs in the kernel warmed while the one before it ran. Each student's notebook has a cell of its own that prints
+what an earlier notebook left behind (a file in its folder, an environment variable, an attribute of a module the
+warm-up imported), the files of its folder and its kernel's start time, then leaves all three behind itself. Then the hand-out itself: a spare
+started for other settings is never handed out, and the notebook's files reach the kernel's folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from traitlets.config import Config
+
+from autograder.execute import warm_kernels
+from autograder.execute.notebook import kernel_python_path
+from autograder.execute.sandbox import sandbox_unavailable
+
+TOY_DIR = Path(__file__).parent / "submissions" / "toy"
+STAGE = "00_toy"
+STUDENTS = ("ann", "bob", "cat", "dan")
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(sandbox_unavailable() is not None,
+                                 reason=f"no sandbox can be made here: {sandbox_unavailable()}")]
+
+#: prints what earlier notebooks left behind, its folder and its kernel's start time; then leaves all three behind
+SNOOP = """import json, os, pathlib, torch
+left = [name for name, found in (("file", pathlib.Path("left.txt").exists()), ("variable", "LEFT_BEHIND" in os.environ),
+                                 ("attribute", hasattr(torch, "left_behind"))) if found]
+started = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]
+folder = {name: pathlib.Path(name).read_text() for name in sorted(os.listdir(".")) if not name.startswith(".")}
+print("SNOOP " + json.dumps({"left": left, "folder": folder, "started": started}))
+pathlib.Path("left.txt").write_text("x")
+os.environ["LEFT_BEHIND"] = "1"
+torch.left_behind = True
+"""
+
+
+def _submission(folder: Path) -> None:
+    notebook = nbformat.read(TOY_DIR / f"{STAGE}.ipynb", as_version=4)
+    notebook.cells.insert(1, nbformat.v4.new_code_cell(SNOOP))
+    folder.mkdir(parents=True)
+    nbformat.write(notebook, folder / f"{STAGE}.ipynb")
+    (folder / "timestamp.txt").write_text("2026-12-01 10:00:00 UTC")  # the one other file a kernel's folder gets
+
+
+def _snoop(executed: Path) -> dict:
+    notebook = nbformat.read(executed, as_version=4)
+    text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+    line = next(line for line in text.splitlines() if line.startswith("SNOOP "))
+    return {**json.loads(line[len("SNOOP "):]), "warm": notebook.metadata["autograder"]["warm_kernel"]}
+
+
+def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touched(tmp_path):
+    for student in STUDENTS:
+        _submission(tmp_path / "submissions" / student / STAGE)
+    course = tmp_path / "course"
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", str(tmp_path / "submissions"),
+                             "--course", str(course), "--stages", STAGE, "--solutions", str(TOY_DIR), "--jobs", "1"],
+                            capture_output=True, text=True, timeout=280, env={**os.environ, "COURSE_MODE": "quick"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(course / "grades.csv") as handle:
+        assert {row["student"]: float(row[STAGE]) for row in csv.DictReader(handle)} == dict.fromkeys(STUDENTS, 4.0)
+    seen = {student: _snoop(course / "executed" / student / STAGE / f"{STAGE}.ipynb") for student in STUDENTS}
+    assert [seen[student]["left"] for student in STUDENTS] == [[]] * len(STUDENTS)
+    assert [seen[student]["folder"] for student in STUDENTS] == [{"timestamp.txt": "2026-12-01 10:00:00 UTC"}] * 4
+    assert len({seen[student]["started"] for student in STUDENTS}) == len(STUDENTS)  # never a kernel twice
+    assert sum(seen[student]["warm"] for student in STUDENTS) >= len(STUDENTS) - 1  # all but the first, one worker
+    assert _no_new_runtime(tmp_path)
+
+
+def _no_new_runtime(tmp_path: Path) -> bool:
+    """No kernel's runtime folder younger than this test's folder is left in /tmp (the spare's is removed at exit)."""
+    since = tmp_path.stat().st_mtime - 1
+    return not [path for path in Path("/tmp").glob("kernel-sandbox-*") if path.stat().st_mtime > since]
+
+
+def _config(tmp_path: Path, view: str | None, memory_gb: float = 2.0) -> Config:
+    config = Config()
+    config.LimitedKernelManager.memory_gb = memory_gb
+    config.SandboxedKernelManager.python_path = [str(kernel_python_path(tmp_path, view))]
+    config.SandboxedKernelManager.disk_mb = 32
+    return config
+
+
+def _alive(manager) -> bool:
+    return manager.provisioner is not None and manager.provisioner.process.poll() is None
+
+
+def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
+    folder = tmp_path / "notebook"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "digits.txt").write_text("0123")
+    (folder / "answers.ipynb").write_text("{}")  # never a notebook
+    first, other = _config(tmp_path, "ddpm"), _config(tmp_path, "ddpm", memory_gb=3.0)
+    try:
+        assert warm_kernels.take(first, "python3", str(folder)) is None  # no spare yet: one starts
+        assert warm_kernels.take(other, "python3", str(folder)) is None  # the spare has other caps
+        manager = warm_kernels.take(other, "python3", str(folder))
+        assert manager is not None and _alive(manager)
+        root = Path(f"/proc/{manager.kernel_pid}/root{warm_kernels.WORKDIR}")
+        assert (root / "data" / "digits.txt").read_text() == "0123"
+        assert not (root / "answers.ipynb").exists()
+        again = warm_kernels.take(other, "python3", str(folder))
+        assert again is not None and again is not manager and again.kernel_pid != manager.kernel_pid
+        for used in (manager, again):
+            asyncio.run(used.shutdown_kernel(now=True))
+    finally:
+        warm_kernels.close()
+    deadline = time.monotonic() + 30
+    while not _no_new_runtime(tmp_path):
+        assert time.monotonic() < deadline, "a kernel's runtime folder was left behind"
+        time.sleep(0.2)
