@@ -7,6 +7,9 @@ student costs on one process), with the sandbox on (``--no-sandbox``: off). Then
 cost per notebook (from its arrival at a worker to the start of its first cell: scratch folder, kernel and sandbox
 start, imports), every notebook's kernel time by student and stage, phase 2 per notebook, and (unless
 ``--no-plain``) each solved notebook's grading time against a plain ``jupyter nbconvert --execute`` of it here.
+Each worker runs its notebooks in warm kernels (started and importing torch while the notebook before runs,
+``autograder.execute.warm_kernels``); ``--cold-kernels`` adds a row graded with kernels started when their notebook
+arrives, at the first job count, and its fixed cost.
 
 The ``sandbox s/nb`` column is what the bubblewrap sandbox adds to one notebook: the time to start a kernel,
 import torch and matplotlib in it and shut it down, in the sandbox minus without, the median over
@@ -17,6 +20,7 @@ this machine's caches that grading gives it (``autograder.execute.notebook.home_
     python benchmarks/grading.py --stages 01_noising   # one stage only
     python benchmarks/grading.py --jobs --kernel-starts 10   # the sandbox's cost only
     python benchmarks/grading.py --jobs 2 --dask local:2 --rounds 3   # a Dask LocalCluster against --jobs 2
+    python benchmarks/grading.py --jobs 1 --cold-kernels --rounds 2   # warm kernels against cold ones
 
 ``--dask local:N`` adds a row graded on a Dask cluster (``autograder.distributed.cluster``; the wall time includes
 starting the LocalCluster) and prints its overhead over the ``--jobs N`` row, in total and per notebook, and
@@ -47,6 +51,9 @@ from autograder.course import SOLUTIONS_DIR, STAGES  # noqa: E402
 from autograder.demo import write_demo_submissions  # noqa: E402
 from autograder.execute.options import GradingOptions  # noqa: E402
 from autograder.score.gradebook import score_all  # noqa: E402
+
+#: the mode of ``--cold-kernels``: the first job count, kernels started when their notebook arrives
+COLD = "cold"
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:
@@ -108,6 +115,8 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--no-sandbox", action="store_true", help="grade without the sandbox")
     parser.add_argument("--kernel-starts", type=int, default=5,
                         help="kernel starts with and without the sandbox for the sandbox s/nb column (default 5)")
+    parser.add_argument("--cold-kernels", action="store_true",
+                        help="also grade at the first job count with kernels started when their notebook arrives")
     parser.add_argument("--dask", default=None, help="also grade on this Dask cluster (local:N or tcp://...)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="times each mode grades the class, taking turns (default 1; medians are compared)")
@@ -126,16 +135,18 @@ def grade_rounds(args: argparse.Namespace, root: Path, submissions: Path, studen
     """Grade the class ``--rounds`` times in each mode (job counts, then the Dask cluster), printing a row per
     grading; the wall times of each mode and the per-notebook results of its last round, or ``None`` after printing
     the tables when two modes' grades differ."""
-    modes = [*args.jobs, *([args.dask] if args.dask else [])]
+    modes = [*args.jobs, *([COLD] if args.cold_kernels else []), *([args.dask] if args.dask else [])]
     walls, tables, notebooks = {mode: [] for mode in modes}, {}, {}
     for _ in range(args.rounds):  # the modes take turns, so that a busy spell of the machine hits them alike
         for mode in modes:
             (root / "executed" / "index.json").unlink(missing_ok=True)  # --dask: execute everything again
-            options = GradingOptions(jobs=mode if isinstance(mode, int) else 1, sandbox=not args.no_sandbox)
+            options = GradingOptions(jobs=mode if isinstance(mode, int) else args.jobs[0] if mode == COLD else 1,
+                                     sandbox=not args.no_sandbox, warm_kernels=mode != COLD)
             notebooks[mode] = []
             started = time.perf_counter()
             table, runs = grade(submissions, root, args.stages, options, args.solutions,
-                                dask=None if isinstance(mode, int) else mode, progress=notebooks[mode].append)
+                                dask=None if isinstance(mode, int) or mode == COLD else mode,
+                                progress=notebooks[mode].append)
             wall = time.perf_counter() - started
             walls[mode].append(wall)
             alone = sum(run["seconds"] for run in runs) / len(runs)
@@ -178,11 +189,14 @@ def spread(values: list[float]) -> str:
 
 
 def print_fixed_cost(mode, results: list[dict]) -> None:
-    """The fixed cost of a notebook: from its arrival at a worker to the start of its first cell."""
-    fixed = [result["first_cell_seconds"] for result in results if result.get("first_cell_seconds") is not None]
-    if fixed:
-        print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}: {spread(fixed)} over {len(fixed)} "
-              "notebooks")
+    """The fixed cost of a notebook: from its arrival at a worker to the start of its first cell, for the notebooks
+    that ran in a warm kernel and for those whose kernel started when they arrived."""
+    for warm in (True, False):
+        fixed = [result["first_cell_seconds"] for result in results
+                 if result.get("first_cell_seconds") is not None and result.get("warm_kernel", False) == warm]
+        if fixed:
+            print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}, {'warm' if warm else 'cold'} "
+                  f"kernels: {spread(fixed)} over {len(fixed)} notebooks")
 
 
 def print_kernel_time_per_stage(mode, results: list[dict], stages) -> None:
@@ -249,6 +263,8 @@ def main(argv=None) -> int:
         print_dask_overhead(args, walls, students * len(args.stages))
         mode = args.jobs[0]
         print_fixed_cost(mode, notebooks[mode])
+        if args.cold_kernels:
+            print_fixed_cost(COLD, notebooks[COLD])
         print_kernel_time_per_stage(mode, notebooks[mode], args.stages)
         time_scoring(root, args.stages, max(args.jobs))
         if args.plain:
