@@ -53,23 +53,26 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
     """
 
 
-def _flow_sample_run(flow_sample, inputs: dict, global_seed: int) -> tuple[Spy, object]:
-    """The student's sampler on the check's model and generator, with the global random state seeded
-    ``global_seed``: the recording model and what the sampler returned."""
+def _flow_sample_run(flow_sample, inputs: dict, generator_seed: int, global_seed: int) -> tuple[Spy, object]:
+    """The student's sampler on the check's model, with a generator seeded ``generator_seed`` and the global random
+    state seeded ``global_seed``: the recording model and what the sampler returned."""
     spy = Spy(TinyNoisePredictor(inputs["seed"]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(global_seed)
         got = run_student("flow_sample", flow_sample, spy, inputs["num_samples"], inputs["num_steps"],
-                          generator(inputs["seed"]))
+                          generator(generator_seed))
     return spy, got
 
 
 def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
     # the global seed of the first run equals the generator's, as in a notebook seeded like the check: a sampler
-    # that draws from the global state only shows in the second run, under another global seed
-    spy, got = _flow_sample_run(flow_sample, inputs, inputs["seed"])
-    again = _flow_sample_run(flow_sample, inputs, inputs["seed"] + 1)[1]
-    return {"samples": recorded(got), "again": recorded(again),
+    # that draws from the global state shows in the second run, under another global seed; one that seeds a fixed
+    # state itself shows in the third, with another generator
+    seed = inputs["seed"]
+    spy, got = _flow_sample_run(flow_sample, inputs, seed, seed)
+    again = _flow_sample_run(flow_sample, inputs, seed, seed + 1)[1]
+    other = _flow_sample_run(flow_sample, inputs, seed + 1, seed + 1)[1]
+    return {"samples": recorded(got), "again": recorded(again), "other_generator": recorded(other),
             "calls": [{"t": call["t"], "training": bool(call["training"]), "grad": bool(call["grad"])}
                       for call in spy.calls],
             "first_x": spy.calls[0]["x"] if spy.calls else None}
@@ -85,6 +88,10 @@ def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
         raise CheckFailed("two runs with the same generator gave different samples: your flow_sample draws from the "
                           "global random state. Draw the start noise from the generator you are given, "
                           "x = torch.randn((N, 1, 28, 28), generator=generator, device=device)")
+    if isinstance(outputs["other_generator"], torch.Tensor) and torch.equal(outputs["other_generator"], got):
+        raise CheckFailed("a generator with another seed gave the same samples: your flow_sample ignores the "
+                          "generator you are given (seed nothing yourself): x = torch.randn((N, 1, 28, 28), "
+                          "generator=generator, device=device)")
     expect_sampling_calls(outputs["calls"], expected["times"], "flow_sample",
                           "start at t = 1 and evaluate v at the start of each step: t_k = 1 - k / num_steps")
     expect_close("first model input (x at t = 1)", outputs["first_x"], expected["x_start"],
@@ -103,5 +110,6 @@ def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 
     ``model`` is a small seeded velocity predictor (given code, in train mode as after training, wrapped to record
     its calls); the check expects one call per step, in eval mode and without autograd, at t_k = 1 - k / num_steps,
     starting from torch.randn((num_samples, 1, 28, 28), generator=generator) with the generator seeded by ``seed``.
-    It runs the sampler twice, under two global seeds (the first equal to ``seed``): the samples must not change.
+    It runs the sampler again under another global seed (the first run's equals ``seed``), where the samples must
+    not change, and with a generator seeded ``seed + 1``, where they must.
     """
