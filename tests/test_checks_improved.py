@@ -1,6 +1,6 @@
 """The optional stage 6 (``06_improved_unet``): its two answers against independent derivations, the checks
-(correct code passes, known mistakes fail with the hint that names them, the probes run without the answers),
-and the given improved UNet built from the student's pieces."""
+(correct code passes, the probes run without the answers; the mistakes and their messages are in
+``test_mistake_catalogue.py``), and the given improved UNet built from the student's pieces."""
 
 from __future__ import annotations
 
@@ -85,78 +85,6 @@ def test_checks_pass_the_answers_on_the_visible_and_hidden_cases(capsys):
     check_self_attention(SelfAttention, channels=16, height=7, width=5, batch_size=2, seed=3)
     check_self_attention(SelfAttention, channels=4, height=3, width=3, batch_size=1, seed=21)
     assert capsys.readouterr().out.count("✓") == 6
-
-
-def embedding(order="sin_cos", exponent=lambda i, half, dim: -i / half):
-    def student(t, dim):
-        half = dim // 2
-        w = 10000.0 ** torch.tensor([exponent(i, half, dim) for i in range(half)])
-        angles = t[:, None] * w
-        if order == "interleaved":
-            return torch.stack([angles.sin(), angles.cos()], 2).flatten(1)
-        return torch.cat([angles.sin(), angles.cos()] if order == "sin_cos" else [angles.cos(), angles.sin()], 1)
-    return student
-
-
-@pytest.mark.parametrize("student, hint", [
-    (embedding(), None),
-    (embedding(order="cos_sin"), "cosines come second"),
-    (embedding(order="interleaved"), "interleaved"),
-    (embedding(exponent=lambda i, half, dim: i / half), "frequencies grow"),
-    (embedding(exponent=lambda i, half, dim: -i / (half - 1)), "not h - 1"),
-    (embedding(exponent=lambda i, half, dim: -i / dim), "not by dim"),
-    (lambda t, dim: torch.sin(t[:, None] * torch.ones(dim)), "sin^2 + cos^2 = 1"),
-    (lambda t, dim: t.mul_(2)[:, None].expand(-1, dim), "in place"),
-    (lambda t, dim: sinusoidal_embedding(t, dim)[:, :-1], "shape"),
-])
-def test_embedding_check_names_the_mistake(student, hint):
-    if hint is None:
-        check_sinusoidal_embedding(student, dim=12, seed=4)
-    else:
-        fails_with(check_sinusoidal_embedding, student, hint, dim=12, seed=4)
-
-
-class Attention(SelfAttention):
-    """SelfAttention written by a student; ``mistake`` switches on one error."""
-
-    def __init__(self, channels, mistake=None):
-        super().__init__(channels)
-        self.mistake = mistake
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        normed = x if self.mistake == "no_norm" else self.norm(x)
-        tokens = normed.reshape(n, h * w, c) if self.mistake == "view" else normed.flatten(2).transpose(1, 2)
-        if self.mistake == "position":
-            tokens = tokens + torch.linspace(0, 1, h * w)[None, :, None]
-        q, k, v = self.query(tokens), self.key(tokens), self.value(tokens)
-        scale = 1.0 if self.mistake == "no_scale" else math.sqrt(c)
-        weights = torch.softmax(q @ k.transpose(1, 2) / scale, dim=1 if self.mistake == "softmax_dim" else -1)
-        out = self.out(weights @ v)
-        out = out.reshape(n, c, h, w) if self.mistake == "view" else out.transpose(1, 2).reshape(n, c, h, w)
-        if self.mistake == "no_residual":
-            return out
-        if self.mistake == "in_place":
-            return x.add_(out)
-        return x + out
-
-
-@pytest.mark.parametrize("mistake, hint", [
-    (None, None),
-    ("no_scale", "by sqrt(C) before the softmax"),
-    ("softmax_dim", "softmax over the keys"),
-    ("no_residual", "add the input back"),
-    ("no_norm", "apply self.norm"),
-    ("view", "mixes channels and positions"),
-    ("position", "shuffling the H*W positions"),
-    ("in_place", "in place"),
-])
-def test_attention_check_names_the_mistake(mistake, hint):
-    student = lambda channels: Attention(channels, mistake)  # noqa: E731
-    if hint is None:
-        check_self_attention(student, channels=8, height=5, width=6, seed=2)
-    else:
-        fails_with(check_self_attention, student, hint, channels=8, height=5, width=6, seed=2)
 
 
 def test_attention_check_reports_a_stub_and_renamed_layers():

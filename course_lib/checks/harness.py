@@ -106,6 +106,19 @@ def condition_matters(outputs: dict, shape: tuple, other: str, hint: str) -> tor
     return got
 
 
+def expect_time_per_image(times, batch_size: int, draw: str) -> None:
+    """Fail when the model got one time t (one noise level) for the whole batch where every image needs its own.
+
+    ``times``: the time input a loss gave the model, as recorded (a tensor; anything else is left to the caller's
+    checks); ``batch_size``: N; ``draw``: how to draw one t per image, for the message.
+    """
+    if not isinstance(times, torch.Tensor) or batch_size < 2 or times.numel() not in (1, batch_size):
+        return
+    if bool((times == times.flatten()[0]).all()):
+        raise CheckFailed(f"your model got the same t (the same noise level) for all {batch_size} images: draw one t "
+                          f"per image, {draw}")
+
+
 def matching_hint(got: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]]) -> str | None:
     """The hint of the first stored ``(tensor, hint)`` mistake that ``got`` reproduces."""
     return next((hint for wrong, hint in mistakes if close(got, wrong)), None)

@@ -18,8 +18,9 @@ from typing import Callable
 import torch
 
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
-                               condition_matters, expect_close, expect_sampling_calls, expect_tensor, generator,
-                               load_weights, matching_hint, recorded, recorded_loss, recorded_tensor, run_student)
+                               condition_matters, expect_close, expect_sampling_calls, expect_tensor,
+                               expect_time_per_image, generator, load_weights, matching_hint, recorded, recorded_loss,
+                               recorded_tensor, run_student)
 from ...checks.protocol import check
 from ...data import one_hot
 from ..noising.api import DDPMSchedule
@@ -49,6 +50,23 @@ def _succeeded(result) -> dict:
     if "failed" in result:
         raise CheckFailed(str(result["failed"]))
     return result
+
+
+def expect_class_width(c) -> None:
+    """Fail, saying what to change, when the one-hot classes ``c`` the model got (N, width) are not 10 wide.
+
+    The checks' labels hold no 9, so ``F.one_hot(labels)`` without ``num_classes`` (as wide as the largest label
+    + 1) shows here, where the given models would take it (a toy model sums the row) or crash on it.
+    """
+    if isinstance(c, torch.Tensor) and c.dim() == 2 and c.shape[1] != NUM_CLASSES:
+        raise CheckFailed(f"the one-hot classes your model got are {c.shape[1]} wide, expected {NUM_CLASSES}: "
+                          f"F.one_hot(labels, {NUM_CLASSES}).float() (without num_classes, F.one_hot is only as wide "
+                          "as the largest label in the batch + 1)")
+
+
+def check_labels(batch_size: int, seed: int) -> torch.Tensor:
+    """The digits of a loss or sampler check: random in 0..8, no 9 (see :func:`expect_class_width`)."""
+    return torch.randint(0, NUM_CLASSES - 1, (batch_size,), generator=generator(seed))
 
 
 def _drop_labels_probe(drop_labels, *, inputs: dict) -> dict:
@@ -249,6 +267,7 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
     call, n = calls[0], case["batch_size"]
     if call["c"] is None:
         raise CheckFailed("your model got no classes: pass them as its third input, model(x_t, t / T, c)")
+    expect_class_width(call["c"])
     c = expect_tensor("the classes c your model got", call["c"], (n, NUM_CLASSES))
     if not close(c, expected["c"]):
         classes = one_hot(inputs["labels"], NUM_CLASSES)
@@ -272,6 +291,8 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
     t = call["t"]
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,):
         raise CheckFailed(f"the time your model got should be a tensor of shape ({n},): t / T, one per image")
+    expect_time_per_image(t, n, "torch.randint(0, T, (N,), generator=generator, device=x0.device), drawn after "
+                                "the dropout")
     if not close(t, expected["t"]):
         if close(t, expected["t_steps"]):
             hint = "pass the time to the model as t / T (floats in [0, 1)), not the integer step"
@@ -295,17 +316,22 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
 @check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
 def check_cfg_loss(fn, batch_size: int = 16, num_steps: int = 50, p_uncond: float = 0.3, seed: int = 0):
     """Check ``fn(model, x0, labels, schedule, p_uncond=..., generator=...)``: on a toy model (wrapped to record
-    what it gets), ``batch_size`` images in [-1, 1] with random digits and the linear schedule of ``num_steps``
-    steps, the model must get the reference's classes (one-hot, rows dropped with ``p_uncond``), times t / T and
-    x_t, drawn from a generator seeded with ``seed`` in the order dropout, t, eps; and the loss must be the
-    reference's scalar, with a gradient."""
+    what it gets), ``batch_size`` images in [-1, 1] with random digits (0 to 8) and the linear schedule of
+    ``num_steps`` steps, the model must get the reference's classes (one-hot, 10 wide, rows dropped with
+    ``p_uncond``), one time t / T per image and x_t, drawn from a generator seeded with ``seed`` in the order
+    dropout, t, eps; and the loss must be the reference's scalar, with a gradient."""
 
 
 def _cfg_sample_probe(cfg_sample, *, inputs: dict) -> dict:
     schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
     spy = Spy(TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES))  # in train mode, as after training
-    got = run_student("cfg_sample", cfg_sample, spy, schedule, inputs["labels"].clone(), float(inputs["guidance"]),
-                      generator=generator(inputs["generator_seed"]))
+    try:
+        got = run_student("cfg_sample", cfg_sample, spy, schedule, inputs["labels"].clone(),
+                          float(inputs["guidance"]), generator=generator(inputs["generator_seed"]))
+    except CheckFailed:
+        if spy.calls:  # the model got classes it cannot take: say why, rather than how it crashed
+            expect_class_width(spy.calls[-1]["c"])
+        raise
     calls = [{"x": call["x"], "t": call["t"], "c": call["c"], "training": bool(call["training"]),
               "grad": bool(call["grad"])} for call in spy.calls]
     return {"samples": recorded(got), "calls": calls}
@@ -324,6 +350,7 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
         raise CheckFailed(f"at every step the model should get one batch of 2N = {2 * n} images (the images with "
                           "their classes, then with zeros): compute each step's estimate with your guided_eps")
     expect_sampling_calls(calls, [t / num_steps for t in reversed(range(num_steps))], "cfg_sample")
+    expect_class_width(calls[0]["c"])
     c = expect_tensor("the classes your model got", calls[0]["c"], (2 * n, NUM_CLASSES))
     if not torch.equal(c[:n].float(), one_hot(inputs["labels"], NUM_CLASSES)) or c[n:].any():
         raise CheckFailed("the model should get c = F.one_hot(labels, 10).float() for the first N images and zeros "
@@ -354,6 +381,6 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
 def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: float = 3.0, seed: int = 0):
     """Check ``fn(model, schedule, labels, guidance, generator=...)`` against the reference guided sampler on a small
     seeded class-conditional noise predictor (given code, in train mode, wrapped to record its calls), the linear
-    schedule of ``num_steps`` steps, ``num_samples`` random digits and one generator: the same x_T, the same
-    images at every step, the same samples; one batched call per step, in eval mode, without autograd, at t / T.
+    schedule of ``num_steps`` steps, ``num_samples`` random digits (0 to 8) and one generator: the same x_T, the
+    same images at every step, the same samples; one batched call per step, in eval mode, without autograd, at t / T.
     """

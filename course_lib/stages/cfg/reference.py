@@ -21,7 +21,7 @@ from ..ddpm.reference import unet_mutants
 from ..noising.api import DDPMSchedule
 from . import STAGE
 from .api import P_UNCOND
-from .checks import LOSS_ORDER, NUM_CLASSES
+from .checks import LOSS_ORDER, NUM_CLASSES, check_labels
 
 
 def one_hot_batch(batch_size: int, seed: int, with_empty_row: bool = False) -> torch.Tensor:
@@ -99,7 +99,7 @@ def _loss_draws(x0: torch.Tensor, labels: torch.Tensor, schedule, p_uncond: floa
 def cfg_loss_case(batch_size: int, num_steps: int, p_uncond: float, seed: int) -> tuple[dict, dict]:
     schedule = DDPMSchedule(num_steps)
     x0 = random_images(batch_size, seed + 1)
-    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator(seed + 2))
+    labels = check_labels(batch_size, seed + 2)
     spy = Spy(ToyModel())
     loss = STAGE.answers.class_conditional_loss(spy, x0, labels, schedule, p_uncond,
                                                       generator=generator(seed)).detach()
@@ -150,7 +150,7 @@ def _guided_chain(model, schedule, labels: torch.Tensor, guidance: float, seed: 
 
 def cfg_sample_case(num_samples: int, num_steps: int, guidance: float, seed: int) -> tuple[dict, dict]:
     schedule = DDPMSchedule(num_steps)
-    labels = torch.randint(0, NUM_CLASSES, (num_samples,), generator=generator(seed + 1))
+    labels = check_labels(num_samples, seed + 1)
     samples, trajectory = STAGE.answers.cfg_sample(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule,
                                                          labels, guidance, generator(seed), return_trajectory=True)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
-                               condition_matters, expect_close, expect_sampling_calls, generator, load_weights,
-                               recorded, recorded_loss, recorded_tensor, run_student)
+                               condition_matters, expect_close, expect_sampling_calls, expect_time_per_image,
+                               generator, load_weights, recorded, recorded_loss, recorded_tensor, run_student)
 from ...checks.protocol import check
 from ..noising.api import DDPMSchedule
 from ..stage import ReferenceCase
@@ -92,12 +92,14 @@ def _loss_probe(ddpm_loss, *, inputs: dict) -> dict:
     got = run_student("ddpm_loss", ddpm_loss, spy, inputs["x0"].clone(), _schedule(inputs),
                       generator(inputs["generator_seed"]))
     requires_grad = isinstance(got, torch.Tensor) and got.requires_grad
-    return {"loss": recorded(got), "requires_grad": requires_grad, "model_calls": len(spy.calls)}
+    return {"loss": recorded(got), "requires_grad": requires_grad, "model_calls": len(spy.calls),
+            "times": spy.calls[0]["t"] if spy.calls else None}
 
 
 def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     if outputs["model_calls"] == 0:
         raise CheckFailed("your ddpm_loss never calls the model: the loss compares model(x_t, t / T) with eps")
+    expect_time_per_image(outputs["times"], case["batch_size"], "t = torch.randint(0, T, (N,), generator=generator)")
     loss = recorded_loss(outputs)
     compare("loss", loss.detach(), expected["loss"], expected["mistakes"], "draw t, then eps, with `generator`; "
             "x_t by the closed form; loss = mean of (model(x_t, t / T) - eps)^2")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close,
-                               expect_sampling_calls, expect_tensor, generator, matching_hint, recorded,
-                               recorded_loss, run_student)
+                               expect_sampling_calls, expect_tensor, expect_time_per_image, generator, matching_hint,
+                               recorded, recorded_loss, run_student)
 from ...checks.protocol import check
 from ..stage import ReferenceCase
 from . import STAGE
@@ -29,12 +29,13 @@ def _flow_loss_probe(flow_loss, *, inputs: dict) -> dict:
     spy = Spy(ToyModel())
     got = run_student("flow_loss", flow_loss, spy, inputs["x0"].clone(), generator(inputs["seed"]))
     return {"loss": recorded(got), "requires_grad": bool(isinstance(got, torch.Tensor) and got.requires_grad),
-            "model_calls": len(spy.calls)}
+            "model_calls": len(spy.calls), "times": spy.calls[0]["t"] if spy.calls else None}
 
 
 def _flow_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     if not outputs["model_calls"]:
         raise CheckFailed("your flow_loss never calls the model: the loss compares model(x_t, t) with eps - x0")
+    expect_time_per_image(outputs["times"], case["batch_size"], "t = torch.rand(N, generator=generator)")
     got = recorded_loss(outputs)
     hint = matching_hint(got, expected["mistakes"])
     expect_close("loss", got, expected["loss"], hint or "draw t, then eps, with `generator`; x_t = (1 - t) x0 + t eps "
@@ -52,11 +53,26 @@ def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
     """
 
 
-def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
+def _flow_sample_run(flow_sample, inputs: dict, generator_seed: int, global_seed: int) -> tuple[Spy, object]:
+    """The student's sampler on the check's model, with a generator seeded ``generator_seed`` and the global random
+    state seeded ``global_seed``: the recording model and what the sampler returned."""
     spy = Spy(TinyNoisePredictor(inputs["seed"]))
-    got = run_student("flow_sample", flow_sample, spy, inputs["num_samples"], inputs["num_steps"],
-                      generator(inputs["seed"]))
-    return {"samples": recorded(got),
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(global_seed)
+        got = run_student("flow_sample", flow_sample, spy, inputs["num_samples"], inputs["num_steps"],
+                          generator(generator_seed))
+    return spy, got
+
+
+def _flow_sample_probe(flow_sample, *, inputs: dict) -> dict:
+    # the global seed of the first run equals the generator's, as in a notebook seeded like the check: a sampler
+    # that draws from the global state shows in the second run, under another global seed; one that seeds a fixed
+    # state itself shows in the third, with another generator
+    seed = inputs["seed"]
+    spy, got = _flow_sample_run(flow_sample, inputs, seed, seed)
+    again = _flow_sample_run(flow_sample, inputs, seed, seed + 1)[1]
+    other = _flow_sample_run(flow_sample, inputs, seed + 1, seed + 1)[1]
+    return {"samples": recorded(got), "again": recorded(again), "other_generator": recorded(other),
             "calls": [{"t": call["t"], "training": bool(call["training"]), "grad": bool(call["grad"])}
                       for call in spy.calls],
             "first_x": spy.calls[0]["x"] if spy.calls else None}
@@ -67,6 +83,15 @@ def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
     if isinstance(got, dict) and "not_a_tensor" in got:
         raise CheckFailed(f"samples should be a torch.Tensor, got {got['not_a_tensor']}")
     got = expect_tensor("samples", got, (case["num_samples"], *IMAGE))
+    again = outputs["again"]
+    if not (isinstance(again, torch.Tensor) and torch.equal(again, got)):
+        raise CheckFailed("two runs with the same generator gave different samples: your flow_sample draws from the "
+                          "global random state. Draw the start noise from the generator you are given, "
+                          "x = torch.randn((N, 1, 28, 28), generator=generator, device=device)")
+    if isinstance(outputs["other_generator"], torch.Tensor) and torch.equal(outputs["other_generator"], got):
+        raise CheckFailed("a generator with another seed gave the same samples: your flow_sample ignores the "
+                          "generator you are given (seed nothing yourself): x = torch.randn((N, 1, 28, 28), "
+                          "generator=generator, device=device)")
     expect_sampling_calls(outputs["calls"], expected["times"], "flow_sample",
                           "start at t = 1 and evaluate v at the start of each step: t_k = 1 - k / num_steps")
     expect_close("first model input (x at t = 1)", outputs["first_x"], expected["x_start"],
@@ -85,4 +110,6 @@ def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 
     ``model`` is a small seeded velocity predictor (given code, in train mode as after training, wrapped to record
     its calls); the check expects one call per step, in eval mode and without autograd, at t_k = 1 - k / num_steps,
     starting from torch.randn((num_samples, 1, 28, 28), generator=generator) with the generator seeded by ``seed``.
+    It runs the sampler again under another global seed (the first run's equals ``seed``), where the samples must
+    not change, and with a generator seeded ``seed + 1``, where they must.
     """

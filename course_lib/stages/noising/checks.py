@@ -108,12 +108,23 @@ def check_q_sample(q_sample, batch_size: int = 6, num_steps: int = 300, seed: in
     """
 
 
-def _cosine_probe(cosine_schedule, *, inputs: dict) -> dict:
-    result = run_student("cosine_schedule", cosine_schedule, inputs["num_steps"], offset=inputs["offset"],
-                         max_beta=inputs["max_beta"])
+def other_max_beta(max_beta: float) -> float:
+    """The second cap the cosine check tries, far from ``max_beta``: a schedule clipped at a fixed number shows."""
+    return 0.999 if max_beta < 0.5 else 0.02
+
+
+def _cosine_tables(cosine_schedule, num_steps: int, offset: float, max_beta: float) -> dict:
+    result = run_student("cosine_schedule", cosine_schedule, num_steps, offset=offset, max_beta=max_beta)
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise CheckFailed("cosine_schedule should return three tensors: (betas, alphas, alpha_bars)")
     return dict(zip(("betas", "alphas", "alpha_bars"), result))
+
+
+def _cosine_probe(cosine_schedule, *, inputs: dict) -> dict:
+    num_steps, offset = inputs["num_steps"], inputs["offset"]
+    tables = _cosine_tables(cosine_schedule, num_steps, offset, inputs["max_beta"])
+    other = _cosine_tables(cosine_schedule, num_steps, offset, other_max_beta(inputs["max_beta"]))
+    return {**tables, "other_betas": other["betas"]}
 
 
 def _cosine_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
@@ -132,6 +143,12 @@ def _cosine_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     compare("alphas", tables["alphas"], expected["alphas"], expected["alphas_mistakes"], "alpha_t = 1 - beta_t")
     compare("alpha_bars", tables["alpha_bars"], expected["alpha_bars"], expected["alpha_bars_mistakes"],
             "alpha_bars[t] = alphas[0] * ... * alphas[t], from the clipped betas: torch.cumprod(alphas, dim=0)")
+    other, other_betas = other_max_beta(max_beta), expected["other_betas"]
+    got = expect_tensor(f"betas with max_beta={other:g}", outputs["other_betas"], (num_steps,))
+    if not close(got, other_betas):
+        raise CheckFailed(f"called with max_beta={other:g}, your largest beta is {float(got.max()):.4g}, the "
+                          f"reference's {float(other_betas.max()):.4g}: clip at the max_beta you are given, "
+                          "betas.clamp(max=max_beta), not at a fixed number")
     clipped = int((expected["betas"] >= max_beta).sum())
     return (f"cosine_schedule: T={num_steps}, offset={case['offset']:g}, {clipped} of {num_steps} betas clipped at "
             f"{max_beta:g}, alpha_bars[-1] = {float(tables['alpha_bars'][-1]):.3g}")
@@ -141,7 +158,8 @@ def _cosine_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
 def check_cosine_schedule(cosine_schedule, num_steps: int = 300, offset: float = 0.008, max_beta: float = 0.02):
     """Check ``cosine_schedule(num_steps, offset=..., max_beta=...) -> (betas, alphas, alpha_bars)`` against the
     reference cosine schedule of Nichol & Dhariwal with the betas clipped at ``max_beta``. Each tensor has shape
-    (num_steps,)."""
+    (num_steps,). The betas are checked again with another cap (0.999, or 0.02 when ``max_beta`` is 0.5 or more),
+    so that a schedule clipped at a fixed number fails."""
 
 
 EM_TIME = 0.7  # t_k of the checked step

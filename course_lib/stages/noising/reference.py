@@ -14,7 +14,7 @@ import torch
 from ...checks.harness import generator
 from . import STAGE
 from .api import DDPMSchedule
-from .checks import EM_TIME, em_constant_diffusion, em_diffusion, em_drift
+from .checks import EM_TIME, em_constant_diffusion, em_diffusion, em_drift, other_max_beta
 
 
 def add_noise_case(shape: tuple, sigma: float, seed: int) -> tuple[dict, dict]:
@@ -94,6 +94,9 @@ def _cosine_tables(num_steps: int, offset: float, max_beta: float, *, shift: int
     return betas, alphas, torch.cumprod(alphas, 0)
 
 
+FIXED_CAPS = (0.02, 0.999)  # the caps a student may write in place of max_beta: SUTD's and the paper's
+
+
 def cosine_case(num_steps: int, offset: float, max_beta: float) -> tuple[dict, dict]:
     betas, alphas, alpha_bars = (table.float() for table in
                                  STAGE.answers.cosine_schedule(num_steps, offset, max_beta))
@@ -120,6 +123,9 @@ def cosine_case(num_steps: int, offset: float, max_beta: float) -> tuple[dict, d
     # float32 and float64 tables agree; a clipping mistake only where the betas reach max_beta
     betas_mistakes = [(variants["unclipped"][0].float(), "betas go above max_beta: " + clip_hint, True),
                       (variants["floor"][0].float(), "you clipped from below (clamp(min=...)): " + clip_hint, True)]
+    betas_mistakes += [(_cosine_tables(num_steps, offset, cap)[0].float(),
+                        f"your betas are clipped at {cap:g}, a fixed number: clip at the max_beta you are given, "
+                        "betas.clamp(max=max_beta)", True) for cap in FIXED_CAPS if cap != max_beta]
     betas_mistakes += [(variants[name][0].float(), hint, False) for name, hint in formula_mistakes]
     alpha_bars_mistakes = [
         (f[1:].float() / f[0].float(), "alpha_bars must be the cumulative product of the clipped alphas "
@@ -131,6 +137,7 @@ def cosine_case(num_steps: int, offset: float, max_beta: float) -> tuple[dict, d
     ]
     return {"num_steps": num_steps, "offset": offset, "max_beta": max_beta}, {
         "betas": betas, "alphas": alphas, "alpha_bars": alpha_bars,
+        "other_betas": STAGE.answers.cosine_schedule(num_steps, offset, other_max_beta(max_beta))[0].float(),
         "betas_mistakes": betas_mistakes,
         "alphas_mistakes": [(betas, "alphas equals betas: alpha_t = 1 - beta_t"),
                             (alpha_bars, "these are the alpha_bars: alpha_t = 1 - beta_t, without the product")],
