@@ -40,3 +40,25 @@ def rescored(root: Path, copy: Path, stages, jobs: int) -> tuple[Path, dict]:
     shutil.copytree(root, copy, symlinks=True)
     shutil.rmtree(copy / "autograded", ignore_errors=True)
     return copy, score_all(copy, tuple(stages), jobs=jobs)
+
+
+def rescored_plainly(root: Path, copy: Path, stages) -> tuple[Path, set]:
+    """A copy of the graded course ``root`` whose phase 2 ran again as nbgrader alone runs it: every ``Gradebook``
+    with an engine of its own, the notebook validated after each preprocessor (none of
+    :mod:`autograder.score.engines` and ``optimistic_validation``); and the (student, stage) it could not score."""
+    from autograder.execute.notebook import run_autograde
+    from autograder.execute.resume import EXECUTED
+    from autograder.score.config import score_config
+
+    shutil.copytree(root, copy, symlinks=True)
+    shutil.rmtree(copy / "autograded", ignore_errors=True)
+    config = score_config(copy)
+    config.Exporter.optimistic_validation = False
+    failed = set()
+    for stage in stages:
+        for student in sorted(path.parent.parent.name for path in (copy / EXECUTED).glob(f"*/{stage}/{stage}.ipynb")):
+            try:
+                run_autograde(config, stage, student)
+            except Exception:  # noqa: BLE001 - compared with what the autograder could not score
+                failed.add((student, stage))
+    return copy, failed

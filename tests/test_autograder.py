@@ -24,7 +24,7 @@ from autograder.execute.notebook import executed_path
 from autograder.execute.options import GradingOptions
 from autograder.execute.sandbox import sandbox_unavailable
 from autograder.execute.submitted_outputs import SUBMITTED_MARKER
-from scoring_helpers import gradebook_scores, graded_copies, rescored
+from scoring_helpers import gradebook_scores, graded_copies, rescored, rescored_plainly
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
 STAGE = "00_toy"
@@ -640,7 +640,8 @@ def test_release_writes_a_course_config_that_nbgraders_own_apps_read(course, mon
 def test_scoring_on_several_processes_gives_what_one_process_gives(graded, tmp_path):
     """Scoring the class's executed notebooks again in one process and on two processes with one writer (each in a
     copy of the course, so that the other tests' changes do not matter) gives the same gradebook, graded copies and
-    grades.csv, problems (dead kernels, timeouts, a notebook that cannot be scored) included."""
+    grades.csv, problems (dead kernels, timeouts, a notebook that cannot be scored) included; and so does nbgrader's
+    own scoring, without the speed-ups of phase 2 (one engine per gradebook, one validation per notebook)."""
     from autograder.collect import Limits
     from autograder.score.report import read_grade_table
 
@@ -660,4 +661,8 @@ def test_scoring_on_several_processes_gives_what_one_process_gives(graded, tmp_p
     one, two = tmp_path / "jobs-1", tmp_path / "jobs-2"
     assert gradebook_scores(two) == gradebook_scores(one)
     assert graded_copies(two) == graded_copies(one)
+    plain, not_scored = rescored_plainly(course, tmp_path / "plain", STAGES)  # nbgrader without our speed-ups
+    assert not_scored == {("garbled", STAGE)}
+    assert gradebook_scores(plain) == gradebook_scores(one)
+    assert graded_copies(plain) == graded_copies(one)
     assert csv_files[1] == csv_files[0] and "garbled" in csv_files[0]

@@ -16,6 +16,7 @@ from ..course import quiet_nbgrader
 from ..execute.notebook import run_autograde
 from ..execute.resume import EXECUTED
 from .config import score_config
+from .engines import shared_engines
 
 
 #: notebooks per process from which scoring on several processes pays for their start (about 4 s each, importing
@@ -45,9 +46,10 @@ def score_all(root: Path, stages: tuple[str, ...], only: list[str] | None = None
         return score_in_parallel(Path(root), tasks, jobs)
     config = score_config(Path(root))
     failures = {}
-    for student, stage in tasks:
-        try:
-            run_autograde(config, stage, student)
-        except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
-            failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
+    with shared_engines():
+        for student, stage in tasks:
+            try:
+                run_autograde(config, stage, student)
+            except Exception as error:  # noqa: BLE001 - recorded in the table, the others go on
+                failures[student, stage] = f"could not be scored: {type(error).__name__}: {error}"
     return failures

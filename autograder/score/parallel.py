@@ -20,13 +20,15 @@ from pathlib import Path
 from ..course import quiet_nbgrader
 from ..execute.notebook import WORK, run_autograde
 from .config import score_config
+from .engines import share_engines_for_good
 
 SCORING = "scoring"  # under <root>/work/: the snapshot and the workers' copies of the gradebook
 _worker: dict = {}
 
 
 def _set_up(root: str, snapshot: str) -> None:
-    """A worker's initializer: its own copy of the gradebook snapshot, and the scoring config pointing at it.
+    """A worker's initializer: its own copy of the gradebook snapshot, the scoring config pointing at it, and one
+    database engine for all its notebooks (:mod:`autograder.score.engines`).
 
     The copy is thrown away, so it is written without waiting for the disk (``PRAGMA synchronous=OFF``: nbgrader
     commits once per graded cell); this process opens no other database.
@@ -35,6 +37,7 @@ def _set_up(root: str, snapshot: str) -> None:
     from sqlalchemy.engine import Engine
 
     event.listen(Engine, "connect", lambda connection, _: connection.execute("PRAGMA synchronous=OFF"))
+    share_engines_for_good()
     quiet_nbgrader()
     copy = Path(snapshot).with_name(f"worker-{os.getpid()}.db")
     shutil.copy2(snapshot, copy)
