@@ -360,8 +360,8 @@ def ddpm_loss_one_t(model, x0, schedule, generator=None):
 def ddpm_loss_given(model, x0, schedule, generator=None):
     """With course_lib's q_sample and an explicit mean of squares."""
     T = schedule.num_steps
-    t = torch.randint(0, T, (len(x0),), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, T, (len(x0),), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     return (model(given_q_sample(x0, t, eps, schedule), t.float() / T) - eps).pow(2).mean()
 
 
@@ -527,8 +527,8 @@ def flow_loss_one_t(model, x0, generator=None):
 
 def flow_loss_lerp(model, x0, generator=None):
     """x_t as torch.lerp from x0 to eps."""
-    t = torch.rand(len(x0), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.rand(len(x0), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     return (model(torch.lerp(x0, eps, t.view(-1, 1, 1, 1)), t) - (eps - x0)).square().mean()
 
 
@@ -546,9 +546,10 @@ def flow_sample_seeded(model, num_samples, num_steps, generator=None):
 def flow_sample_time_grid(model, num_samples, num_steps, generator=None):
     """The Euler sampler over torch.linspace's time grid."""
     model.eval()
-    times = torch.linspace(1, 0, num_steps + 1)
+    device = next(model.parameters()).device
+    times = torch.linspace(1, 0, num_steps + 1, device=device)
     with torch.no_grad():
-        x = torch.randn((num_samples, 1, 28, 28), generator=generator)
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device)
         for t, t_next in zip(times[:-1], times[1:]):
             x = x + (t_next - t) * model(x, t.repeat(num_samples))
     return x

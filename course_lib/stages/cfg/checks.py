@@ -21,6 +21,7 @@ from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyM
                                condition_matters, expect_close, expect_sampling_calls, expect_tensor,
                                expect_time_per_image, generator, load_weights, matching_hint, recorded, recorded_loss,
                                recorded_tensor, run_student)
+from ...checks.devices import OnCPU, device_run
 from ...checks.protocol import check
 from ...data import one_hot
 from ..noising.api import DDPMSchedule
@@ -313,7 +314,13 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
             f"{int((c == 0).all(1).sum())} rows dropped)")
 
 
-@check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
+def _cfg_loss_devices(cfg_loss, *, inputs: dict) -> str | None:
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    return device_run("cfg_loss", cfg_loss, ToyModel(), inputs["x0"].clone(), inputs["labels"].clone(), schedule,
+                      p_uncond=inputs["p_uncond"], generator=generator(inputs["generator_seed"]), where="x0.device")
+
+
+@check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge, devices=_cfg_loss_devices)
 def check_cfg_loss(fn, batch_size: int = 16, num_steps: int = 50, p_uncond: float = 0.3, seed: int = 0):
     """Check ``fn(model, x0, labels, schedule, p_uncond=..., generator=...)``: on a toy model (wrapped to record
     what it gets), ``batch_size`` images in [-1, 1] with random digits (0 to 8) and the linear schedule of
@@ -377,7 +384,16 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             "in eval mode without gradients")
 
 
-@check(reference=REFERENCE.cfg_sample_case, probe=_cfg_sample_probe, judge=_cfg_sample_judge)
+def _cfg_sample_devices(cfg_sample, *, inputs: dict) -> str | None:
+    # the labels stay on the CPU, as a caller may pass them: the sampler moves its classes to the model's device
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    return device_run("cfg_sample", cfg_sample, TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES),
+                      schedule, OnCPU(inputs["labels"].clone(), "labels"), float(inputs["guidance"]),
+                      generator=generator(inputs["generator_seed"]))
+
+
+@check(reference=REFERENCE.cfg_sample_case, probe=_cfg_sample_probe, judge=_cfg_sample_judge,
+       devices=_cfg_sample_devices)
 def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: float = 3.0, seed: int = 0):
     """Check ``fn(model, schedule, labels, guidance, generator=...)`` against the reference guided sampler on a small
     seeded class-conditional noise predictor (given code, in train mode, wrapped to record its calls), the linear

@@ -21,6 +21,7 @@ import torch
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
                                condition_matters, expect_close, expect_sampling_calls, expect_time_per_image,
                                generator, load_weights, recorded, recorded_loss, recorded_tensor, run_student)
+from ...checks.devices import device_run
 from ...checks.protocol import check
 from ..noising.api import DDPMSchedule
 from ..stage import ReferenceCase
@@ -106,7 +107,12 @@ def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     return f"ddpm_loss matches the reference (batch {case['batch_size']}, T = {case['num_steps']})"
 
 
-@check(reference=REFERENCE.loss_case, probe=_loss_probe, judge=_loss_judge)
+def _loss_devices(ddpm_loss, *, inputs: dict) -> str | None:
+    return device_run("ddpm_loss", ddpm_loss, ToyModel(), inputs["x0"].clone(), _schedule(inputs),
+                      generator(inputs["generator_seed"]), where="x0.device")
+
+
+@check(reference=REFERENCE.loss_case, probe=_loss_probe, judge=_loss_judge, devices=_loss_devices)
 def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0):
     """Check ``fn(model, x0, schedule, generator)``: on a toy model, ``batch_size`` images in [-1, 1] and the
     linear schedule of ``num_steps`` steps, a scalar loss with a gradient, equal to the reference DDPM loss drawn
@@ -233,7 +239,12 @@ def _sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"ddpm_sample reproduces Algorithm 2 ({num_steps} steps, with and without z)"
 
 
-@check(reference=REFERENCE.sample_case, probe=_sample_probe, judge=_sample_judge)
+def _sample_devices(ddpm_sample, *, inputs: dict) -> str | None:
+    return device_run("ddpm_sample", ddpm_sample, TinyNoisePredictor(inputs["model_seed"]), _schedule(inputs),
+                      inputs["num_samples"], generator(inputs["generator_seed"]), stochastic=True)
+
+
+@check(reference=REFERENCE.sample_case, probe=_sample_probe, judge=_sample_judge, devices=_sample_devices)
 def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0):
     """Check ``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to
     the reference Algorithm 2 run on the same small seeded noise predictor (``TinyNoisePredictor(seed)``) and the
