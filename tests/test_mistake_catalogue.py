@@ -365,6 +365,10 @@ def ddpm_loss_given(model, x0, schedule, generator=None):
     return (model(given_q_sample(x0, t, eps, schedule), t.float() / T) - eps).pow(2).mean()
 
 
+CPU_FULL = ("mixes devices: a tensor made by `torch.full` is on cpu, the model on meta: make it there, "
+            "`torch.full(..., device=device)`")  # a sampler's time tensor made without device=
+
+
 def ddpm_sample_global_start(model, schedule, num_samples, generator=None, stochastic=True):
     torch.randn(1, generator=generator)  # x_T drawn from anything but the generator's first numbers
     return ddpm_sample(model, schedule, num_samples, generator, stochastic)
@@ -386,6 +390,9 @@ DDPM = {
         ".item()": (lambda *a: ddpm_loss(*a).item(), "do not call .item()"),
         "detached": (lambda *a: ddpm_loss(*a).detach(), "your loss has no gradient"),
         "no model": (lambda m, x0, s, g: F.mse_loss(x0, x0 * 0), "never calls the model"),
+        "t drawn on the CPU": (lambda *a: ddpm_loss(*a, cpu_t=True),
+                               "`torch.randint` drew on cpu with the generator you were given, which lives on the "
+                               "model's device (meta): pass `device=x0.device`"),
     }),
     "ddpm_step": Todo(ddpm.check_ddpm_step, {"a student's step": ddpm_step}, {
         "noise at t = 0": (lambda *a: ddpm_step(*a, noise_at_zero=True), "did you add noise at the last step t = 0"),
@@ -404,6 +411,7 @@ DDPM = {
                                "with stochastic=False pass z=None"),
         "x_T not the generator's first draw": (ddpm_sample_global_start, "draw x_T = torch.randn((N, 1, 28, 28), "
                                                                          "generator=generator) before anything"),
+        "time on the CPU": (lambda *a, **k: ddpm_sample(*a, **k, cpu_time=True), CPU_FULL),
     }),
 }
 
@@ -492,6 +500,11 @@ CFG = {
         "one_hot without num_classes": (cfg_loss_one_hot(None), "are 9 wide, expected 10: F.one_hot(labels, 10)"),
         "one_hot 11 wide": (cfg_loss_one_hot(11), "are 11 wide, expected 10: F.one_hot(labels, 10)"),
         "one t for the batch": (cfg_loss_one_t, "your model got the same t (the same noise level) for all 16"),
+        "t drawn on the CPU": (lambda *a, **k: cfg_loss(*a, **k, mistake="cpu_t"),
+                               "`torch.randint` drew on cpu with the generator"),
+        "one-hot rows of torch.eye": (lambda *a, **k: cfg_loss(*a, **k, mistake="eye"),
+                                      "a tensor made by `torch.eye` is on cpu, the model on meta: make it there, "
+                                      "`torch.eye(..., device=x0.device)`"),
     }),
     "guided_eps": Todo(cfg.check_guided_eps, {"a student's": guided_eps, "torch.lerp": guided_eps_lerp}, {
         "swapped": (lambda *a: guided_eps(*a, swap=True), "you swapped eps_cond and eps_uncond"),
@@ -511,6 +524,10 @@ CFG = {
         "one_hot without num_classes": (cfg_sample_one_hot(None), "F.one_hot(labels, 10).float() (without "
                                                                   "num_classes"),
         "one_hot 11 wide": (cfg_sample_one_hot(11), "are 11 wide, expected 10"),
+        "time on the CPU": (lambda *a, **k: cfg_sample(*a, **k, cpu_time=True), CPU_FULL),
+        "F.one_hot(labels) left on the CPU": (lambda *a, **k: cfg_sample(*a, **k, cpu_classes=True),
+                                              "your cfg_sample mixes devices: labels are on cpu, the model on meta: "
+                                              "move them with `.to(device)`"),
     }),
 }
 
@@ -563,6 +580,7 @@ FLOW = {
         "detached": (lambda *a: flow_loss(*a).detach(), "no gradient"),
         "no model": (lambda m, x0, g: (torch.randn(x0.shape, generator=g) - x0).pow(2).mean(),
                      "never calls the model"),
+        "t drawn on the CPU": (lambda *a: flow_loss(*a, cpu_t=True), "`torch.rand` drew on cpu with the generator"),
     }),
     "flow_sample": Todo(flow.check_flow_sample, {"a student's sampler": flow_sample,
                                                 "linspace time grid": flow_sample_time_grid}, {
@@ -571,6 +589,7 @@ FLOW = {
         "start noise without the generator": (flow_sample_global_noise, "draws from the global random state"),
         "seeds the global state": (flow_sample_seeded, "ignores the generator you are given"),
         "a list": (lambda *a: (flow_sample(*a), []), "samples should be a torch.Tensor"),
+        "time on the CPU": (lambda *a: flow_sample(*a, cpu_time=True), CPU_FULL),
     }),
 }
 
