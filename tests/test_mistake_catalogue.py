@@ -58,7 +58,7 @@ def students(student) -> tuple:
 
 
 def add_noise(x, sigma, generator=None):
-    return torch.randn(x.size(), generator=generator).mul(sigma).add(x)
+    return torch.randn(x.size(), generator=generator, device=x.device).mul(sigma).add(x)
 
 
 def linear_schedule(num_steps, beta_start=1e-4, beta_end=0.02, mistake=None):
@@ -125,6 +125,9 @@ NOISING = {
         "randn_like": (lambda x, sigma, generator=None: x + sigma * torch.randn_like(x), "not torch.randn_like"),
         "in place": (lambda x, sigma, generator=None: x.add_(sigma * torch.randn(x.shape, generator=generator)),
                      "changed its input x in place"),
+        "eps drawn on the CPU": (lambda x, sigma, generator=None: x + sigma * torch.randn(x.shape, generator=generator),
+                                 "your add_noise mixes devices: `torch.randn` drew on cpu with the generator you were "
+                                 "given, which lives on x's device (meta): pass `device=x.device`"),
     }),
     "ddpm_schedule": Todo(noising.check_schedule, {"arange and exp of cumsum of logs": linear_schedule}, {
         "one step too many": (lambda *a: linear_schedule(*a, mistake="one_more"), "one step too many"),
@@ -213,6 +216,11 @@ BIG_KERNEL_CONV = conv_layer(lambda i, o: nn.Conv2d(i, o, 5, padding=2))
 def loss_predicting_noise(model, x, sigma=0.5, generator=None):
     eps = torch.randn(x.shape, generator=generator)
     return F.mse_loss(model(x + sigma * eps), eps)
+
+
+def loss_cpu_noise(model, x, sigma=0.5, generator=None):
+    eps = torch.randn(x.shape, generator=generator)
+    return F.mse_loss(model(x + sigma * eps), x)
 
 
 def loss_on_clean(model, x, sigma=0.5, generator=None):
@@ -312,6 +320,8 @@ DENOISER = {
         "sum": ((loss_summed, answer.train_step), "use the mean of the squared errors (F.mse_loss), not the sum"),
         "unscaled noise": ((loss_unscaled, answer.train_step), "the noise is not scaled: z = x + sigma * eps"),
         ".item()": ((loss_item, answer.train_step), "should be a torch.Tensor, got float"),
+        "noise drawn on the CPU": ((loss_cpu_noise, answer.train_step),
+                                   "your denoising_loss mixes devices: `torch.randn` drew on cpu with the generator"),
         "no gradient": ((loss_without_grad, answer.train_step), "the loss does not depend on the model's weights"),
         "randn_like": ((loss_randn_like, answer.train_step), "different values for the same generator seed"),
         "no zero_grad": ((answer.denoising_loss, step(zero_grad=False)),
@@ -421,7 +431,7 @@ DDPM = {
 
 def drop_labels_where(c, p_uncond=0.1, generator=None):
     """drop_labels with torch.where."""
-    u = torch.rand(len(c), generator=generator)
+    u = torch.rand(len(c), generator=generator, device=c.device)
     return torch.where((u < p_uncond)[:, None], torch.zeros_like(c), c)
 
 
@@ -482,6 +492,9 @@ CFG = {
         "one number per entry": (lambda c, p, g: c * (torch.rand(c.shape, generator=g) >= p), "one number per row"),
         "in place": (drop_labels_in_place, "changed c in place"),
         "a list": (lambda c, p, g: c.tolist(), "should be a torch.Tensor, got list"),
+        "u drawn on the CPU": (lambda c, p, g: c * (torch.rand(len(c), generator=g) >= p)[:, None],
+                               "`torch.rand` drew on cpu with the generator you were given, which lives on c's device "
+                               "(meta): pass `device=c.device`"),
     }),
     "cfg_loss": Todo(cfg.check_cfg_loss, {"a student's loss": cfg_loss}, {
         "no dropout": (lambda *a, **k: cfg_loss(*a, **k, mistake="no_dropout"), "no row of c was dropped"),
@@ -597,15 +610,23 @@ FLOW = {
 # ----------------------------------------------------------------------------------------------- stage 6
 
 
-def embedding(order="sin_cos", exponent=lambda i, half, dim: -i / half):
+def embedding(order="sin_cos", exponent=lambda i, half, dim: -i / half, on_cpu=False):
     def student(t, dim):
         half = dim // 2
-        w = 10000.0 ** torch.tensor([exponent(i, half, dim) for i in range(half)])
+        w = 10000.0 ** torch.tensor([exponent(i, half, dim) for i in range(half)], device=None if on_cpu else t.device)
         angles = t[:, None] * w
         if order == "interleaved":
             return torch.stack([angles.sin(), angles.cos()], 2).flatten(1)
         return torch.cat([angles.sin(), angles.cos()] if order == "sin_cos" else [angles.cos(), angles.sin()], 1)
     return student
+
+
+def sinusoidal_embedding_arange(t, dim, device="t"):
+    """The embedding with torch.arange for the frequencies, made on t's device (``device="t"``) or on ``device``."""
+    half = dim // 2
+    i = torch.arange(half, device=t.device if device == "t" else device)
+    angles = t[:, None] * torch.exp(-math.log(10000.0) * i / half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class Attention(SelfAttention):
@@ -638,7 +659,8 @@ def attention(mistake=None):
 
 
 IMPROVED = {
-    "sinusoidal_embedding": Todo(improved.check_sinusoidal_embedding, {"powers of 10000": embedding()}, {
+    "sinusoidal_embedding": Todo(improved.check_sinusoidal_embedding, {
+        "powers of 10000": embedding(), "exp of torch.arange": sinusoidal_embedding_arange}, {
         "cosines first": (embedding(order="cos_sin"), "cosines come second"),
         "interleaved": (embedding(order="interleaved"), "interleaved"),
         "growing frequencies": (embedding(exponent=lambda i, half, dim: i / half), "frequencies grow"),
@@ -647,6 +669,10 @@ IMPROVED = {
         "sines only": (lambda t, dim: torch.sin(t[:, None] * torch.ones(dim)), "sin^2 + cos^2 = 1"),
         "in place": (lambda t, dim: t.mul_(2)[:, None].expand(-1, dim), "in place"),
         "one column short": (lambda t, dim: sinusoidal_embedding(t, dim)[:, :-1], "shape"),
+        "frequencies on the CPU": (embedding(on_cpu=True), "a tensor made by `torch.tensor` is on cpu, t on meta: "
+                                                           "make it there, `torch.tensor(..., device=t.device)`"),
+        "torch.arange on the CPU": (lambda t, dim: sinusoidal_embedding_arange(t, dim, device=None),
+                                    "`torch.arange(..., device=t.device)`"),
     }, {"dim": 12, "seed": 4}),
     "self_attention": Todo(improved.check_self_attention, {"a student's": attention()}, {
         mistake: (attention(mistake), hint)

@@ -175,6 +175,7 @@ def device_run(name: str, function: Callable, *args, holder: str = "the model", 
     in this run is left to the ordinary run on the CPU: it has values, this run does not.
     """
     names: dict[int, tuple] = {}
+    function = _moved(function, names)  # a module runs on the device too
     args = tuple(_moved(value, names) for value in args)
     kwargs = {key: _moved(value, names) for key, value in kwargs.items()}
     generator = next((v for v in (*args, *kwargs.values()) if isinstance(v, DeviceGenerator)), None)
@@ -185,3 +186,13 @@ def device_run(name: str, function: Callable, *args, holder: str = "the model", 
     except Exception:  # noqa: BLE001 - student code on values-less tensors: only device mistakes count here
         pass
     return f"your {name} mixes devices: {guard.problem} {EXPLAINED}" if guard.problem else None
+
+
+def module_device_run(name: str, build: Callable[[], nn.Module], *inputs, **kwargs) -> str | None:
+    """:func:`device_run` of the forward pass of the student's module ``build()`` (moved to the device) on
+    ``inputs``; None when the module cannot be built (the ordinary run says why)."""
+    try:
+        module = build()
+    except Exception:  # noqa: BLE001 - the check's ordinary run reports it
+        return None
+    return device_run(name, module, *inputs, **kwargs)

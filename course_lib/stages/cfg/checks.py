@@ -13,6 +13,7 @@ with the answers, is in ``reference.py`` beside this file (read through ``REFERE
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -21,7 +22,7 @@ from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyM
                                condition_matters, expect_close, expect_sampling_calls, expect_tensor,
                                expect_time_per_image, generator, load_weights, matching_hint, recorded, recorded_loss,
                                recorded_tensor, run_student)
-from ...checks.devices import OnCPU, device_run
+from ...checks.devices import OnCPU, device_run, module_device_run
 from ...checks.protocol import check
 from ...data import one_hot
 from ..noising.api import DDPMSchedule
@@ -117,7 +118,13 @@ def _rows(mask: torch.Tensor) -> str:
     return "[" + ", ".join(map(str, rows[:6])) + (", ...]" if len(rows) > 6 else "]")
 
 
-@check(reference=REFERENCE.drop_labels_case, probe=_drop_labels_probe, judge=_drop_labels_judge)
+def _drop_labels_devices(drop_labels, *, inputs: dict) -> str | None:
+    return device_run("drop_labels", drop_labels, inputs["c"].clone(), inputs["p_uncond"], generator(inputs["seed"]),
+                      holder="c", where="c.device")
+
+
+@check(reference=REFERENCE.drop_labels_case, probe=_drop_labels_probe, judge=_drop_labels_judge,
+       devices=_drop_labels_devices)
 def check_drop_labels(fn, batch_size: int = 64, p_uncond: float = 0.1, seed: int = 0):
     """Check that ``fn(c, p_uncond, generator)`` zeroes whole rows of one-hot ``c`` exactly as the reference does.
 
@@ -155,7 +162,13 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             f"{case['batch_size']} images")
 
 
-@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
+def _unet_devices(cls, *, inputs: dict) -> str | None:
+    build = functools.partial(cls, in_channels=1, num_classes=NUM_CLASSES, num_hiddens=inputs["num_hiddens"])
+    return module_device_run("ClassConditionalUNet", build, inputs["x"].clone(), inputs["t"].clone(),
+                             inputs["c"].clone(), holder="x", where="x.device")
+
+
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge, devices=_unet_devices)
 def check_class_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 4, seed: int = 0):
     """Check ``cls(in_channels=1, num_classes=10, num_hiddens=D)`` with ``forward(x, t, c)`` against the reference.
 
@@ -223,7 +236,13 @@ def _guided_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"guided_eps matches eps_u + gamma (eps_c - eps_u) at gamma = 0, 1 and {guidance:g}, in one forward pass"
 
 
-@check(reference=REFERENCE.guided_case, probe=_guided_probe, judge=_guided_judge)
+def _guided_devices(guided_eps, *, inputs: dict) -> str | None:
+    model = TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES).eval()
+    return device_run("guided_eps", guided_eps, model, inputs["x_t"].clone(), inputs["t"].clone(), inputs["c"].clone(),
+                      float(inputs["scales"][0]), where="x_t.device")
+
+
+@check(reference=REFERENCE.guided_case, probe=_guided_probe, judge=_guided_judge, devices=_guided_devices)
 def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int = 0):
     """Check that ``fn(model, x_t, t, c, guidance)`` returns eps_u + guidance (eps_c - eps_u) from one batched
     forward pass.
