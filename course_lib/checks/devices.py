@@ -4,8 +4,9 @@ on the CPU) on a machine without a GPU.
 
 The other device is PyTorch's ``meta`` device (tensors with a shape and a dtype but no values), watched by
 :class:`DeviceGuard`, which refuses what a GPU refuses: an operation that mixes a ``meta`` tensor with a CPU tensor of
-one element or more (a CPU number, a 0-dimensional tensor, mixes on a GPU too), and a draw with the run's generator
-that lands on the CPU (a generator made on a GPU draws only there). Reading values back (``.cpu()``, ``.item()``,
+one element or more (a CPU number, a 0-dimensional tensor, mixes on a GPU too), and a draw with a generator on
+another device than the tensor drawn (a generator made on a GPU draws only there, a CPU generator only on the
+CPU). Reading values back (``.cpu()``, ``.item()``,
 ``.tolist()``, ``.numpy()``, ``bool()``, ``int()``, ``float()``) gives zeros, so correct code that keeps its
 trajectory on the CPU runs through. Meta tensors have no values, so this run judges devices only; the check's
 ordinary run on the CPU judges the values.
@@ -26,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 DEVICE = torch.device("meta")
+GENERATOR = torch.Generator  # as imported (a test may stand in for torch.Generator while this module runs)
 
 MOVES = frozenset({"to", "cpu", "cuda", "copy_", "type_as", "new_tensor", "new_zeros", "new_ones", "new_full",
                    "new_empty"})  # Tensor methods that move or copy across devices, as on a GPU
@@ -38,7 +40,7 @@ class DeviceMixed(RuntimeError):
     """The student's code mixed devices; the message names the tensor and what to change."""
 
 
-class DeviceGenerator(torch.Generator):
+class DeviceGenerator(GENERATOR):
     """A generator that says it lives on :data:`DEVICE` (a ``meta`` generator does not exist): ``generator.device``
     gives the sampling device, as a generator made on a GPU does."""
 
@@ -108,10 +110,7 @@ class DeviceGuard(TorchFunctionMode):
             return self._named(result, f"a copy made by `{spelled(func)}`")
         self._refuse_mixing(func, args, kwargs)
         result = func(*args, **kwargs)
-        if kwargs.get("generator") is self.generator is not None and isinstance(result, torch.Tensor) \
-                and result.device != DEVICE:
-            self._fail(f"`{spelled(func)}` drew on {result.device.type} with the generator you were given, which "
-                       f"lives on {self.holder}'s device ({DEVICE.type}): pass `device={self.where}`")
+        self._refuse_draw(func, kwargs.get("generator"), result)
         cpu_inputs = [self.name(t) for t in _tensors(args, kwargs) if t.device.type == "cpu"]
         return self._named(result, next((n for n in cpu_inputs if n), None) or f"a tensor made by `{spelled(func)}`")
 
@@ -128,6 +127,18 @@ class DeviceGuard(TorchFunctionMode):
         if cpu and any(t.device == DEVICE for t in tensors):
             what = self.name(cpu[0]) or f"a tensor made on the CPU, given to `{spelled(func)}`,"
             self._fail(_mixing_message(what, self.holder, self.where))
+
+    def _refuse_draw(self, func, generator, result) -> None:
+        """Fail when ``func`` drew ``result`` with a generator that lives on another device."""
+        if not isinstance(generator, GENERATOR) or not isinstance(result, torch.Tensor) \
+                or generator.device.type == result.device.type:
+            return
+        whose = "the generator you were given" if generator is self.generator else "a generator"
+        if generator.device == DEVICE:
+            self._fail(f"`{spelled(func)}` drew on {result.device.type} with {whose}, which lives on "
+                       f"{self.holder}'s device ({DEVICE.type}): pass `device={self.where}`")
+        self._fail(f"`{spelled(func)}` drew on {result.device.type} with {whose} made on the CPU: make the "
+                   f"generator on the device, `torch.Generator({self.where})`")
 
     def _named(self, result, name: str):
         """``result``, with its CPU tensors named ``name`` (unless named already)."""
@@ -158,7 +169,7 @@ def _moved(value, names: dict[int, tuple]):
     if isinstance(value, OnCPU):
         names[id(value.tensor)] = (weakref.ref(value.tensor), value.name)
         return value.tensor
-    if isinstance(value, torch.Generator):
+    if isinstance(value, GENERATOR):
         return DeviceGenerator()
     if isinstance(value, (torch.Tensor, nn.Module)):
         return value.to(DEVICE)
