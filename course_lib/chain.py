@@ -34,8 +34,9 @@ def sampling_mode(model, device: torch.device):
     if isinstance(model, nn.Module):
         model.eval()
     dtype = autocast_dtype(device)
+    precision = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode(), precision:  # no autocast where full precision is kept (any device type)
             yield
     finally:
         if was_training:

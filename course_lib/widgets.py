@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from .noise import DDPMSchedule, add_noise, q_sample
 from .plots import image_grid
-from .sampling import cfg_sample
+from .sampling import cfg_sample, device_of
 from .validation import check_tensor
 
 Render = Callable[[float], torch.Tensor]
@@ -100,7 +100,8 @@ def noise_slider(images: torch.Tensor, max_sigma: float = 1.0, step: float = 0.0
                  add_noise_fn: Callable = add_noise) -> ImageSlider:
     """A sigma slider over ``images`` (N, 1, H, W) in [0, 1], noised as ``z = x + sigma * eps``.
 
-    The same eps (drawn with ``seed``) is used for every sigma, so only the noise level changes.
+    The same eps (drawn with ``seed``, on the CPU, where the images are copied) is used for every sigma, so only
+    the noise level changes.
     ``add_noise_fn(x, sigma, generator)`` defaults to :func:`course_lib.noise.add_noise`; pass the
     student's own function to watch it work.
     """
@@ -110,7 +111,7 @@ def noise_slider(images: torch.Tensor, max_sigma: float = 1.0, step: float = 0.0
                                  readout_format=".2f", continuous_update=True)
 
     def render(sigma: float) -> torch.Tensor:
-        return add_noise_fn(images, float(sigma), torch.Generator().manual_seed(seed))
+        return add_noise_fn(images, float(sigma), torch.Generator(images.device).manual_seed(seed))
 
     return ImageSlider(slider, render, lambda sigma: f"z = x + sigma * eps at sigma = {sigma:.2f}",
                        ncols=min(len(images), 8), value_range="unit")
@@ -120,13 +121,14 @@ def forward_process_slider(x0: torch.Tensor, schedule: DDPMSchedule, seed: int =
                            q_sample_fn: Callable = q_sample) -> ImageSlider:
     """A t slider (0..T-1) over the DDPM forward process of ``x0`` (N, 1, H, W) in [-1, 1].
 
-    ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` with one eps (drawn with ``seed``) for all t.
+    ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` with one eps (drawn with ``seed`` on the schedule's
+    device, where the images are noised) for all t.
     ``q_sample_fn(x0, t, eps, schedule)`` defaults to :func:`course_lib.noise.q_sample`.
     """
     check_tensor("x0", x0, ndim=4, floating=True)
     device = schedule.alpha_bars.device
     x0 = x0.detach().to(device)
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    eps = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
     slider = widgets.IntSlider(value=schedule.num_steps // 4, min=0, max=schedule.num_steps - 1, step=1,
                                description="t", continuous_update=True)
 
@@ -165,10 +167,11 @@ def guidance_slider(model, schedule: DDPMSchedule, guidances=(0.0, 1.0, 2.0, 3.0
     and the same z at every step), so a move shows instantly and only gamma changes between pictures.
     ``sample_fn(model, schedule, labels, guidance, generator=...)`` returns images (N, 1, 28, 28) in
     [-1, 1]; it defaults to :func:`course_lib.sampling.cfg_sample` (pass the student's own sampler to use it).
+    The labels and the generator are made on the model's device, where the samples are drawn.
     """
     if len(guidances) == 0:
         raise ValueError("`guidances` must hold at least one guidance scale, got an empty sequence")
-    device = schedule.alpha_bars.device
+    device = device_of(model)
     labels = torch.tensor(list(digits), dtype=torch.long, device=device)
     samples = {}
     for guidance in guidances:

@@ -159,7 +159,7 @@ def test_unet_check_names_the_output_and_the_mode():
 
 
 def noisy(x, sigma, generator):
-    return x + sigma * torch.randn(x.shape, generator=generator)
+    return x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
 
 
 def loss_summed(model, x, sigma=0.5, generator=None):

@@ -110,10 +110,10 @@ def test_class_conditional_unet_check_passes_the_reference_and_probes_without_an
 # ----------------------------------------------------------------------------- stage 3: loss and sampling
 
 
-def ddpm_loss(model, x0, schedule, generator=None, eps_first=False, scale_time=True):
+def ddpm_loss(model, x0, schedule, generator=None, eps_first=False, scale_time=True, cpu_t=False):
     T = schedule.num_steps
-    draws = [lambda: torch.randint(0, T, (x0.shape[0],), generator=generator),
-             lambda: torch.randn(x0.shape, generator=generator)]
+    draws = [lambda: torch.randint(0, T, (x0.shape[0],), generator=generator, device=None if cpu_t else x0.device),
+             lambda: torch.randn(x0.shape, generator=generator, device=x0.device)]
     t, eps = (d() for d in draws) if not eps_first else reversed([d() for d in reversed(draws)])
     alpha_bar = schedule.alpha_bars[t].view(-1, 1, 1, 1)
     x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
@@ -147,18 +147,21 @@ def test_ddpm_step_check_matches_both_written_forms():
     ddpm.check_ddpm_step(ho_form, batch_size=3, num_steps=1000, seed=2)
 
 
-def ddpm_sample(model, schedule, num_samples, generator=None, stochastic=True, evaluate=True, noise_at_zero=False):
+def ddpm_sample(model, schedule, num_samples, generator=None, stochastic=True, evaluate=True, noise_at_zero=False,
+                cpu_time=False):
+    """The notebook's ddpm_sample, with one mistake if asked (``cpu_time``: the time tensor made on the CPU)."""
     if evaluate:
         model.eval()
-    T = schedule.num_steps
+    T, device = schedule.num_steps, next(model.parameters()).device
     with torch.no_grad():
-        x = torch.randn((num_samples, 1, 28, 28), generator=generator)
-        frames = [x]
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device)
+        frames = [x.cpu()]
         for t in reversed(range(T)):
-            eps = model(x, torch.full((num_samples,), t / T))
-            z = torch.randn(x.shape, generator=generator) if stochastic and (t > 0 or noise_at_zero) else None
+            eps = model(x, torch.full((num_samples,), t / T, device=None if cpu_time else device))
+            z = (torch.randn(x.shape, generator=generator, device=device) if stochastic and (t > 0 or noise_at_zero)
+                 else None)
             x = ddpm_step(x, eps, t, schedule, z, noise_at_zero=noise_at_zero)
-            frames.append(x)
+            frames.append(x.cpu())
     return x, torch.stack(frames)
 
 
@@ -244,7 +247,7 @@ def test_stage3_judges_reject_forged_outputs():
 
 
 def drop_labels(c, p_uncond=0.1, generator=None):
-    return c * (torch.rand(c.shape[0], generator=generator) >= p_uncond)[:, None].float()
+    return c * (torch.rand(c.shape[0], generator=generator, device=c.device) >= p_uncond)[:, None].float()
 
 
 def test_drop_labels_check():
@@ -310,9 +313,9 @@ def test_guided_eps_check_passes_the_reference_and_probes_without_answers(monkey
 # ----------------------------------------------------------------------------- stage 5
 
 
-def flow_loss(model, x0, generator=None, sign=1):
-    t = torch.rand(x0.shape[0], generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+def flow_loss(model, x0, generator=None, sign=1, cpu_t=False):
+    t = torch.rand(x0.shape[0], generator=generator, device=None if cpu_t else x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
     return F.mse_loss(model(x_t, t), sign * (eps - x0))
 
@@ -334,14 +337,16 @@ def test_flow_loss_check_passes_the_reference_and_probes_without_answers(monkeyp
         judge_cfg_flow_probe_without_answers(monkeypatch, flow.check_flow_loss, (lambda *a: flow_loss(*a, sign=-1),))
 
 
-def flow_sample(model, num_samples, num_steps, generator=None, sign=-1, shift=0, start=None):
+def flow_sample(model, num_samples, num_steps, generator=None, sign=-1, shift=0, start=None, cpu_time=False):
     """The notebook's flow_sample, with one mistake if asked (``start``: the noise it starts from instead of the
-    generator's)."""
+    generator's; ``cpu_time``: the time tensor made on the CPU)."""
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        x = torch.randn((num_samples, 1, 28, 28), generator=generator) if start is None else start
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device) if start is None else start
         for k in range(num_steps):
-            x = x + sign * model(x, torch.full((num_samples,), 1 - (k + shift) / num_steps)) / num_steps
+            time = torch.full((num_samples,), 1 - (k + shift) / num_steps, device=None if cpu_time else device)
+            x = x + sign * model(x, time) / num_steps
     return x
 
 
@@ -420,16 +425,17 @@ def cfg_loss(model, x0, labels, schedule, p_uncond=0.1, generator=None, order=("
     from course_lib.noise import q_sample
 
     T = schedule.num_steps
-    c = F.one_hot(labels, 10).float()
+    c = torch.eye(10)[labels] if mistake == "eye" else F.one_hot(labels, 10).float()
     draws = {}
     for what in order:
         if what == "drop":
             draws["c"] = c if mistake == "no_dropout" else drop_labels(c, 0.1 if mistake == "fixed_p" else p_uncond,
                                                                         generator)
         elif what == "t":
-            draws["t"] = torch.randint(0, T, (x0.shape[0],), generator=generator)
+            draws["t"] = torch.randint(0, T, (x0.shape[0],), generator=generator,
+                                       device=None if mistake == "cpu_t" else x0.device)
         else:
-            draws["eps"] = torch.randn(x0.shape, generator=generator)
+            draws["eps"] = torch.randn(x0.shape, generator=generator, device=x0.device)
     t, eps = draws["t"], draws["eps"]
     time = t.float() if mistake == "integer_time" else t / T
     output = model(q_sample(x0, t, eps, schedule), time, draws["c"])
@@ -460,26 +466,28 @@ def test_cfg_loss_check_passes_the_reference_and_probes_without_answers(monkeypa
 
 
 def cfg_sample(model, schedule, labels, guidance=5.0, generator=None, evaluate=True, no_grad=True, scale=None,
-               stochastic=True, last_noise=False, batched=True, classes=None):
+               stochastic=True, last_noise=False, batched=True, classes=None, cpu_time=False, cpu_classes=False):
     """The notebook's cfg_sample, with one mistake if asked (``classes``: the one-hot classes it uses instead of
-    F.one_hot(labels, 10))."""
+    F.one_hot(labels, 10); ``cpu_time``, ``cpu_classes``: the time tensor made on, the classes left on the CPU)."""
     from course_lib.sampling import ddpm_step
 
     if evaluate:
         model.eval()
-    T, n = schedule.num_steps, len(labels)
+    T, n, device = schedule.num_steps, len(labels), next(model.parameters()).device
     c = F.one_hot(labels, 10).float() if classes is None else classes
+    c = c if cpu_classes else c.to(device)
     gamma = guidance if scale is None else scale
     with torch.set_grad_enabled(not no_grad):
-        x = torch.randn((n, 1, 28, 28), generator=generator)
+        x = torch.randn((n, 1, 28, 28), generator=generator, device=device)
         for t in reversed(range(T)):
-            time = torch.full((n,), t / T)
+            time = torch.full((n,), t / T, device=None if cpu_time else device)
             if batched:
                 eps = guided_eps(model, x, time, c, gamma)
             else:
                 eps_u = model(x, time, torch.zeros_like(c))
                 eps = eps_u + gamma * (model(x, time, c) - eps_u)
-            z = torch.randn(x.shape, generator=generator) if stochastic and (t > 0 or last_noise) else None
+            noisy = stochastic and (t > 0 or last_noise)
+            z = torch.randn(x.shape, generator=generator, device=device) if noisy else None
             x = ddpm_step(x, eps, t, schedule, z)
             if t == 0 and z is not None:
                 x = x + schedule.betas[0].sqrt() * z

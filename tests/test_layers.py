@@ -17,7 +17,8 @@ LIBRARY = Path(__file__).resolve().parent.parent / "course_lib"
 CORE = {"course_lib", "course_lib.runtime", "course_lib.validation", "course_lib.data", "course_lib.chain",
         "course_lib.checkpoints", "course_lib.ema", "course_lib.host_syncs", "course_lib.training",
         "course_lib.train_step", "course_lib.optimizers", "course_lib.precision", "course_lib.classifier",
-        "course_lib.improved_unet", "course_lib.checks", "course_lib.checks.harness", "course_lib.checks.protocol"}
+        "course_lib.improved_unet", "course_lib.checks", "course_lib.checks.harness", "course_lib.checks.protocol",
+        "course_lib.checks.devices"}
 STAGE_ORDER = [stage.package for stage in STAGES]
 
 

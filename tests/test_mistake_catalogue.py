@@ -58,7 +58,7 @@ def students(student) -> tuple:
 
 
 def add_noise(x, sigma, generator=None):
-    return torch.randn(x.size(), generator=generator).mul(sigma).add(x)
+    return torch.randn(x.size(), generator=generator, device=x.device).mul(sigma).add(x)
 
 
 def linear_schedule(num_steps, beta_start=1e-4, beta_end=0.02, mistake=None):
@@ -125,6 +125,9 @@ NOISING = {
         "randn_like": (lambda x, sigma, generator=None: x + sigma * torch.randn_like(x), "not torch.randn_like"),
         "in place": (lambda x, sigma, generator=None: x.add_(sigma * torch.randn(x.shape, generator=generator)),
                      "changed its input x in place"),
+        "eps drawn on the CPU": (lambda x, sigma, generator=None: x + sigma * torch.randn(x.shape, generator=generator),
+                                 "your add_noise mixes devices: `torch.randn` drew on cpu with the generator you were "
+                                 "given, which lives on x's device (meta): pass `device=x.device`"),
     }),
     "ddpm_schedule": Todo(noising.check_schedule, {"arange and exp of cumsum of logs": linear_schedule}, {
         "one step too many": (lambda *a: linear_schedule(*a, mistake="one_more"), "one step too many"),
@@ -213,6 +216,11 @@ BIG_KERNEL_CONV = conv_layer(lambda i, o: nn.Conv2d(i, o, 5, padding=2))
 def loss_predicting_noise(model, x, sigma=0.5, generator=None):
     eps = torch.randn(x.shape, generator=generator)
     return F.mse_loss(model(x + sigma * eps), eps)
+
+
+def loss_cpu_noise(model, x, sigma=0.5, generator=None):
+    eps = torch.randn(x.shape, generator=generator)
+    return F.mse_loss(model(x + sigma * eps), x)
 
 
 def loss_on_clean(model, x, sigma=0.5, generator=None):
@@ -312,6 +320,8 @@ DENOISER = {
         "sum": ((loss_summed, answer.train_step), "use the mean of the squared errors (F.mse_loss), not the sum"),
         "unscaled noise": ((loss_unscaled, answer.train_step), "the noise is not scaled: z = x + sigma * eps"),
         ".item()": ((loss_item, answer.train_step), "should be a torch.Tensor, got float"),
+        "noise drawn on the CPU": ((loss_cpu_noise, answer.train_step),
+                                   "your denoising_loss mixes devices: `torch.randn` drew on cpu with the generator"),
         "no gradient": ((loss_without_grad, answer.train_step), "the loss does not depend on the model's weights"),
         "randn_like": ((loss_randn_like, answer.train_step), "different values for the same generator seed"),
         "no zero_grad": ((answer.denoising_loss, step(zero_grad=False)),
@@ -360,9 +370,13 @@ def ddpm_loss_one_t(model, x0, schedule, generator=None):
 def ddpm_loss_given(model, x0, schedule, generator=None):
     """With course_lib's q_sample and an explicit mean of squares."""
     T = schedule.num_steps
-    t = torch.randint(0, T, (len(x0),), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, T, (len(x0),), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     return (model(given_q_sample(x0, t, eps, schedule), t.float() / T) - eps).pow(2).mean()
+
+
+CPU_FULL = ("mixes devices: a tensor made by `torch.full` is on cpu, the model on meta: make it there, "
+            "`torch.full(..., device=device)`")  # a sampler's time tensor made without device=
 
 
 def ddpm_sample_global_start(model, schedule, num_samples, generator=None, stochastic=True):
@@ -386,6 +400,9 @@ DDPM = {
         ".item()": (lambda *a: ddpm_loss(*a).item(), "do not call .item()"),
         "detached": (lambda *a: ddpm_loss(*a).detach(), "your loss has no gradient"),
         "no model": (lambda m, x0, s, g: F.mse_loss(x0, x0 * 0), "never calls the model"),
+        "t drawn on the CPU": (lambda *a: ddpm_loss(*a, cpu_t=True),
+                               "`torch.randint` drew on cpu with the generator you were given, which lives on the "
+                               "model's device (meta): pass `device=x0.device`"),
     }),
     "ddpm_step": Todo(ddpm.check_ddpm_step, {"a student's step": ddpm_step}, {
         "noise at t = 0": (lambda *a: ddpm_step(*a, noise_at_zero=True), "did you add noise at the last step t = 0"),
@@ -404,6 +421,7 @@ DDPM = {
                                "with stochastic=False pass z=None"),
         "x_T not the generator's first draw": (ddpm_sample_global_start, "draw x_T = torch.randn((N, 1, 28, 28), "
                                                                          "generator=generator) before anything"),
+        "time on the CPU": (lambda *a, **k: ddpm_sample(*a, **k, cpu_time=True), CPU_FULL),
     }),
 }
 
@@ -413,7 +431,7 @@ DDPM = {
 
 def drop_labels_where(c, p_uncond=0.1, generator=None):
     """drop_labels with torch.where."""
-    u = torch.rand(len(c), generator=generator)
+    u = torch.rand(len(c), generator=generator, device=c.device)
     return torch.where((u < p_uncond)[:, None], torch.zeros_like(c), c)
 
 
@@ -474,6 +492,9 @@ CFG = {
         "one number per entry": (lambda c, p, g: c * (torch.rand(c.shape, generator=g) >= p), "one number per row"),
         "in place": (drop_labels_in_place, "changed c in place"),
         "a list": (lambda c, p, g: c.tolist(), "should be a torch.Tensor, got list"),
+        "u drawn on the CPU": (lambda c, p, g: c * (torch.rand(len(c), generator=g) >= p)[:, None],
+                               "`torch.rand` drew on cpu with the generator you were given, which lives on c's device "
+                               "(meta): pass `device=c.device`"),
     }),
     "cfg_loss": Todo(cfg.check_cfg_loss, {"a student's loss": cfg_loss}, {
         "no dropout": (lambda *a, **k: cfg_loss(*a, **k, mistake="no_dropout"), "no row of c was dropped"),
@@ -492,6 +513,11 @@ CFG = {
         "one_hot without num_classes": (cfg_loss_one_hot(None), "are 9 wide, expected 10: F.one_hot(labels, 10)"),
         "one_hot 11 wide": (cfg_loss_one_hot(11), "are 11 wide, expected 10: F.one_hot(labels, 10)"),
         "one t for the batch": (cfg_loss_one_t, "your model got the same t (the same noise level) for all 16"),
+        "t drawn on the CPU": (lambda *a, **k: cfg_loss(*a, **k, mistake="cpu_t"),
+                               "`torch.randint` drew on cpu with the generator"),
+        "one-hot rows of torch.eye": (lambda *a, **k: cfg_loss(*a, **k, mistake="eye"),
+                                      "a tensor made by `torch.eye` is on cpu, the model on meta: make it there, "
+                                      "`torch.eye(..., device=x0.device)`"),
     }),
     "guided_eps": Todo(cfg.check_guided_eps, {"a student's": guided_eps, "torch.lerp": guided_eps_lerp}, {
         "swapped": (lambda *a: guided_eps(*a, swap=True), "you swapped eps_cond and eps_uncond"),
@@ -511,6 +537,10 @@ CFG = {
         "one_hot without num_classes": (cfg_sample_one_hot(None), "F.one_hot(labels, 10).float() (without "
                                                                   "num_classes"),
         "one_hot 11 wide": (cfg_sample_one_hot(11), "are 11 wide, expected 10"),
+        "time on the CPU": (lambda *a, **k: cfg_sample(*a, **k, cpu_time=True), CPU_FULL),
+        "F.one_hot(labels) left on the CPU": (lambda *a, **k: cfg_sample(*a, **k, cpu_classes=True),
+                                              "your cfg_sample mixes devices: labels are on cpu, the model on meta: "
+                                              "move them with `.to(device)`"),
     }),
 }
 
@@ -527,8 +557,8 @@ def flow_loss_one_t(model, x0, generator=None):
 
 def flow_loss_lerp(model, x0, generator=None):
     """x_t as torch.lerp from x0 to eps."""
-    t = torch.rand(len(x0), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.rand(len(x0), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device)
     return (model(torch.lerp(x0, eps, t.view(-1, 1, 1, 1)), t) - (eps - x0)).square().mean()
 
 
@@ -546,9 +576,10 @@ def flow_sample_seeded(model, num_samples, num_steps, generator=None):
 def flow_sample_time_grid(model, num_samples, num_steps, generator=None):
     """The Euler sampler over torch.linspace's time grid."""
     model.eval()
-    times = torch.linspace(1, 0, num_steps + 1)
+    device = next(model.parameters()).device
+    times = torch.linspace(1, 0, num_steps + 1, device=device)
     with torch.no_grad():
-        x = torch.randn((num_samples, 1, 28, 28), generator=generator)
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device)
         for t, t_next in zip(times[:-1], times[1:]):
             x = x + (t_next - t) * model(x, t.repeat(num_samples))
     return x
@@ -562,6 +593,7 @@ FLOW = {
         "detached": (lambda *a: flow_loss(*a).detach(), "no gradient"),
         "no model": (lambda m, x0, g: (torch.randn(x0.shape, generator=g) - x0).pow(2).mean(),
                      "never calls the model"),
+        "t drawn on the CPU": (lambda *a: flow_loss(*a, cpu_t=True), "`torch.rand` drew on cpu with the generator"),
     }),
     "flow_sample": Todo(flow.check_flow_sample, {"a student's sampler": flow_sample,
                                                 "linspace time grid": flow_sample_time_grid}, {
@@ -570,6 +602,7 @@ FLOW = {
         "start noise without the generator": (flow_sample_global_noise, "draws from the global random state"),
         "seeds the global state": (flow_sample_seeded, "ignores the generator you are given"),
         "a list": (lambda *a: (flow_sample(*a), []), "samples should be a torch.Tensor"),
+        "time on the CPU": (lambda *a: flow_sample(*a, cpu_time=True), CPU_FULL),
     }),
 }
 
@@ -577,15 +610,23 @@ FLOW = {
 # ----------------------------------------------------------------------------------------------- stage 6
 
 
-def embedding(order="sin_cos", exponent=lambda i, half, dim: -i / half):
+def embedding(order="sin_cos", exponent=lambda i, half, dim: -i / half, on_cpu=False):
     def student(t, dim):
         half = dim // 2
-        w = 10000.0 ** torch.tensor([exponent(i, half, dim) for i in range(half)])
+        w = 10000.0 ** torch.tensor([exponent(i, half, dim) for i in range(half)], device=None if on_cpu else t.device)
         angles = t[:, None] * w
         if order == "interleaved":
             return torch.stack([angles.sin(), angles.cos()], 2).flatten(1)
         return torch.cat([angles.sin(), angles.cos()] if order == "sin_cos" else [angles.cos(), angles.sin()], 1)
     return student
+
+
+def sinusoidal_embedding_arange(t, dim, device="t"):
+    """The embedding with torch.arange for the frequencies, made on t's device (``device="t"``) or on ``device``."""
+    half = dim // 2
+    i = torch.arange(half, device=t.device if device == "t" else device)
+    angles = t[:, None] * torch.exp(-math.log(10000.0) * i / half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class Attention(SelfAttention):
@@ -618,7 +659,8 @@ def attention(mistake=None):
 
 
 IMPROVED = {
-    "sinusoidal_embedding": Todo(improved.check_sinusoidal_embedding, {"powers of 10000": embedding()}, {
+    "sinusoidal_embedding": Todo(improved.check_sinusoidal_embedding, {
+        "powers of 10000": embedding(), "exp of torch.arange": sinusoidal_embedding_arange}, {
         "cosines first": (embedding(order="cos_sin"), "cosines come second"),
         "interleaved": (embedding(order="interleaved"), "interleaved"),
         "growing frequencies": (embedding(exponent=lambda i, half, dim: i / half), "frequencies grow"),
@@ -627,6 +669,10 @@ IMPROVED = {
         "sines only": (lambda t, dim: torch.sin(t[:, None] * torch.ones(dim)), "sin^2 + cos^2 = 1"),
         "in place": (lambda t, dim: t.mul_(2)[:, None].expand(-1, dim), "in place"),
         "one column short": (lambda t, dim: sinusoidal_embedding(t, dim)[:, :-1], "shape"),
+        "frequencies on the CPU": (embedding(on_cpu=True), "a tensor made by `torch.tensor` is on cpu, t on meta: "
+                                                           "make it there, `torch.tensor(..., device=t.device)`"),
+        "torch.arange on the CPU": (lambda t, dim: sinusoidal_embedding_arange(t, dim, device=None),
+                                    "`torch.arange(..., device=t.device)`"),
     }, {"dim": 12, "seed": 4}),
     "self_attention": Todo(improved.check_self_attention, {"a student's": attention()}, {
         mistake: (attention(mistake), hint)

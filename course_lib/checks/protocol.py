@@ -11,6 +11,9 @@ Every check of the course is one :class:`Check`:
   gave (tensors, numbers, strings). It is the only part that runs student code, and it never sees ``expected``.
 - ``judge(case, inputs, outputs, expected) -> message`` compares. It raises :class:`CheckFailed` with a hint,
   or returns the one-line "passed" message.
+- ``devices(*student_objects, inputs=...) -> message or None`` (optional, for code that takes a model or tensors)
+  runs the student's code once more with them on another device (:mod:`course_lib.checks.devices`). The probe
+  records its message, and a check whose values pass fails with it.
 
 In a notebook, ``check_add_noise(add_noise, seed=3)`` runs all three in one process (:meth:`Check.run`). When
 grading, the kernel only runs the probes (:func:`record`, which shows the outputs as the cell's output), and the
@@ -56,6 +59,7 @@ class Check:
     judge: Callable[[dict, dict, dict, dict], str]
     students: tuple[str, ...]
     defaults: Mapping[str, object]
+    devices: Callable[..., str | None] | None = None
 
     def case(self, **given) -> dict:
         """The full case: the defaults updated with ``given`` (unknown names are an error)."""
@@ -73,11 +77,15 @@ class Check:
         return compact(self.reference(**case))
 
     def run_probe(self, students: tuple, inputs: dict) -> dict:
-        """The probe's outputs, or ``{"failed": message}`` when the student's code failed in a way that says why."""
+        """The probe's outputs, or ``{"failed": message}`` when the student's code failed in a way that says why;
+        with the message of the device run under ``"devices"`` (None when it found nothing) when the check has one."""
         try:
-            return compact(self.probe(*students, inputs=inputs))
+            outputs = compact(self.probe(*students, inputs=inputs))
         except CheckFailed as failure:
             return {"failed": str(failure)}
+        if self.devices is not None:
+            outputs["devices"] = self.devices(*students, inputs=inputs)
+        return outputs
 
     def run(self, students: tuple, **given) -> None:
         """The whole check in this process: expectations, probe, judge; prints the passed line or raises."""
@@ -107,28 +115,33 @@ def compact(value):
 
 def verdict(check: Check, case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     """Judge ``outputs``: the passed message, or :class:`CheckFailed` (also for outputs that are not what the
-    probe writes, such as a record forged or cut short by the student's code)."""
+    probe writes, such as a record forged or cut short by the student's code). The values come first; a device
+    mistake fails a check whose values are right."""
     if not isinstance(outputs, dict):
         raise CheckFailed(f"{check.name}: no usable result was recorded")
     if "failed" in outputs:
         raise CheckFailed(str(outputs["failed"]))
     try:
-        return check.judge(case, inputs, outputs, expected)
+        message = check.judge(case, inputs, outputs, expected)
     except CheckFailed:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
         raise CheckFailed(f"{check.name}: the recorded result is incomplete or malformed "
                           f"({type(error).__name__}: {error})") from None
+    if check.devices is not None and outputs.get("devices") is not None:
+        raise CheckFailed(str(outputs["devices"]))
+    return message
 
 
-def check(*, reference: Callable, probe: Callable, judge: Callable) -> Callable[[Callable], Callable]:
+def check(*, reference: Callable, probe: Callable, judge: Callable,
+          devices: Callable | None = None) -> Callable[[Callable], Callable]:
     """Declare a check from its notebook signature (see the module docstring); registers it in :data:`CHECKS`."""
     def declare(signature_only: Callable) -> Callable:
         parameters = inspect.signature(signature_only).parameters.values()
         students = tuple(p.name for p in parameters if p.default is inspect.Parameter.empty)
         defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
         entry = Check(signature_only.__name__, signature_only.__module__, reference, probe, judge, students,
-                      defaults)
+                      defaults, devices)
         CHECKS[entry.name] = entry
 
         @functools.wraps(signature_only)

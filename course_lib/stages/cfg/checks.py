@@ -13,6 +13,7 @@ with the answers, is in ``reference.py`` beside this file (read through ``REFERE
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -21,6 +22,7 @@ from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyM
                                condition_matters, expect_close, expect_sampling_calls, expect_tensor,
                                expect_time_per_image, generator, load_weights, matching_hint, recorded, recorded_loss,
                                recorded_tensor, run_student)
+from ...checks.devices import OnCPU, device_run, module_device_run
 from ...checks.protocol import check
 from ...data import one_hot
 from ..noising.api import DDPMSchedule
@@ -116,7 +118,13 @@ def _rows(mask: torch.Tensor) -> str:
     return "[" + ", ".join(map(str, rows[:6])) + (", ...]" if len(rows) > 6 else "]")
 
 
-@check(reference=REFERENCE.drop_labels_case, probe=_drop_labels_probe, judge=_drop_labels_judge)
+def _drop_labels_devices(drop_labels, *, inputs: dict) -> str | None:
+    return device_run("drop_labels", drop_labels, inputs["c"].clone(), inputs["p_uncond"], generator(inputs["seed"]),
+                      holder="c", where="c.device")
+
+
+@check(reference=REFERENCE.drop_labels_case, probe=_drop_labels_probe, judge=_drop_labels_judge,
+       devices=_drop_labels_devices)
 def check_drop_labels(fn, batch_size: int = 64, p_uncond: float = 0.1, seed: int = 0):
     """Check that ``fn(c, p_uncond, generator)`` zeroes whole rows of one-hot ``c`` exactly as the reference does.
 
@@ -154,7 +162,13 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             f"{case['batch_size']} images")
 
 
-@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
+def _unet_devices(cls, *, inputs: dict) -> str | None:
+    build = functools.partial(cls, in_channels=1, num_classes=NUM_CLASSES, num_hiddens=inputs["num_hiddens"])
+    return module_device_run("ClassConditionalUNet", build, inputs["x"].clone(), inputs["t"].clone(),
+                             inputs["c"].clone(), holder="x", where="x.device")
+
+
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge, devices=_unet_devices)
 def check_class_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 4, seed: int = 0):
     """Check ``cls(in_channels=1, num_classes=10, num_hiddens=D)`` with ``forward(x, t, c)`` against the reference.
 
@@ -222,7 +236,13 @@ def _guided_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"guided_eps matches eps_u + gamma (eps_c - eps_u) at gamma = 0, 1 and {guidance:g}, in one forward pass"
 
 
-@check(reference=REFERENCE.guided_case, probe=_guided_probe, judge=_guided_judge)
+def _guided_devices(guided_eps, *, inputs: dict) -> str | None:
+    model = TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES).eval()
+    return device_run("guided_eps", guided_eps, model, inputs["x_t"].clone(), inputs["t"].clone(), inputs["c"].clone(),
+                      float(inputs["scales"][0]), where="x_t.device")
+
+
+@check(reference=REFERENCE.guided_case, probe=_guided_probe, judge=_guided_judge, devices=_guided_devices)
 def check_guided_eps(fn, batch_size: int = 3, guidance: float = 5.0, seed: int = 0):
     """Check that ``fn(model, x_t, t, c, guidance)`` returns eps_u + guidance (eps_c - eps_u) from one batched
     forward pass.
@@ -313,7 +333,13 @@ def _cfg_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
             f"{int((c == 0).all(1).sum())} rows dropped)")
 
 
-@check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge)
+def _cfg_loss_devices(cfg_loss, *, inputs: dict) -> str | None:
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    return device_run("cfg_loss", cfg_loss, ToyModel(), inputs["x0"].clone(), inputs["labels"].clone(), schedule,
+                      p_uncond=inputs["p_uncond"], generator=generator(inputs["generator_seed"]), where="x0.device")
+
+
+@check(reference=REFERENCE.cfg_loss_case, probe=_cfg_loss_probe, judge=_cfg_loss_judge, devices=_cfg_loss_devices)
 def check_cfg_loss(fn, batch_size: int = 16, num_steps: int = 50, p_uncond: float = 0.3, seed: int = 0):
     """Check ``fn(model, x0, labels, schedule, p_uncond=..., generator=...)``: on a toy model (wrapped to record
     what it gets), ``batch_size`` images in [-1, 1] with random digits (0 to 8) and the linear schedule of
@@ -377,7 +403,16 @@ def _cfg_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             "in eval mode without gradients")
 
 
-@check(reference=REFERENCE.cfg_sample_case, probe=_cfg_sample_probe, judge=_cfg_sample_judge)
+def _cfg_sample_devices(cfg_sample, *, inputs: dict) -> str | None:
+    # the labels stay on the CPU, as a caller may pass them: the sampler moves its classes to the model's device
+    schedule = DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+    return device_run("cfg_sample", cfg_sample, TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES),
+                      schedule, OnCPU(inputs["labels"].clone(), "labels"), float(inputs["guidance"]),
+                      generator=generator(inputs["generator_seed"]))
+
+
+@check(reference=REFERENCE.cfg_sample_case, probe=_cfg_sample_probe, judge=_cfg_sample_judge,
+       devices=_cfg_sample_devices)
 def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: float = 3.0, seed: int = 0):
     """Check ``fn(model, schedule, labels, guidance, generator=...)`` against the reference guided sampler on a small
     seeded class-conditional noise predictor (given code, in train mode, wrapped to record its calls), the linear

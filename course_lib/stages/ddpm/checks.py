@@ -21,6 +21,7 @@ import torch
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, close, compare,
                                condition_matters, expect_close, expect_sampling_calls, expect_time_per_image,
                                generator, load_weights, recorded, recorded_loss, recorded_tensor, run_student)
+from ...checks.devices import device_run, module_device_run
 from ...checks.protocol import check
 from ..noising.api import DDPMSchedule
 from ..stage import ReferenceCase
@@ -54,7 +55,12 @@ def _fc_block_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
     return f"FCBlock({case['in_features']}, {case['out_features']}) matches the reference"
 
 
-@check(reference=REFERENCE.fc_block_case, probe=_fc_block_probe, judge=_fc_block_judge)
+def _fc_block_devices(cls, *, inputs: dict) -> str | None:
+    return module_device_run("FCBlock", lambda: cls(inputs["in_features"], inputs["out_features"]),
+                             inputs["x"].clone(), holder="x", where="x.device")
+
+
+@check(reference=REFERENCE.fc_block_case, probe=_fc_block_probe, judge=_fc_block_judge, devices=_fc_block_devices)
 def check_fc_block(cls, in_features: int = 1, out_features: int = 6, batch_size: int = 5, seed: int = 0):
     """Check ``cls(in_features, out_features)``: with the weights of a seeded reference FCBlock (matched by name,
     else in registration order) it maps ``batch_size`` random rows (N, F_in) to the reference's (N, F_out)."""
@@ -80,7 +86,12 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             f"{case['batch_size']} images")
 
 
-@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
+def _unet_devices(cls, *, inputs: dict) -> str | None:
+    return module_device_run("TimeConditionalUNet", lambda: cls(in_channels=1, num_hiddens=inputs["num_hiddens"]),
+                             inputs["x"].clone(), inputs["t"].clone(), holder="x", where="x.device")
+
+
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge, devices=_unet_devices)
 def check_time_conditional_unet(cls, num_hiddens: int = 8, batch_size: int = 3, seed: int = 0):
     """Check ``cls(in_channels=1, num_hiddens=D)`` with ``forward(x, t)``: with the weights of a seeded reference
     (matched by name, else in registration order) it gives the reference's output in eval mode for ``batch_size``
@@ -106,7 +117,12 @@ def _loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     return f"ddpm_loss matches the reference (batch {case['batch_size']}, T = {case['num_steps']})"
 
 
-@check(reference=REFERENCE.loss_case, probe=_loss_probe, judge=_loss_judge)
+def _loss_devices(ddpm_loss, *, inputs: dict) -> str | None:
+    return device_run("ddpm_loss", ddpm_loss, ToyModel(), inputs["x0"].clone(), _schedule(inputs),
+                      generator(inputs["generator_seed"]), where="x0.device")
+
+
+@check(reference=REFERENCE.loss_case, probe=_loss_probe, judge=_loss_judge, devices=_loss_devices)
 def check_ddpm_loss(fn, batch_size: int = 8, num_steps: int = 50, seed: int = 0):
     """Check ``fn(model, x0, schedule, generator)``: on a toy model, ``batch_size`` images in [-1, 1] and the
     linear schedule of ``num_steps`` steps, a scalar loss with a gradient, equal to the reference DDPM loss drawn
@@ -185,7 +201,13 @@ def _step_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     return f"ddpm_step matches Algorithm 2 at t = {num_steps - 1}, {num_steps // 2}, 1 and 0, with and without z"
 
 
-@check(reference=REFERENCE.step_case, probe=_step_probe, judge=_step_judge)
+def _step_devices(ddpm_step, *, inputs: dict) -> str | None:
+    case = inputs["cases"][0]
+    return device_run("ddpm_step", ddpm_step, case["x_t"].clone(), case["eps"].clone(), int(case["t"]),
+                      _schedule(inputs), case["z"].clone(), holder="x_t", where="x_t.device")
+
+
+@check(reference=REFERENCE.step_case, probe=_step_probe, judge=_step_judge, devices=_step_devices)
 def check_ddpm_step(fn, batch_size: int = 2, num_steps: int = 300, seed: int = 0):
     """Check ``fn(x_t, eps, t, schedule, z)``: the reference x_{t-1} at t = T-1, T/2, 1 and 0 on the linear
     schedule of ``num_steps`` steps, for ``batch_size`` random x_t, eps and z, and with ``z=None``. A wrong step is
@@ -233,7 +255,12 @@ def _sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     return f"ddpm_sample reproduces Algorithm 2 ({num_steps} steps, with and without z)"
 
 
-@check(reference=REFERENCE.sample_case, probe=_sample_probe, judge=_sample_judge)
+def _sample_devices(ddpm_sample, *, inputs: dict) -> str | None:
+    return device_run("ddpm_sample", ddpm_sample, TinyNoisePredictor(inputs["model_seed"]), _schedule(inputs),
+                      inputs["num_samples"], generator(inputs["generator_seed"]), stochastic=True)
+
+
+@check(reference=REFERENCE.sample_case, probe=_sample_probe, judge=_sample_judge, devices=_sample_devices)
 def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int = 0):
     """Check ``fn(model, schedule, num_samples, generator, stochastic)`` returns ``(samples, trajectory)`` equal to
     the reference Algorithm 2 run on the same small seeded noise predictor (``TinyNoisePredictor(seed)``) and the

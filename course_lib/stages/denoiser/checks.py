@@ -29,6 +29,7 @@ from torch import nn
 
 from ...checks.harness import (CheckFailed, close, compare, expect_close, expect_tensor, generator, layer_list,
                                module_tensors, recorded, recorded_tensor, run_student)
+from ...checks.devices import DEVICE, device_run
 from ...checks.protocol import check
 from ...data import DeviceImages
 from ..stage import ReferenceCase
@@ -409,7 +410,17 @@ def _training_step_judge(case: dict, inputs: dict, outputs: dict, expected: dict
             "as the reference")
 
 
-@check(reference=REFERENCE.training_step_case, probe=_training_step_probe, judge=_training_step_judge)
+def _training_step_devices(denoising_loss: Callable, train_step: Callable, *, inputs: dict) -> str | None:
+    model = tiny_model(inputs["model_seed"]).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=inputs["learning_rate"])
+    return (device_run("denoising_loss", denoising_loss, model, inputs["x"].clone(), sigma=inputs["sigma"],
+                       generator=generator(inputs["loss_seed"]), where="x.device")
+            or device_run("train_step", train_step, model, optimizer, inputs["x"].clone(),
+                          generator=generator(inputs["step_seed"]), where="x.device"))
+
+
+@check(reference=REFERENCE.training_step_case, probe=_training_step_probe, judge=_training_step_judge,
+       devices=_training_step_devices)
 def check_training_step(denoising_loss, train_step, batch_size: int = 8, size: int = 12, sigma: float = 0.5,
                         seed: int = 0):
     """Check ``denoising_loss(model, x, sigma, generator)`` and ``train_step(model, optimizer, x, generator)``.

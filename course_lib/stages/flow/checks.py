@@ -17,6 +17,7 @@ import torch
 from ...checks.harness import (IMAGE, CheckFailed, Spy, TinyNoisePredictor, ToyModel, expect_close,
                                expect_sampling_calls, expect_tensor, expect_time_per_image, generator, matching_hint,
                                recorded, recorded_loss, run_student)
+from ...checks.devices import device_run
 from ...checks.protocol import check
 from ..stage import ReferenceCase
 from . import STAGE
@@ -43,7 +44,12 @@ def _flow_loss_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
     return f"flow_loss matches the reference (batch {case['batch_size']})"
 
 
-@check(reference=REFERENCE.flow_loss_case, probe=_flow_loss_probe, judge=_flow_loss_judge)
+def _flow_loss_devices(flow_loss, *, inputs: dict) -> str | None:
+    return device_run("flow_loss", flow_loss, ToyModel(), inputs["x0"].clone(), generator(inputs["seed"]),
+                      where="x0.device")
+
+
+@check(reference=REFERENCE.flow_loss_case, probe=_flow_loss_probe, judge=_flow_loss_judge, devices=_flow_loss_devices)
 def check_flow_loss(fn, batch_size: int = 8, seed: int = 0):
     """Check that ``fn(model, x0, generator)`` equals the reference rectified-flow loss on the same generator.
 
@@ -102,7 +108,13 @@ def _flow_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
     return f"flow_sample matches the reference Euler sampler ({case['num_steps']} steps)"
 
 
-@check(reference=REFERENCE.flow_sample_case, probe=_flow_sample_probe, judge=_flow_sample_judge)
+def _flow_sample_devices(flow_sample, *, inputs: dict) -> str | None:
+    return device_run("flow_sample", flow_sample, TinyNoisePredictor(inputs["seed"]), inputs["num_samples"],
+                      inputs["num_steps"], generator(inputs["seed"]))
+
+
+@check(reference=REFERENCE.flow_sample_case, probe=_flow_sample_probe, judge=_flow_sample_judge,
+       devices=_flow_sample_devices)
 def check_flow_sample(fn, num_samples: int = 2, num_steps: int = 5, seed: int = 0):
     """Check that ``fn(model, num_samples, num_steps, generator)`` integrates the flow ODE from t = 1 to 0 like
     the reference.

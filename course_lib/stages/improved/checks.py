@@ -16,6 +16,7 @@ import torch
 
 from ...checks.harness import (CheckFailed, close, compare, expect_close, load_weights, matching_hint, recorded,
                                recorded_tensor, run_student)
+from ...checks.devices import device_run, module_device_run
 from ...checks.protocol import check
 from ..stage import ReferenceCase
 from . import STAGE
@@ -55,7 +56,13 @@ def _embedding_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
             "as the reference")
 
 
-@check(reference=REFERENCE.embedding_case, probe=_embedding_probe, judge=_embedding_judge)
+def _embedding_devices(sinusoidal_embedding, *, inputs: dict) -> str | None:
+    return device_run("sinusoidal_embedding", sinusoidal_embedding, inputs["t"].clone(), inputs["dim"], holder="t",
+                      where="t.device")
+
+
+@check(reference=REFERENCE.embedding_case, probe=_embedding_probe, judge=_embedding_judge,
+       devices=_embedding_devices)
 def check_sinusoidal_embedding(sinusoidal_embedding, num_times: int = 6, dim: int = 16, seed: int = 0):
     """Check ``sinusoidal_embedding(t, dim)`` on ``num_times`` >= 3 float times in [0, 1000)
     (the first 0, 0.001, 0.0025)
@@ -107,7 +114,13 @@ def _attention_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
             "as the reference, and it permutes with the positions")
 
 
-@check(reference=REFERENCE.attention_case, probe=_attention_probe, judge=_attention_judge)
+def _attention_devices(cls, *, inputs: dict) -> str | None:
+    return module_device_run("SelfAttention", lambda: cls(inputs["channels"]), inputs["x"].clone(), holder="x",
+                             where="x.device")
+
+
+@check(reference=REFERENCE.attention_case, probe=_attention_probe, judge=_attention_judge,
+       devices=_attention_devices)
 def check_self_attention(cls, channels: int = 8, height: int = 7, width: int = 7, batch_size: int = 3, seed: int = 0):
     """Check ``cls(channels)``: with a seeded reference's weights (the given ``__init__`` names them), its output
     on random maps (batch_size, channels, height, width) matches the reference's, and shuffling the positions of the

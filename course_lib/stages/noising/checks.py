@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ...checks.harness import CheckFailed, close, compare, expect_close, expect_tensor, generator, run_student
+from ...checks.devices import device_run
 from ...checks.protocol import check
 from ..stage import ReferenceCase
 from . import STAGE
@@ -45,7 +46,12 @@ def _add_noise_judge(case: dict, inputs: dict, outputs: dict, expected: dict) ->
     return f"add_noise: shape {shape}, sigma={case['sigma']:g}, same noise as the reference for the same generator"
 
 
-@check(reference=REFERENCE.add_noise_case, probe=_add_noise_probe, judge=_add_noise_judge)
+def _add_noise_devices(add_noise, *, inputs: dict) -> str | None:
+    return device_run("add_noise", add_noise, inputs["x"].clone(), inputs["sigma"], generator(inputs["noise_seed"]),
+                      holder="x", where="x.device")
+
+
+@check(reference=REFERENCE.add_noise_case, probe=_add_noise_probe, judge=_add_noise_judge, devices=_add_noise_devices)
 def check_add_noise(add_noise, shape: tuple = (4, 1, 28, 28), sigma: float = 0.5, seed: int = 0):
     """Check ``add_noise(x, sigma, generator)`` against the reference.
 
@@ -99,7 +105,13 @@ def _q_sample_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> 
     return f"q_sample: batch of {case['batch_size']}, T={case['num_steps']}, t from {int(t.min())} to {int(t.max())}"
 
 
-@check(reference=REFERENCE.q_sample_case, probe=_q_sample_probe, judge=_q_sample_judge)
+def _q_sample_devices(q_sample, *, inputs: dict) -> str | None:
+    schedule = DDPMSchedule.from_tables(inputs["betas"], inputs["alphas"], inputs["alpha_bars"])
+    return device_run("q_sample", q_sample, inputs["x0"], inputs["t"], inputs["eps"], schedule, holder="x0",
+                      where="x0.device")
+
+
+@check(reference=REFERENCE.q_sample_case, probe=_q_sample_probe, judge=_q_sample_judge, devices=_q_sample_devices)
 def check_q_sample(q_sample, batch_size: int = 6, num_steps: int = 300, seed: int = 0, image_size: int = 28):
     """Check ``q_sample(x0, t, eps, schedule)`` against the reference.
 
