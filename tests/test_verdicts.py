@@ -6,6 +6,7 @@ real kernel would; tests/test_autograder.py grades real submissions through the 
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import pickle
@@ -179,3 +180,63 @@ def test_everything_the_checks_save_holds_only_its_own_data():
     for entry in CHECKS.values():
         walk(entry.expectations(entry.case()), entry.name)
     assert not oversized, oversized
+
+
+def _bound_names(source: str) -> set[str]:
+    """Every name a cell binds at its top level or below: assignments, definitions, imports, loop targets."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("notebook", sorted(SOLUTIONS_DIR.glob("*.ipynb")), ids=lambda path: path.stem)
+def test_no_test_cell_needs_what_a_cell_skipped_when_grading_makes(notebook):
+    """Grading skips the cells tagged ``skip_when_grading`` (training runs, sampling demos); every test still runs
+    the student's own functions on the grader's inputs, so no test cell may need a trained model, a schedule or
+    anything else such a cell makes: each object a test passes to a check is made by a cell that grading runs."""
+    nb = nbformat.read(notebook, as_version=4)
+    made_when_grading, made_when_skipped = set(), set()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if is_test_cell(cell):
+            for call in check_calls(cell.source, cell.metadata["nbgrader"]["grade_id"]):
+                missing = set(call.students) - made_when_grading
+                assert not missing, (f"{cell.metadata['nbgrader']['grade_id']} passes {sorted(missing)}, made "
+                                     + ("only by cells skipped when grading" if missing & made_when_skipped
+                                        else "by no cell before it"))
+        elif "skip_when_grading" in cell.metadata.get("tags", []):
+            made_when_skipped |= _bound_names(cell.source)
+        else:
+            made_when_grading |= _bound_names(cell.source)
+
+
+def test_a_checks_expected_values_are_computed_once_per_process_and_each_notebook_gets_a_copy(monkeypatch):
+    from autograder.execute import verdicts
+
+    computed = []
+    reference = protocol.Check.expectations
+
+    def counted(self, case):
+        computed.append(self.name)
+        return reference(self, case)
+
+    monkeypatch.setattr(protocol.Check, "expectations", counted)
+    monkeypatch.setattr(verdicts, "_PREPARED", {})
+    call = check_calls("check_add_noise(add_noise, seed=3)")[0]
+    first = verdicts.expectations(call)
+    for tensor in first[0].values():
+        if isinstance(tensor, torch.Tensor):
+            tensor.add_(1.0)  # what one notebook's grading does to its copy stays there
+    second = verdicts.expectations(call)
+    assert computed == ["check_add_noise"]
+    fresh = reference(protocol.CHECKS["check_add_noise"], protocol.CHECKS["check_add_noise"].case(seed=3))
+    assert all(torch.equal(second[0][name], value) for name, value in fresh[0].items()
+               if isinstance(value, torch.Tensor))
+    assert any(isinstance(value, torch.Tensor) for value in fresh[0].values())

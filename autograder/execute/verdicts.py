@@ -4,7 +4,8 @@ An autograded test cell is a list of check calls (``check_add_noise(add_noise)``
 other cases). While grading, nothing of it runs as written:
 
 1. :class:`ProbeTestCells` (before execution, in the grader): parses each test cell (:func:`check_calls`),
-   computes every call's inputs and expected values with the full ``course_lib`` (the answers are here), writes
+   computes every call's inputs and expected values with the full ``course_lib`` (the answers are here; once per
+   process, :func:`expectations`), writes
    only the inputs to ``<notebook folder>/.checks/<cell>.inputs.pt``, keeps the expected values in memory, and
    replaces the cell's source by a probe cell (:func:`probe_source`) that runs the student's code on those
    inputs and shows what it gave as the cell's output (:func:`course_lib.checks.protocol.record`).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import copy
 import io
 import shutil
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader.preprocessors import NbGraderPreprocessor
 
 from course_lib.checks.harness import CheckFailed
-from course_lib.checks.protocol import CHECKS, CHECKS_FOLDER, RECORD_MIME, verdict
+from course_lib.checks.protocol import CHECKS, CHECKS_FOLDER, RECORD_MIME, case_key, verdict
 from course_lib.stages import STAGES
 
 from .preprocessors import error_output, is_test_cell
@@ -100,6 +102,22 @@ def earliest_stage(nb: NotebookNode) -> str | None:
     return keys[0] if keys else None
 
 
+#: the inputs and expected values of every check call this process has prepared, by case
+_PREPARED: dict[str, tuple[dict, dict]] = {}
+
+
+def expectations(call: CheckCall) -> tuple[dict, dict]:
+    """``(inputs, expected)`` of ``call``, computed by the reference once per process and copied for each notebook:
+    they are the same for every student (the test cells are the source notebook's, restored before grading), and
+    the reference of some checks trains small models (15 s of the 20 s a notebook of stage 2 took)."""
+    entry = CHECKS[call.check]
+    case = entry.case(**call.case)
+    key = case_key(entry.name, case)
+    if key not in _PREPARED:
+        _PREPARED[key] = entry.expectations(case)
+    return copy.deepcopy(_PREPARED[key])
+
+
 def _grade_id(cell: NotebookNode) -> str:
     return cell.metadata["nbgrader"]["grade_id"]
 
@@ -115,7 +133,7 @@ class ProbeTestCells(NbGraderPreprocessor):
             if not is_test_cell(cell):
                 continue
             calls = check_calls(cell.source, _grade_id(cell))
-            prepared = [CHECKS[call.check].expectations(CHECKS[call.check].case(**call.case)) for call in calls]
+            prepared = [expectations(call) for call in calls]
             torch.save([inputs for inputs, _ in prepared], folder / f"{_grade_id(cell)}.inputs.pt")
             visible = len(check_calls(cell.source.split(HIDDEN_TESTS)[0], _grade_id(cell)))
             records[_grade_id(cell)] = {"source": cell.source, "calls": calls, "prepared": prepared,
