@@ -216,7 +216,8 @@ def _students(released: Path) -> dict[str, nbformat.NotebookNode | str | None]:
     colab = _from_colab(_insert_after(_solution(), "setup", "print('my own cell stays')"))
     colab.cells[2].metadata["autograder_injected"] = True  # would remove it from the graded copy
     messy = _add_noise_body(messy, "    import sys\n    print('add_noise was called', file=sys.stderr)\n"
-                               "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)")
+                               "    return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype,\n"
+                               "                                   device=x.device)")
     students = {
         "solution": _solution(),
         "untouched": nbformat.read(released, as_version=4),

@@ -79,7 +79,7 @@ def write_scores(gradebook, result: dict) -> None:
     """Record one notebook's scores (:func:`read_scores`) in ``gradebook`` as nbgrader's ``Autograde`` would (the
     student and the submission made when missing); committed by the caller, except that nbgrader commits a new
     submission's rows when it adds them."""
-    from nbgrader.api import MissingEntry
+    from nbgrader.api import Comment, Grade, MissingEntry
     from nbgrader.utils import parse_utc
 
     student, stage = result["student"], result["stage"]
@@ -96,11 +96,20 @@ def write_scores(gradebook, result: dict) -> None:
         if timestamp is not None:
             submission.timestamp = timestamp
     notebook = gradebook.find_submission_notebook(stage, stage, student)
-    notebook.late_submission_penalty = result["penalty"]
-    for grade in notebook.grades:
-        grade.auto_score, grade.needs_manual_grade = result["grades"][grade.name]
-    for comment in notebook.comments:
-        comment.auto_comment = result["comments"][comment.name]
+    with gradebook.db.no_autoflush:  # else reading each cell's name flushes the scores set before it
+        notebook.late_submission_penalty = result["penalty"]
+        for grade in _with_cells(gradebook, Grade, notebook):
+            grade.auto_score, grade.needs_manual_grade = result["grades"][grade.name]
+        for comment in _with_cells(gradebook, Comment, notebook):
+            comment.auto_comment = result["comments"][comment.name]
+
+
+def _with_cells(gradebook, table, notebook) -> list:
+    """The rows of ``table`` (nbgrader's ``Grade`` or ``Comment``) of ``notebook``, each with its cell (its name)
+    loaded in the same query rather than one query per row."""
+    from sqlalchemy.orm import joinedload
+
+    return gradebook.db.query(table).options(joinedload(table.cell)).filter(table.notebook_id == notebook.id).all()
 
 
 def score_in_parallel(root: Path, tasks: list[tuple[str, str]], jobs: int,
