@@ -71,12 +71,12 @@ def _insert_after(notebook, grade_id: str, code: str) -> nbformat.NotebookNode:
 SNOOP = """import json, os, sys
 course, me = {course!r}, os.getcwd()
 attempts = {{
-    "source": lambda: open(os.path.join(me, "../../../source/00_toy/00_toy.ipynb")).read(),
-    "gradebook": lambda: open(os.path.join(me, "../../../gradebook.db"), "rb").read(),
+    "source": lambda: open(os.path.join(course, "source/00_toy/00_toy.ipynb")).read(),
+    "gradebook": lambda: open(os.path.join(course, "gradebook.db"), "rb").read(),
     "other_student": lambda: open(os.path.join(course, "collected/solution/00_toy/00_toy.ipynb")).read(),
     "solutions": lambda: os.listdir({solutions!r}),
     "write_course": lambda: open(os.path.join(course, "hacked.txt"), "w").write("x"),
-    "write_scratch": lambda: open(os.path.join(me, "../../../hacked.txt"), "w").write("x"),
+    "write_scratch": lambda: open(os.path.join(course, "work/snoop-00_toy/hacked.txt"), "w").write("x"),
 }}
 seen = {{}}
 for name, attempt in attempts.items():
@@ -101,7 +101,7 @@ for top in (me, "/run", "/tmp", "/dev/shm"):
                 continue
             if name.endswith(".ipynb") or any(mark in text for mark in marks):
                 tests.append(path)
-print(json.dumps({{"seen": seen, "files_here": sorted(os.listdir(me)), "home": os.path.expanduser("~"),
+print(json.dumps({{"seen": seen, "files_here": sorted(os.listdir(me)), "home": os.path.expanduser("~"), "cwd": me,
                   "tests": tests}}))"""
 
 
@@ -521,7 +521,7 @@ def test_the_kernel_sees_only_its_own_submission_and_can_write_nowhere_else(grad
     assert not (course / "hacked.txt").exists() and not list(course.glob("work/*/hacked.txt"))
     course_folders = {"gradebook.db", "source", "release", "submitted", "collected", "autograded"}
     assert not course_folders & set(report["files_here"])
-    assert report["home"].endswith(f"autograded/snoop/{STAGE}")  # HOME is its own folder
+    assert report["home"] == report["cwd"]  # HOME is its own folder (a warm kernel's, or autograded/snoop/00_toy)
     assert report["tests"] == []  # no notebook, and no file with the hidden test, anywhere it can read
 
 
