@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--course", type=Path, default=DEFAULT_COURSE,
                         help=f"nbgrader course folder (gradebook, releases, graded copies); default {DEFAULT_COURSE}")
-    common.add_argument("--stages", nargs="+", default=list(STAGES), help="assignments (default: all five stages)")
+    common.add_argument("--stages", nargs="+", default=list(STAGES), help="assignments (default: every stage)")
     common.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of the source notebooks")
     running = _running_options()
     commands = parser.add_subparsers(dest="command", required=True)
