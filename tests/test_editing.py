@@ -1,0 +1,128 @@
+"""Stage 7's editors (course_lib.sampling.sdedit, inpaint, guided_edit): what they must do whatever the model, and
+the statistics of their edits with a model that knows the data exactly.
+
+With Gaussian data, every pixel independent N(mu, s^2), the best noise estimate is known in closed form:
+E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a), with a = alpha_bar_t. Running the reverse chain
+from x0 noised to step k - 1 (a = alpha_bar_{k-1}) then draws from p(x0 | x_{k-1}): for a constant input y, the
+edit's pixels have mean mu + a s^2 (y - mu) / D and variance s^2 (1 - a) / D + a s^4 (1 - a) / D^2, D = a s^2 + 1 - a.
+DDPM's steps (sigma_t^2 = beta_t) only approximate that draw, closely at T = 300 and 10 steps or more (the last
+step adds no noise, which leaves out the spread of a one-step edit).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.checks.harness import TinyNoisePredictor
+from course_lib.noise import DDPMSchedule
+from course_lib.sampling import guided_edit, inpaint, sdedit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class GaussianNoisePredictor(nn.Module):
+    """The exact noise estimate of Gaussian data, as a class-conditional model ``forward(x, t / T, c)``: pixels of
+    class k are N(means[k], s^2), and with c = 0 ("no class") N(unconditional_mean, s^2)."""
+
+    def __init__(self, schedule: DDPMSchedule, means, unconditional_mean: float, s: float):
+        super().__init__()
+        self.schedule, self.s = schedule, s
+        self.register_buffer("means", torch.tensor(means, dtype=torch.float32))
+        self.unconditional_mean = unconditional_mean
+        self.weight = nn.Parameter(torch.zeros(()))  # so that the editors find the model's device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        a = self.schedule.alpha_bars[(t * self.schedule.num_steps).round().long()].view(-1, 1, 1, 1)
+        mean = torch.where(c.any(1), c @ self.means, torch.full_like(c[:, 0], self.unconditional_mean))
+        return (1 - a).sqrt() * (x - a.sqrt() * mean.view(-1, 1, 1, 1)) / (a * self.s ** 2 + 1 - a)
+
+
+def posterior_statistics(a: float, y: float, mu: float, s: float) -> tuple[float, float]:
+    """Mean and standard deviation of an exact edit of the constant input y noised to alpha_bar a."""
+    d = a * s ** 2 + 1 - a
+    variance = s ** 2 * (1 - a) / d + a * s ** 4 * (1 - a) / d ** 2
+    return mu + a * s ** 2 * (y - mu) / d, variance ** 0.5
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return DDPMSchedule(300)
+
+
+def constant(value: float, n: int = 256) -> torch.Tensor:
+    return torch.full((n, 1, 28, 28), value)
+
+
+@pytest.mark.parametrize("steps", [10, 30, 100, 200, 300])
+def test_sdedit_of_gaussian_data_has_the_posterior_statistics(schedule, steps):
+    mu, s, y = 0.2, 0.4, -0.8
+    model = GaussianNoisePredictor(schedule, [0.0] * 10, mu, s)
+    edited = sdedit(model, schedule, constant(y), steps, torch.Generator().manual_seed(steps))
+    mean, std = posterior_statistics(float(schedule.alpha_bars[steps - 1]), y, mu, s)
+    assert abs(edited.mean().item() - mean) < 0.02
+    assert edited.std().item() == pytest.approx(std, rel=0.06, abs=0.003)
+
+
+def test_sdedit_keeps_the_data_distribution(schedule):
+    """Inputs drawn from the data itself stay data: mean mu, standard deviation s, at any strength."""
+    mu, s = -0.3, 0.5
+    model = GaussianNoisePredictor(schedule, [0.0] * 10, mu, s)
+    data = mu + s * torch.randn((256, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    for steps in (50, 250):
+        edited = sdedit(model, schedule, data, steps, torch.Generator().manual_seed(1))
+        assert abs(edited.mean().item() - mu) < 0.02 and edited.std().item() == pytest.approx(s, rel=0.05)
+
+
+def test_guided_edit_at_guidance_one_moves_the_digit_to_the_class_asked_for(schedule):
+    """Guidance 1 is the conditional model: an input of class 0 edited towards class 1 takes class 1's
+    statistics as far as the noise level lets it (all the way only at high strength)."""
+    means, s = [-0.5, 0.6] + [0.0] * 8, 0.3
+    model = GaussianNoisePredictor(schedule, means, 0.0, s)
+    for steps in (60, 300):
+        edited = guided_edit(model, schedule, constant(-0.5), torch.ones(256, dtype=torch.long), steps, 1.0,
+                             torch.Generator().manual_seed(2))
+        mean, std = posterior_statistics(float(schedule.alpha_bars[steps - 1]), -0.5, 0.6, s)
+        assert abs(edited.mean().item() - mean) < 0.02
+        assert edited.std().item() == pytest.approx(std, rel=0.06)
+
+
+def test_inpainting_keeps_the_known_pixels_and_draws_the_others_from_the_data(schedule):
+    """Pixels of this data are independent, so the unknown ones come out as plain data, N(mu, s^2), whatever the
+    known ones hold; the known ones are the input's, exactly."""
+    mu, s = 0.1, 0.35
+    model = GaussianNoisePredictor(schedule, [0.0] * 10, mu, s)
+    x0 = constant(-1.0)
+    mask = torch.zeros_like(x0)
+    mask[..., :14, :] = 1  # the top half is known
+    result = inpaint(model, schedule, x0, mask, torch.Generator().manual_seed(3))
+    assert torch.equal(result[..., :14, :], x0[..., :14, :])
+    unknown = result[..., 14:, :]
+    assert abs(unknown.mean().item() - mu) < 0.02 and unknown.std().item() == pytest.approx(s, rel=0.05)
+
+
+def test_editors_on_any_model_keep_what_they_promise():
+    """Whatever the model: steps = 0 gives the input back; inpainting keeps the known pixels exactly; the guided
+    edit at guidance 0 is SDEdit on the same draws."""
+    schedule = DDPMSchedule(12)
+    model = TinyNoisePredictor(0, num_classes=10)
+    x0 = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(sdedit(model, schedule, x0, 0), x0)
+    assert torch.equal(guided_edit(model, schedule, x0, torch.tensor([1, 2, 3]), 0, 5.0), x0)
+    mask = (torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    result = inpaint(model, schedule, x0, mask, torch.Generator().manual_seed(2))
+    assert torch.equal(result[mask == 1], x0[mask == 1])
+    plain = sdedit(model, schedule, x0, 7, torch.Generator().manual_seed(4))
+    unguided = guided_edit(model, schedule, x0, torch.tensor([1, 2, 3]), 7, 0.0, torch.Generator().manual_seed(4))
+    assert torch.allclose(plain, unguided, atol=1e-5)
+
+
+def test_editors_reject_bad_arguments():
+    schedule, model, x0 = DDPMSchedule(5), TinyNoisePredictor(0, num_classes=10), torch.zeros(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="`steps` must be an integer in 0..5"):
+        sdedit(model, schedule, x0, 6)
+    with pytest.raises(ValueError, match="`mask` must have the same shape"):
+        inpaint(model, schedule, x0, torch.ones(2, 1, 28, 27))
+    with pytest.raises(ValueError, match="`labels` must hold one digit per image"):
+        guided_edit(model, schedule, x0, torch.tensor([1]), 3)
