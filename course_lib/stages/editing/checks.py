@@ -105,8 +105,8 @@ def expect_no_class(calls, n: int) -> None:
 
 SDEDIT_START = ("start from x0 noised to step t = steps - 1: eps = torch.randn(x0.shape, generator=generator, "
                 "device=device) first, then q_sample(x0, t, eps, schedule) with t a long tensor of shape (N,)")
-SDEDIT_STEP = ("at each step t, the estimate model(x, t / T, zeros), then z = torch.randn(x.shape, generator=generator, "
-               "device=device) for t > 0 only, then x = ddpm_step(x, eps, t, schedule, z)")
+SDEDIT_STEP = ("at each step t, the estimate model(x, t / T, zeros), then z = torch.randn(x.shape, "
+               "generator=generator, device=device) for t > 0 only, then x = ddpm_step(x, eps, t, schedule, z)")
 
 
 def _sdedit_probe(sdedit, *, inputs: dict) -> dict:
