@@ -126,3 +126,42 @@ def test_editors_reject_bad_arguments():
         inpaint(model, schedule, x0, torch.ones(2, 1, 28, 27))
     with pytest.raises(ValueError, match="`labels` must hold one digit per image"):
         guided_edit(model, schedule, x0, torch.tensor([1]), 3)
+
+
+# ----------------------------------------------------------------------------- stage 4's model for stage 7
+
+
+def test_trained_model_loads_the_students_checkpoint_into_the_reference_network(tmp_path):
+    """A student's ClassConditionalUNet has its layers on itself (conv_in), the reference on its body: the weights
+    of the student's newest checkpoint load by name, and the model gives the same outputs."""
+    from course_lib import checkpoints, runs
+    from course_lib.models import ClassConditionalUNet
+
+    torch.manual_seed(3)
+    theirs = ClassConditionalUNet(num_hiddens=16).eval()
+    weights = {key.removeprefix("body."): value for key, value in theirs.state_dict().items()}
+    checkpoints.save_checkpoint(tmp_path, 1, {"model": weights, "epoch": 1})
+    model, schedule, where = runs.trained_model("cfg", tmp_path, mode="quick", device="cpu")
+    x, t, c = torch.randn(2, 1, 28, 28), torch.rand(2), torch.eye(10)[:2]
+    assert torch.equal(model(x, t, c), theirs(x, t, c)) and not model.training
+    assert schedule.num_steps == 50 and where == f"your model, after epoch 1 of 2, from {tmp_path}"
+
+
+def test_trained_model_trains_the_reference_without_a_fitting_checkpoint(tmp_path, monkeypatch):
+    from course_lib import checkpoints, runs
+    from course_lib.models import ClassConditionalUNet
+
+    trained = []
+
+    def train_stage(stage, mode, device, checkpoint_dir, progress):
+        trained.append((stage, mode, checkpoint_dir))
+        return runs.TrainedStage(stage, ClassConditionalUNet(num_hiddens=2), DDPMSchedule(5), None, None, 0)
+
+    monkeypatch.setattr(runs, "train_stage", train_stage)
+    _, _, where = runs.trained_model("cfg", tmp_path / "missing", tmp_path / "reference", "quick", device="cpu")
+    assert where.startswith(f"no checkpoint in {tmp_path / 'missing'}: the reference model, trained for 2 epochs")
+    checkpoints.save_checkpoint(tmp_path / "wide", 2, {"model": ClassConditionalUNet(num_hiddens=8).state_dict(),
+                                                       "epoch": 2})
+    _, _, where = runs.trained_model("cfg", tmp_path / "wide", tmp_path / "reference", "quick", device="cpu")
+    assert "does not fit" in where
+    assert trained == [("cfg", "quick", tmp_path / "reference")] * 2
