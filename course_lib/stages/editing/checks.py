@@ -90,6 +90,11 @@ def expect_edited(outputs: dict, what: str, expected: dict, hint: str) -> torch.
     return got
 
 
+def digits(n: int) -> str:
+    """"1 digit", "3 digits": for the passed messages."""
+    return f"{n} digit{'s' if n != 1 else ''}"
+
+
 def expect_no_class(calls, n: int) -> None:
     """Fail unless the model got the "no class" rows, zeros (n, 10), at every step."""
     for call in calls:
@@ -127,7 +132,7 @@ def _sdedit_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
     expect_no_class(calls, n)
     expect_frames(calls, "sdedit", n, expected, SDEDIT_START, SDEDIT_STEP)
     expect_edited(outputs, "sdedit", expected, "return x after the last step t = 0, which adds no noise")
-    return (f"sdedit matches the reference ({n} digits, the last {steps} of T = {num_steps} steps), and steps = 0 "
+    return (f"sdedit matches the reference ({digits(n)}, the last {steps} of T = {num_steps} steps), and steps = 0 "
             "returns x0")
 
 
@@ -172,7 +177,7 @@ def _inpaint_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> s
         raise CheckFailed("the known pixels of your result are not x0's: after the last step put them back, "
                           "mask * x0 + (1 - mask) * x")
     expect_edited(outputs, "inpaint", expected, "after the last step t = 0 (no noise), mask * x0 + (1 - mask) * x")
-    return f"inpaint matches the reference ({n} digits, T = {num_steps}), and keeps the known pixels exactly"
+    return f"inpaint matches the reference ({digits(n)}, T = {num_steps}), and keeps the known pixels exactly"
 
 
 def _inpaint_devices(inpaint, *, inputs: dict) -> str | None:
@@ -227,7 +232,7 @@ def _guided_edit_judge(case: dict, inputs: dict, outputs: dict, expected: dict) 
                   "at each step t, eps = guided_eps(model, x, t / T, c, guidance), then z (t > 0 only), then "
                   "ddpm_step, as in your sdedit")
     expect_edited(outputs, "guided_edit", expected, "return x after the last step t = 0, which adds no noise")
-    return (f"guided_edit matches the reference ({n} digits, the last {steps} of T = {num_steps} steps, guidance "
+    return (f"guided_edit matches the reference ({digits(n)}, the last {steps} of T = {num_steps} steps, guidance "
             f"{guidance:g})")
 
 
