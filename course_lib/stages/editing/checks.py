@@ -108,8 +108,9 @@ def expect_no_class(calls, n: int) -> None:
 
 # ----------------------------------------------------------------------------------------------- SDEdit
 
-SDEDIT_START = ("start from x0 noised to step t = steps - 1: eps = torch.randn(x0.shape, generator=generator, "
-                "device=device) first, then q_sample(x0, t, eps, schedule) with t a long tensor of shape (N,)")
+SDEDIT_START = ("start from x0 noised to step t = steps - 1: draw its noise first, torch.randn(x0.shape, "
+                "generator=generator, device=device), then q_sample(x0, t, that noise, schedule) with t a long tensor "
+                "of shape (N,)")
 SDEDIT_STEP = ("at each step t, the estimate model(x, t / T, zeros), then z = torch.randn(x.shape, "
                "generator=generator, device=device) for t > 0 only, then x = ddpm_step(x, eps, t, schedule, z)")
 
@@ -156,7 +157,7 @@ def check_sdedit(fn, num_images: int = 3, num_steps: int = 10, steps: int = 6, s
 
 INPAINT_START = ("draw x_T = torch.randn(x0.shape, generator=generator, device=device) first; then, at every step "
                  "t before the estimate, replace the known pixels: x = mask * q_sample(x0, t, eps, schedule) + "
-                 "(1 - mask) * x with a fresh eps = torch.randn(x0.shape, generator=generator, device=device)")
+                 "(1 - mask) * x with fresh noise eps, torch.randn(x0.shape, generator=generator, device=device)")
 INPAINT_STEP = ("at each step t: the known pixels replaced by x0 noised to step t (fresh eps from the generator), "
                 "then the estimate model(x, t / T, zeros), then z (t > 0 only), then ddpm_step")
 
