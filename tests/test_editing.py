@@ -165,3 +165,36 @@ def test_trained_model_trains_the_reference_without_a_fitting_checkpoint(tmp_pat
     _, _, where = runs.trained_model("cfg", tmp_path / "wide", tmp_path / "reference", "quick", device="cpu")
     assert "does not fit" in where
     assert trained == [("cfg", "quick", tmp_path / "reference")] * 2
+
+
+# ----------------------------------------------------------------------------- the checks as the grader runs them
+
+
+@pytest.mark.parametrize("name, student, case", [
+    ("check_sdedit", "edit", {"num_images": 2, "num_steps": 12, "steps": 12, "seed": 5}),
+    ("check_inpaint", "inpaint", {"num_images": 3, "num_steps": 11, "seed": 9}),
+    ("check_guided_edit", "guided_edit", {"num_images": 2, "num_steps": 8, "steps": 8, "guidance": 7.5, "seed": 3}),
+])
+def test_probes_run_without_stage_7s_answers_and_the_grader_judges_them(name, student, case, monkeypatch):
+    """As in a stage-7 grading kernel: the expected values with every answer, then the probe of a student's code
+    with stage 7's answers left out (stage 4's guided_eps is there), its record through torch.save and
+    torch.load(weights_only=True), then the verdict; a record cut short fails."""
+    import test_mistake_catalogue as students
+    from check_helpers import leave_out_answers, round_trip
+    from course_lib.checks import CheckFailed
+    from course_lib.checks.protocol import verdict
+    from course_lib.stages.editing import checks
+
+    entry = getattr(checks, name).check
+    full = entry.case(**case)
+    inputs, expected = (round_trip(part) for part in entry.reference(**full))
+    with monkeypatch.context() as patched:
+        leave_out_answers(patched, ("editing",))
+        outputs = round_trip(entry.run_probe((getattr(students, student),), inputs))
+    assert outputs["devices"] is None
+    assert verdict(entry, full, inputs, outputs, expected).startswith(name.removeprefix("check_"))
+    outputs["calls"] = outputs["calls"][:-1]
+    with pytest.raises(CheckFailed, match="called the model"):
+        verdict(entry, full, inputs, outputs, expected)
+    with pytest.raises(CheckFailed):
+        verdict(entry, full, inputs, {"edited": 1}, expected)
