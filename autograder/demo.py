@@ -31,6 +31,8 @@ MISTAKES: dict[str, list[tuple[str, str]]] = {
                 "return eps_cond + guidance * (eps_cond - eps_uncond)")],
     # the velocity with the wrong sign
     "05_flow": [("return F.mse_loss(model(x_t, t), eps - x0)", "return F.mse_loss(model(x_t, t), x0 - eps)")],
+    # inpainting keeps the known pixels clean where they should be noised to the step's level
+    "07_editing": [("x = mask * known + (1 - mask) * x", "x = mask * x0 + (1 - mask) * x")],
 }
 
 DEMO_STUDENTS = ("solutions", "untouched", "mistakes")

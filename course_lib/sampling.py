@@ -11,8 +11,9 @@ Every sampler draws its noise with ``generator`` (on the sampling device), retur
 image as a CPU tensor (steps + 1, N, C, 28, 28), first frame pure noise, last frame the result.
 Models are put in eval mode while sampling and run under the device's autocast precision.
 
-The DDPM, guided and flow samplers are students' exercises (stages 3-5): their checked forms live in each stage's
-``api`` module and are gathered here. DDIM is given, and defined here.
+The DDPM, guided and flow samplers are students' exercises (stages 3-5), and so are stage 7's editors (SDEdit,
+inpainting, guided edits): their checked forms live in each stage's ``api`` module and are gathered here. DDIM is
+given, and defined here.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import torch
 from .chain import IMAGE_SHAPE, device_of, run_chain, sampling_mode, start_noise
 from .stages.cfg.api import cfg_sample, guided_eps
 from .stages.ddpm.api import ddpm_sample, ddpm_step
+from .stages.editing.api import guided_edit, inpaint, sdedit
 from .stages.flow.api import flow_sample
 from .validation import check_positive_int
 
 __all__ = ["IMAGE_SHAPE", "cfg_sample", "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step",
-           "device_of", "flow_sample", "guided_eps", "run_chain", "sampling_mode", "start_noise"]
+           "device_of", "flow_sample", "guided_edit", "guided_eps", "inpaint", "run_chain", "sampling_mode", "sdedit",
+           "start_noise"]
 
 
 def ddim_timesteps(num_steps: int, num_sampling_steps: int) -> torch.Tensor:

@@ -11,7 +11,9 @@ the slider tests under 7.7.1 too).
 
 Builders: :func:`noise_slider` (sigma of Gaussian noising, stage 1) and :func:`forward_process_slider`
 (t of the DDPM forward process, stage 1); :func:`trajectory_scrubber` (a frame slider through a saved
-sampling trajectory, stage 3) and :func:`guidance_slider` (the classifier-free guidance scale, stage 4).
+sampling trajectory, stage 3) and :func:`guidance_slider` (the classifier-free guidance scale, stage 4);
+:func:`sdedit_slider`, :func:`inpainting_slider` and :func:`edit_guidance_slider` (stage 7's edits: strength, known
+rows, guidance). The sampling sliders draw every picture up front (:func:`precomputed_slider`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure
 
 from .noise import DDPMSchedule, add_noise, q_sample
 from .plots import image_grid
-from .sampling import cfg_sample, device_of
+from .sampling import cfg_sample, device_of, guided_edit, inpaint, sdedit
 from .validation import check_tensor
 
 Render = Callable[[float], torch.Tensor]
@@ -169,17 +171,96 @@ def guidance_slider(model, schedule: DDPMSchedule, guidances=(0.0, 1.0, 2.0, 3.0
     [-1, 1]; it defaults to :func:`course_lib.sampling.cfg_sample` (pass the student's own sampler to use it).
     The labels and the generator are made on the model's device, where the samples are drawn.
     """
-    if len(guidances) == 0:
-        raise ValueError("`guidances` must hold at least one guidance scale, got an empty sequence")
     device = device_of(model)
     labels = torch.tensor(list(digits), dtype=torch.long, device=device)
-    samples = {}
-    for guidance in guidances:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        samples[float(guidance)] = sample_fn(model, schedule, labels, float(guidance), generator=generator).cpu()
-    options = list(samples)
-    slider = widgets.SelectionSlider(options=options, value=options[len(options) // 2], description="gamma",
+
+    def draw(guidance: float) -> torch.Tensor:
+        return sample_fn(model, schedule, labels, guidance, generator=torch.Generator(device=device).manual_seed(seed))
+
+    return precomputed_slider("gamma", "guidances", [float(g) for g in guidances], draw,
+                              lambda guidance: f"guided samples, gamma = {float(guidance):g}", ncols=len(labels))
+
+
+def precomputed_slider(description: str, name: str, values, draw: Render, title: Callable[[float], str],
+                       ncols: int) -> ImageSlider:
+    """A slider over ``values`` whose images ``draw(value)`` (N, 1, H, W) in [-1, 1] are all made up front, so
+    that a move only swaps pictures (a sampling run takes seconds). It starts at the middle value; ``name`` is the
+    argument that gave ``values``, for the error when it is empty."""
+    if len(values) == 0:
+        raise ValueError(f"`{name}` must hold at least one value, got an empty sequence")
+    images = {value: draw(value).cpu() for value in values}
+    options = list(images)
+    slider = widgets.SelectionSlider(options=options, value=options[len(options) // 2], description=description,
                                      continuous_update=True)
-    return ImageSlider(slider, lambda guidance: samples[float(guidance)],
-                       lambda guidance: f"guided samples, gamma = {float(guidance):g}", ncols=len(labels),
-                       value_range="signed")
+    return ImageSlider(slider, lambda value: images[value], title, ncols=ncols, value_range="signed")
+
+
+def _seeded(device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def sdedit_slider(model, schedule: DDPMSchedule, x0: torch.Tensor, strengths=None, seed: int = 0,
+                  edit_fn: Callable = sdedit) -> ImageSlider:
+    """A slider over SDEdit's strength: how many reverse steps follow the noising of ``x0`` (N, 1, 28, 28) in
+    [-1, 1]. Each picture shows the inputs (top row) above their edits, all drawn up front with one seed.
+
+    ``strengths``: the step counts offered (default: six from T/10 to T). ``edit_fn(model, schedule, x0, steps,
+    generator=...)`` defaults to :func:`course_lib.sampling.sdedit` (pass the student's own to use it).
+    """
+    device = device_of(model)
+    x0 = x0.detach().to(device)
+    T = schedule.num_steps
+    strengths = [max(1, round(T * k / 10)) for k in (1, 2, 4, 6, 8, 10)] if strengths is None else strengths
+
+    def draw(steps: int) -> torch.Tensor:
+        return torch.cat([x0, edit_fn(model, schedule, x0, int(steps), generator=_seeded(device, seed))])
+
+    return precomputed_slider("steps", "strengths", list(dict.fromkeys(int(k) for k in strengths)), draw,
+                              lambda steps: f"SDEdit: noised to step {int(steps) - 1}, then {int(steps)} of T = {T} "
+                                            "reverse steps (top: input, bottom: edit)", ncols=len(x0))
+
+
+def top_rows_mask(x0: torch.Tensor, rows: int) -> torch.Tensor:
+    """A mask like ``x0`` (N, 1, H, W) that is 1 (known) on the top ``rows`` rows of every image, 0 below."""
+    mask = torch.zeros_like(x0)
+    mask[..., :rows, :] = 1
+    return mask
+
+
+def inpainting_slider(model, schedule: DDPMSchedule, x0: torch.Tensor, known_rows=(7, 10, 14, 18, 21), seed: int = 0,
+                      inpaint_fn: Callable = inpaint) -> ImageSlider:
+    """A slider over how many top rows of ``x0`` (N, 1, 28, 28) in [-1, 1] are known. Each picture shows what the
+    model is given (the unknown rows grey) above the completed digits, all drawn up front with one seed.
+
+    ``inpaint_fn(model, schedule, x0, mask, generator=...)`` defaults to :func:`course_lib.sampling.inpaint`.
+    """
+    device = device_of(model)
+    x0 = x0.detach().to(device)
+
+    def draw(rows: int) -> torch.Tensor:
+        mask = top_rows_mask(x0, int(rows))
+        return torch.cat([x0 * mask, inpaint_fn(model, schedule, x0, mask, generator=_seeded(device, seed))])
+
+    return precomputed_slider("known rows", "known_rows", [int(rows) for rows in known_rows], draw,
+                              lambda rows: f"Inpainting: the top {int(rows)} of {x0.shape[-2]} rows known "
+                                           "(top: given, bottom: completed)", ncols=len(x0))
+
+
+def edit_guidance_slider(model, schedule: DDPMSchedule, x0: torch.Tensor, labels: torch.Tensor, steps: int,
+                         guidances=(0.0, 1.0, 3.0, 5.0, 10.0), seed: int = 0,
+                         edit_fn: Callable = guided_edit) -> ImageSlider:
+    """A slider over the guidance gamma of class-guided edits of ``x0`` (N, 1, 28, 28) towards the digits ``labels``
+    (int64 (N,)), each with ``steps`` reverse steps. Each picture shows the inputs above their edits, all drawn up
+    front with one seed. ``edit_fn(model, schedule, x0, labels, steps, guidance, generator=...)`` defaults to
+    :func:`course_lib.sampling.guided_edit`.
+    """
+    device = device_of(model)
+    x0, labels = x0.detach().to(device), labels.to(device)
+
+    def draw(guidance: float) -> torch.Tensor:
+        edits = edit_fn(model, schedule, x0, labels, steps, guidance, generator=_seeded(device, seed))
+        return torch.cat([x0, edits])
+
+    return precomputed_slider("gamma", "guidances", [float(g) for g in guidances], draw,
+                              lambda guidance: f"edits towards the digits asked for, gamma = {float(guidance):g}, "
+                                               f"{steps} reverse steps (top: input, bottom: edit)", ncols=len(x0))

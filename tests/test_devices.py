@@ -89,7 +89,8 @@ def test_every_device_run_passes_the_reference(stage, grade_id, todo):
 
 def test_every_sampler_and_loss_todo_has_a_device_run():
     for key, grade_ids in {"ddpm": ("ddpm_loss", "ddpm_sample"), "cfg": ("cfg_loss", "cfg_sample"),
-                           "flow": ("flow_loss", "flow_sample"), "denoiser": ("loss_and_step",)}.items():
+                           "flow": ("flow_loss", "flow_sample"), "denoiser": ("loss_and_step",),
+                           "editing": ("sdedit", "inpaint", "guided_edit")}.items():
         for grade_id in grade_ids:
             assert CATALOGUE[key][grade_id].check.check.devices is not None, f"{key}/{grade_id}"
 
@@ -121,6 +122,12 @@ def meta_models() -> tuple:
         cfg_model, schedule, guidances=(0.0, 1.0), digits=(1, 2))),
     ("forward_process_slider", lambda model, cfg_model, schedule: widgets.forward_process_slider(
         torch.zeros(2, 1, 28, 28, device=DEVICE), schedule)),
+    ("sdedit_slider", lambda model, cfg_model, schedule: widgets.sdedit_slider(
+        cfg_model, schedule, torch.zeros(2, 1, 28, 28), strengths=(1, 3))),
+    ("inpainting_slider", lambda model, cfg_model, schedule: widgets.inpainting_slider(
+        cfg_model, schedule, torch.zeros(2, 1, 28, 28), known_rows=(14,))),
+    ("edit_guidance_slider", lambda model, cfg_model, schedule: widgets.edit_guidance_slider(
+        cfg_model, schedule, torch.zeros(2, 1, 28, 28), torch.tensor([1, 2]), 2, guidances=(0.0, 2.0))),
 ])
 def test_given_code_makes_its_generator_on_the_sampling_device(name, run, generators_on_meta):
     """On a GPU a generator made on the CPU cannot draw there: the given code runs on the meta device, under the

@@ -20,10 +20,13 @@ from torch import nn
 
 from course_lib import stages
 from course_lib.noise import q_sample as given_q_sample
+from course_lib.sampling import ddpm_step as given_ddpm_step
+from course_lib.sampling import guided_eps as given_guided_eps
 from course_lib.stages.cfg import checks as cfg
 from course_lib.stages.ddpm import checks as ddpm
 from course_lib.stages.denoiser import answers as answer
 from course_lib.stages.denoiser import checks as denoiser
+from course_lib.stages.editing import checks as editing
 from course_lib.stages.flow import checks as flow
 from course_lib.stages.improved import checks as improved
 from course_lib.stages.improved.answers import SelfAttention, sinusoidal_embedding
@@ -683,8 +686,168 @@ IMPROVED = {
 }
 
 
+# ----------------------------------------------------------------------------------------------- stage 7
+
+
+def edit(model, schedule, x0, steps, generator=None, labels=None, guidance=0.0, mistake=None):
+    """SDEdit (``labels`` None) or the guided edit, as a student writes them; ``mistake`` switches on one error."""
+    model.eval()
+    device = next(model.parameters()).device
+    T, n = schedule.num_steps, x0.shape[0]
+    if steps == 0 and mistake != "noises at steps = 0":
+        return x0
+    start = {"all T steps": T - 1, "one step too many": steps}.get(mistake, steps - 1)  # the first reverse step
+    noised_to = steps if mistake == "late" else start
+    eps = torch.randn(x0.shape, generator=generator, device=device)
+    alpha_bar = schedule.alpha_bars[noised_to]  # at steps = 0 without the early return: the last, T - 1
+    x = {"clean": x0, "pure noise": eps}.get(mistake, alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps)
+    zeros = torch.zeros(n, 10) if mistake == "zeros on the CPU" else torch.zeros(n, 10, device=device)
+    if mistake == "a class":
+        zeros = F.one_hot(torch.zeros(n, dtype=torch.long, device=device), 10).float()
+    c = zeros if labels is None else F.one_hot(labels if mistake == "labels on the CPU" else labels.to(device),
+                                                10).float()
+    with torch.no_grad():
+        for t in reversed(range(start + 1)):
+            time = torch.full((n,), t / T, device=device)
+            if labels is None:
+                eps = model(x, time) if mistake == "no class" else model(x, time, zeros)
+            elif mistake == "two passes":
+                eps_u, eps_c = model(x, time, torch.zeros_like(c)), model(x, time, c)
+                eps = eps_u + guidance * (eps_c - eps_u)
+            else:
+                eps = given_guided_eps(model, x, time, c, {"guidance 1": 1.0}.get(mistake, guidance))
+            last = t > 0 or mistake == "noise at t = 0"
+            z = torch.randn(x.shape, generator=generator, device=device) if last and mistake != "no noise" else None
+            x = given_ddpm_step(x, eps, t, schedule, z) + (schedule.betas[0].sqrt() * z if t == 0 and z is not None
+                                                           else 0)
+    return x
+
+
+def sdedit_where(model, schedule, x0, steps, generator=None):
+    """SDEdit with the time as integer steps divided by T and the "no class" rows as x0.new_zeros."""
+    model.eval()
+    if steps == 0:
+        return x0.clone()
+    n, T = len(x0), schedule.num_steps
+    t = torch.full((n,), steps - 1, dtype=torch.long, device=x0.device)
+    x = given_q_sample(x0, t, torch.randn(x0.shape, generator=generator, device=x0.device), schedule)
+    with torch.no_grad():
+        for step in range(steps - 1, -1, -1):
+            eps = model(x, (t * 0 + step) / T, x0.new_zeros(n, 10))
+            z = torch.randn(x.shape, generator=generator, device=x0.device) if step else None
+            x = given_ddpm_step(x, eps, step, schedule, z)
+    return x
+
+
+def inpaint(model, schedule, x0, mask, generator=None, mistake=None, mix="where"):
+    """Inpainting as a student writes it, mixing in the known pixels with torch.where (``mix="where"``) or by
+    arithmetic; ``mistake`` switches on one error (each with arithmetic)."""
+    model.eval()
+    device = next(model.parameters()).device
+    T, n = schedule.num_steps, x0.shape[0]
+    keep = 1 - mask if mistake == "inverted mask" else mask
+    x = torch.randn(x0.shape, generator=generator, device=device)
+    with torch.no_grad():
+        for t in reversed(range(T)):
+            z = torch.randn(x.shape, generator=generator, device=device) if mistake == "z first" and t > 0 else None
+            if mistake != "no replacement":
+                noise = torch.randn(x0.shape, generator=generator, device=None if mistake == "noise on the CPU"
+                                    else device)
+                known = x0 if mistake == "clean" else given_q_sample(x0, torch.full((n,), t, device=device), noise,
+                                                                      schedule)
+                x = torch.where(keep.bool(), known, x) if mix == "where" else keep * known + (1 - keep) * x
+            if mistake == "train mode":
+                model.train()
+            eps = model(x, torch.full((n,), t / T, device=device), torch.zeros(n, 10, device=device))
+            if mistake != "z first":
+                z = torch.randn(x.shape, generator=generator, device=device) if t > 0 else None
+            x = given_ddpm_step(x, eps, t, schedule, z)
+    return x if mistake == "no paste" else keep * x0 + (1 - keep) * x
+
+
+def inpaint_arithmetic(model, schedule, x0, mask, generator=None):
+    """Inpainting with the known pixels mixed in by arithmetic."""
+    return inpaint(model, schedule, x0, mask, generator, mix="arithmetic")
+
+
+def guided_edit(model, schedule, x0, labels, steps, guidance=5.0, generator=None, mistake=None):
+    return edit(model, schedule, x0, steps, generator, labels, guidance, mistake)
+
+
+def guided_edit_inline(model, schedule, x0, labels, steps, guidance=5.0, generator=None):
+    """The guided edit with the batched guided estimate written out, Ho & Salimans' form (1 + w) eps_c - w eps_u."""
+    w = guidance - 1
+
+    def guided(x, t, c):
+        eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, c * 0])).chunk(2)
+        return (1 + w) * eps_c - w * eps_u
+
+    model.eval()
+    device = next(model.parameters()).device
+    T, n = schedule.num_steps, len(x0)
+    if steps == 0:
+        return x0
+    x = given_q_sample(x0, torch.full((n,), steps - 1, device=device),
+                       torch.randn(x0.shape, generator=generator, device=device), schedule)
+    c = F.one_hot(labels.to(device), 10).float()
+    with torch.no_grad():
+        for t in range(steps - 1, -1, -1):
+            eps = guided(x, torch.full((n,), t / T, device=device), c)
+            x = given_ddpm_step(x, eps, t, schedule, torch.randn(x.shape, generator=generator, device=device)
+                                if t else None)
+    return x
+
+
+EDIT_MISTAKES = {
+    "x0 not noised": ("clean", "noise x0 before the first step"),
+    "pure noise": ("pure noise", "not from pure noise"),
+    "noised to step steps": ("late", "you noised x0 to step `steps`"),
+    "all T steps": ("all T steps", "ran all T = 10 reverse steps"),
+    "one step too many": ("one step too many", "one too many"),
+    "noise at t = 0": ("noise at t = 0", "noise at the last step"),
+    "no noise": ("no noise", "no noise was added"),
+}
+
+EDITING = {
+    "sdedit": Todo(editing.check_sdedit, {"a student's": edit, "new_zeros and integer steps": sdedit_where}, {
+        **{name: (lambda *a, mistake=mistake, **k: edit(*a, **k, mistake=mistake), hint)
+           for name, (mistake, hint) in EDIT_MISTAKES.items()},
+        "noises at steps = 0": (lambda *a, **k: edit(*a, **k, mistake="noises at steps = 0"),
+                                "with steps = 0 there is nothing to undo"),
+        "no class": (lambda *a, **k: edit(*a, **k, mistake="no class"), "called the model without a class"),
+        "the class 0": (lambda *a, **k: edit(*a, **k, mistake="a class"), "use no class"),
+        "zeros on the CPU": (lambda *a, **k: edit(*a, **k, mistake="zeros on the CPU"),
+                             "a tensor made by `torch.zeros` is on cpu, the model on meta: make it there, "
+                             "`torch.zeros(..., device=device)`"),
+    }),
+    "inpaint": Todo(editing.check_inpaint, {"torch.where": inpaint, "arithmetic": inpaint_arithmetic}, {
+        name: (lambda *a, mistake=mistake, **k: inpaint(*a, **k, mistake=mistake, mix="arithmetic"), hint)
+        for name, mistake, hint in (
+            ("no replacement", "no replacement", "replace the known pixels at every step"),
+            ("clean known pixels", "clean", "not by x0 itself"),
+            ("inverted mask", "inverted mask", "the mask is 1 where the pixel is known"),
+            ("z first", "z first", "draw in this order at each step"),
+            ("no paste", "no paste", "put them back"),
+            ("train mode", "train mode", "model.eval()"),
+            ("noise on the CPU", "noise on the CPU", "`torch.randn` drew on cpu with the generator you were given"))
+    }),
+    "guided_edit": Todo(editing.check_guided_edit, {"a student's": guided_edit, "(1 + w) eps_c - w eps_u":
+                                                    guided_edit_inline}, {
+        **{name: (lambda *a, mistake=mistake, **k: guided_edit(*a, **k, mistake=mistake), hint)
+           for name, (mistake, hint) in EDIT_MISTAKES.items()},
+        "guidance 1": (lambda *a, **k: guided_edit(*a, **k, mistake="guidance 1"), "guidance 1, the plain conditional"),
+        "two passes": (lambda *a, **k: guided_edit(*a, **k, mistake="two passes"), "one batch of 2N"),
+        "unconditional": (lambda m, s, x0, labels, steps, guidance=5.0, generator=None: edit(m, s, x0, steps,
+                                                                                             generator),
+                          "one batch of 2N"),
+        "labels on the CPU": (lambda *a, **k: guided_edit(*a, **k, mistake="labels on the CPU"),
+                              "labels are on cpu, the model on meta: move them with `.to(device)`"),
+    }),
+}
+
+
 CATALOGUE: dict[str, dict[str, Todo]] = {"noising": NOISING, "denoiser": DENOISER, "ddpm": DDPM, "cfg": CFG,
-                                         "flow": FLOW, "improved": IMPROVED}
+                                         "flow": FLOW, "improved": IMPROVED, "editing": EDITING}
 
 
 def test_every_todo_of_every_stage_has_mistakes_and_a_correct_answer():

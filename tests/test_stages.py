@@ -131,7 +131,7 @@ for name in names:
     importlib.import_module(name)
 from course_lib import stages
 from course_lib.checks.protocol import CHECKS
-assert len(CHECKS) == 24, sorted(CHECKS)
+assert len(CHECKS) == 27, sorted(CHECKS)
 present = [key for key in sys.argv[2].split(",") if key]
 missing = [key for key in sys.argv[3].split(",") if key]
 for key in present:
@@ -153,7 +153,8 @@ print(len(names))
 """
 
 
-@pytest.mark.parametrize("stage", ["01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow", "06_improved_unet"])
+@pytest.mark.parametrize("stage", ["01_noising", "02_denoiser", "03_ddpm", "04_cfg", "05_flow", "06_improved_unet",
+                                   "07_editing"])
 def test_library_view_lacks_whole_files_and_still_imports_every_module(tmp_path, stage):
     """The view for stage k lacks exactly the answers.py of k and later and every stage's reference.py; every
     module it holds imports (every check included), earlier answers load, and asking for a left-out one raises

@@ -1,4 +1,4 @@
-"""The sampling sliders of course_lib.widgets (stages 3 and 4) build, and their callbacks redraw in place."""
+"""The sampling sliders of course_lib.widgets (stages 3, 4 and 7) build, and their callbacks redraw in place."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 from course_lib.data import DeviceImages, load_mnist
 from course_lib.models import ClassConditionalUNet
 from course_lib.noise import DDPMSchedule, q_sample
-from course_lib.sampling import cfg_sample
-from course_lib.widgets import ImageSlider, guidance_slider, trajectory_scrubber
+from course_lib.sampling import cfg_sample, sdedit
+from course_lib.widgets import (ImageSlider, edit_guidance_slider, guidance_slider, inpainting_slider, sdedit_slider,
+                               top_rows_mask, trajectory_scrubber)
 
 
 def move(widget: ImageSlider, value) -> bytes:
@@ -93,3 +94,57 @@ def test_guidance_slider_uses_the_given_sampler(cfg_model):
 def test_guidance_slider_needs_guidances(cfg_model):
     with pytest.raises(ValueError, match="guidances"):
         guidance_slider(cfg_model, DDPMSchedule(4), guidances=())
+
+
+def test_sdedit_slider_shows_inputs_above_their_edits(cfg_model):
+    schedule = DDPMSchedule(10)
+    x0 = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    widget = sdedit_slider(cfg_model, schedule, x0, strengths=(0, 5, 10), seed=2)
+    assert list(widget.slider.options) == [0, 5, 10] and widget.slider.value == 5
+    untouched, strong = move(widget, 0), move(widget, 10)
+    assert untouched != strong
+    assert widget.axes.get_title() == ("SDEdit: noised to step 9, then 10 of T = 10 reverse steps "
+                                       "(top: input, bottom: edit)")
+    assert torch.equal(widget.render(0), torch.cat([x0, x0]))
+    edited = sdedit(cfg_model, schedule, x0, 5, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(widget.render(5), torch.cat([x0, edited]))
+
+
+def test_sdedit_slider_offers_strengths_up_to_t_by_default(cfg_model):
+    calls = []
+
+    def edit(model, schedule, x0, steps, generator):
+        calls.append(steps)
+        return x0
+
+    widget = sdedit_slider(cfg_model, DDPMSchedule(50), torch.zeros(2, 1, 28, 28), edit_fn=edit)
+    assert calls == [5, 10, 20, 30, 40, 50] and list(widget.slider.options) == calls
+
+
+def test_inpainting_slider_shows_the_known_rows_and_the_completed_digits(cfg_model):
+    schedule = DDPMSchedule(6)
+    x0 = torch.ones(2, 1, 28, 28)
+    widget = inpainting_slider(cfg_model, schedule, x0, known_rows=(7, 14), seed=1)
+    assert list(widget.slider.options) == [7, 14] and widget.slider.value == 14
+    given, completed = widget.render(7).chunk(2)
+    assert torch.equal(given[..., :7, :], x0[..., :7, :]) and not given[..., 7:, :].any()
+    assert torch.equal(completed[..., :7, :], x0[..., :7, :])
+    assert move(widget, 7) != move(widget, 14)
+    assert widget.axes.get_title() == "Inpainting: the top 14 of 28 rows known (top: given, bottom: completed)"
+    assert torch.equal(top_rows_mask(x0, 3)[0, 0, :, 0], (torch.arange(28) < 3).float())
+
+
+def test_edit_guidance_slider_passes_labels_steps_and_gamma(cfg_model):
+    calls = []
+
+    def edit(model, schedule, x0, labels, steps, guidance, generator):
+        calls.append((labels.tolist(), steps, guidance))
+        return x0 + guidance / 10
+
+    x0 = torch.zeros(2, 1, 28, 28)
+    widget = edit_guidance_slider(cfg_model, DDPMSchedule(8), x0, torch.tensor([4, 9]), 6, guidances=(0, 2, 4),
+                                  edit_fn=edit)
+    assert calls == [([4, 9], 6, 0.0), ([4, 9], 6, 2.0), ([4, 9], 6, 4.0)] and widget.slider.value == 2.0
+    assert torch.equal(widget.render(4.0)[2:], torch.full((2, 1, 28, 28), 0.4))
+    with pytest.raises(ValueError, match="guidances"):
+        edit_guidance_slider(cfg_model, DDPMSchedule(8), x0, torch.tensor([4, 9]), 6, guidances=())

@@ -15,13 +15,14 @@ from torch import nn
 
 from ..runtime import MODES, course_mode
 from ..validation import check_choice
-from . import cfg, ddpm, denoiser, flow, improved, noising
+from . import cfg, ddpm, denoiser, editing, flow, improved, noising
 from .stage import AnswerNotIncluded, Model, Stage, StageBudget
 
 __all__ = ["AnswerNotIncluded", "Model", "Stage", "StageBudget", "STAGES", "NOTEBOOKS", "TRAINING_STAGES", "get",
            "budget", "value_range", "build_model", "stage_loss"]
 
-STAGES: tuple[Stage, ...] = tuple(package.STAGE for package in (noising, denoiser, ddpm, cfg, flow, improved))
+STAGES: tuple[Stage, ...] = tuple(package.STAGE for package in (noising, denoiser, ddpm, cfg, flow, improved,
+                                                                         editing))
 NOTEBOOKS: tuple[str, ...] = tuple(stage.notebook for stage in STAGES)
 TRAINING_STAGES: tuple[str, ...] = tuple(stage.key for stage in STAGES if stage.model is not None)
 

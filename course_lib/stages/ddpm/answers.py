@@ -96,11 +96,12 @@ def ddpm_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, schedule, z: torch.T
 
 
 def reverse_chain(predict_eps: EpsPredictor, schedule, x: torch.Tensor, generator: torch.Generator | None,
-                  stochastic: bool = True, return_trajectory: bool = False):
+                  stochastic: bool = True, return_trajectory: bool = False, num_reverse_steps: int | None = None):
     """Algorithm 2's loop from ``x = x_T``: for t = T-1 .. 0, ``x <- ddpm_step(x, predict_eps(x, t), t, z)``.
 
     ``predict_eps(x_t, t)`` takes integer timesteps (N,); one ``z`` per step t > 0 comes from ``generator``
-    (none when ``stochastic`` is False). Returns x_0, or ``(x_0, trajectory)`` as
+    (none when ``stochastic`` is False). ``num_reverse_steps`` k runs only the last k steps, t = k-1 .. 0, from
+    ``x`` = the image at step k-1 (stage 7's edits; default: all T). Returns x_0, or ``(x_0, trajectory)`` as
     :func:`~course_lib.sampling.run_chain` does.
     """
     def step(x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -108,7 +109,8 @@ def reverse_chain(predict_eps: EpsPredictor, schedule, x: torch.Tensor, generato
         z = torch.randn(x_t.shape, device=x_t.device, generator=generator) if stochastic and t > 0 else None
         return ddpm_step(x_t, eps, t, schedule, z)
 
-    return run_chain(x, reversed(range(schedule.num_steps)), step, return_trajectory)
+    steps = schedule.num_steps if num_reverse_steps is None else num_reverse_steps
+    return run_chain(x, reversed(range(steps)), step, return_trajectory)
 
 
 def ddpm_sample(model, schedule, num_samples: int = 40, generator: torch.Generator | None = None,
