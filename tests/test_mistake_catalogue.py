@@ -30,7 +30,8 @@ from course_lib.stages.improved.answers import SelfAttention, sinusoidal_embeddi
 from course_lib.stages.noising import checks as noising
 from check_helpers import fails_with
 from test_checks import cosine_schedule_float32, em_step
-from test_checks_denoiser import blocks, conv_layer, loss_summed, noisy, operations, student_loop, unet
+from test_checks_denoiser import (blocks, conv_layer, loss_summed, noisy, operations, own_batches_loop,
+                                  student_loop, unet)
 from test_checks_diffusion import (StudentFC, cfg_loss, cfg_sample, class_unet, ddpm_loss, ddpm_sample, ddpm_step,
                                    drop_labels, flow_loss, flow_sample, guided_eps, time_unet)
 
@@ -332,17 +333,23 @@ DENOISER = {
         "loss after the step": ((answer.denoising_loss, step(returns="after")),
                                 "expected the batch's loss before the step"),
     }),
-    "train_denoiser": Todo(denoiser.check_train_denoiser, {"a student's loop": student_loop()}, {
+    "train_denoiser": Todo(denoiser.check_train_denoiser, {
+        "a student's loop": student_loop(),
+        "global shuffle, partial batches, validation noise from the training generator": student_loop(
+            global_shuffle=True, train_drop_last=False, val_batch=4, val_noise="training"),
+        "its own permutation, one validation batch, global noise": own_batches_loop}, {
         mistake: (student_loop(**{flag: value}), hint) for mistake, flag, value, hint in (
             ("no zero_grad", "zero_grad", False, "call optimizer.zero_grad() before every loss.backward()"),
-            ("no shuffle", "no_shuffle", True, "the batches come in the same order every epoch"),
-            ("global shuffle", "global_shuffle", True, "your loop draws from the global random state"),
-            ("no eval", "eval_mode", False, "the evaluation ran in train mode: call model.eval()"),
-            ("gradients in evaluation", "no_grad", False, "the evaluation tracked gradients"),
+            ("no shuffle", "no_shuffle", True, "the training batches come in the same order every epoch"),
+            ("new optimizer every epoch", "new_optimizer", True, "take every step with it, in every epoch"),
+            ("no eval", "eval_mode", False, "the validation ran in train mode: call model.eval()"),
+            ("gradients in validation", "no_grad", False, "the validation tracked gradients"),
             ("train once", "train_mode", False, "in epoch 2 the model trained in eval mode: call model.train()"),
-            ("partial training batch", "train_drop_last", False, "train_losses has 8 entries, expected 6"),
-            ("validation drop_last", "val_drop_last", True, "the last, smaller batch of held-out digits is missing"),
-            ("validation batch size", "val_batch", 7, "the held-out digits went in batches of another size"),
+            ("validation drop_last", "val_drop_last", True, "the last, smaller batch is missing"),
+            ("unweighted validation", "average", "unweighted", "weight each batch's loss by its number of digits"),
+            ("last validation batch", "average", "last_batch", "that is the last batch's loss"),
+            ("summed validation", "average", "summed", "divide the weighted sum by the number of held-out digits"),
+            ("gradient ascent", "ascend", True, "a correct loop lowers it clearly"),
             ("per-epoch losses", "per_epoch", True, "train_losses has 2 entries, expected 6"),
             ("tensors", "returns", "tensors", "should be a list of Python floats, got list of Tensor"),
             ("no callback", "callback", False, "on_epoch_end was called 0 times, expected once per epoch"))}),
