@@ -20,6 +20,7 @@ from torch import nn
 
 from course_lib import stages
 from course_lib.noise import q_sample as given_q_sample
+from course_lib.stages.cfg import answers as cfg_answers
 from course_lib.stages.cfg import checks as cfg
 from course_lib.stages.ddpm import checks as ddpm
 from course_lib.stages.denoiser import answers as answer
@@ -53,6 +54,42 @@ class Todo:
 
 def students(student) -> tuple:
     return student if isinstance(student, tuple) else (student,)
+
+
+# ----------------------------------------------------------------------------------------------- stage 4: sample_digits
+
+
+def sample_digits_by_digit(model, schedule, digits, per_digit, guidance, generator=None):
+    """Labels grouped by digit (3, 3, 3, 7, 7, 7), sampled in one call."""
+    labels = torch.tensor(list(digits)).repeat_interleave(per_digit)
+    return cfg_answers.cfg_sample(model, schedule, labels, guidance, generator), labels
+
+
+def sample_digits_listed(model, schedule, digits, per_digit, guidance, generator=None):
+    device = next(model.parameters()).device
+    labels = torch.tensor([d for _ in range(per_digit) for d in digits], device=device)
+    return cfg_answers.cfg_sample(model, schedule, labels, guidance, generator), labels
+
+
+def sample_digits_mistaken(mistake):
+    """sample_digits with one mistake."""
+    def sample_digits(model, schedule, digits, per_digit, guidance, generator=None):
+        labels = torch.tensor(list(digits) * (1 if mistake == "once" else per_digit))
+        if mistake == "per_call":
+            samples = torch.cat([cfg_answers.cfg_sample(model, schedule, labels[labels == d], guidance, generator)
+                                 for d in digits])
+            return samples, labels.sort(stable=True).values
+        if mistake == "cpu_mask":  # a mask made on the CPU, applied to samples on the model's device
+            samples = cfg_answers.cfg_sample(model, schedule, labels, guidance, generator)
+            return samples * torch.ones(samples.shape), labels
+        samples = cfg_answers.cfg_sample(model, schedule, labels, 5.0 if mistake == "guidance" else guidance,
+                                         torch.Generator().manual_seed(0) if mistake == "own_generator" else generator)
+        if mistake == "sorted":
+            labels = labels.sort().values
+        if mistake == "float":
+            labels = labels.float()
+        return samples if mistake == "samples_only" else (samples, labels)
+    return sample_digits
 
 
 # ----------------------------------------------------------------------------------------------- stage 1
@@ -549,6 +586,24 @@ CFG = {
                                               "your cfg_sample mixes devices: labels are on cpu, the model on meta: "
                                               "move them with `.to(device)`"),
     }),
+    "sample_digits": Todo(cfg.check_sample_digits, {
+        "digit by digit": (sample_digits_by_digit, cfg_answers.cfg_sample),
+        "labels from a comprehension, on the model's device": (sample_digits_listed, cfg_answers.cfg_sample)}, {
+        "fixed guidance": ((sample_digits_mistaken("guidance"), cfg_answers.cfg_sample),
+                           "your samples follow guidance 5, not the 3 asked for"),
+        "one call per digit": ((sample_digits_mistaken("per_call"), cfg_answers.cfg_sample),
+                               "draw all the samples in one call of cfg_sample"),
+        "one of each digit": ((sample_digits_mistaken("once"), cfg_answers.cfg_sample), "2 times (6 labels), got these counts"),
+        "labels sorted after sampling": ((sample_digits_mistaken("sorted"), cfg_answers.cfg_sample),
+                                         "samples[i] should be the sample of labels[i]"),
+        "own generator": ((sample_digits_mistaken("own_generator"), cfg_answers.cfg_sample),
+                          "from one call of cfg_sample with those labels, `guidance` and `generator`"),
+        "float labels": ((sample_digits_mistaken("float"), cfg_answers.cfg_sample), "labels should be an int64 tensor"),
+        "samples only": ((sample_digits_mistaken("samples_only"), cfg_answers.cfg_sample),
+                         "should return two tensors, (samples, labels)"),
+        "a mask on the CPU": ((sample_digits_mistaken("cpu_mask"), cfg_answers.cfg_sample),
+                                                       "your sample_digits mixes devices"),
+    }, {"digits": (4, 1, 9), "per_digit": 2}),
 }
 
 
