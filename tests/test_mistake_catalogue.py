@@ -22,6 +22,7 @@ from course_lib import stages
 from course_lib.noise import q_sample as given_q_sample
 from course_lib.sampling import ddpm_step as given_ddpm_step
 from course_lib.sampling import guided_eps as given_guided_eps
+from course_lib.stages.cfg import answers as cfg_answers
 from course_lib.stages.cfg import checks as cfg
 from course_lib.stages.ddpm import checks as ddpm
 from course_lib.stages.denoiser import answers as answer
@@ -33,7 +34,8 @@ from course_lib.stages.improved.answers import SelfAttention, sinusoidal_embeddi
 from course_lib.stages.noising import checks as noising
 from check_helpers import fails_with
 from test_checks import cosine_schedule_float32, em_step
-from test_checks_denoiser import blocks, conv_layer, loss_summed, noisy, operations, student_loop, unet
+from test_checks_denoiser import (blocks, conv_layer, loss_summed, noisy, operations, own_batches_loop,
+                                  student_loop, unet)
 from test_checks_diffusion import (StudentFC, cfg_loss, cfg_sample, class_unet, ddpm_loss, ddpm_sample, ddpm_step,
                                    drop_labels, flow_loss, flow_sample, guided_eps, time_unet)
 
@@ -55,6 +57,42 @@ class Todo:
 
 def students(student) -> tuple:
     return student if isinstance(student, tuple) else (student,)
+
+
+# ----------------------------------------------------------------------------------------------- stage 4: sample_digits
+
+
+def sample_digits_by_digit(model, schedule, digits, per_digit, guidance, generator=None):
+    """Labels grouped by digit (3, 3, 3, 7, 7, 7), sampled in one call."""
+    labels = torch.tensor(list(digits)).repeat_interleave(per_digit)
+    return cfg_answers.cfg_sample(model, schedule, labels, guidance, generator), labels
+
+
+def sample_digits_listed(model, schedule, digits, per_digit, guidance, generator=None):
+    device = next(model.parameters()).device
+    labels = torch.tensor([d for _ in range(per_digit) for d in digits], device=device)
+    return cfg_answers.cfg_sample(model, schedule, labels, guidance, generator), labels
+
+
+def sample_digits_mistaken(mistake):
+    """sample_digits with one mistake."""
+    def sample_digits(model, schedule, digits, per_digit, guidance, generator=None):
+        labels = torch.tensor(list(digits) * (1 if mistake == "once" else per_digit))
+        if mistake == "per_call":
+            samples = torch.cat([cfg_answers.cfg_sample(model, schedule, labels[labels == d], guidance, generator)
+                                 for d in digits])
+            return samples, labels.sort(stable=True).values
+        if mistake == "cpu_mask":  # a mask made on the CPU, applied to samples on the model's device
+            samples = cfg_answers.cfg_sample(model, schedule, labels, guidance, generator)
+            return samples * torch.ones(samples.shape), labels
+        samples = cfg_answers.cfg_sample(model, schedule, labels, 5.0 if mistake == "guidance" else guidance,
+                                         torch.Generator().manual_seed(0) if mistake == "own_generator" else generator)
+        if mistake == "sorted":
+            labels = labels.sort().values
+        if mistake == "float":
+            labels = labels.float()
+        return samples if mistake == "samples_only" else (samples, labels)
+    return sample_digits
 
 
 # ----------------------------------------------------------------------------------------------- stage 1
@@ -335,17 +373,23 @@ DENOISER = {
         "loss after the step": ((answer.denoising_loss, step(returns="after")),
                                 "expected the batch's loss before the step"),
     }),
-    "train_denoiser": Todo(denoiser.check_train_denoiser, {"a student's loop": student_loop()}, {
+    "train_denoiser": Todo(denoiser.check_train_denoiser, {
+        "a student's loop": student_loop(),
+        "global shuffle, partial batches, validation noise from the training generator": student_loop(
+            global_shuffle=True, train_drop_last=False, val_batch=4, val_noise="training"),
+        "its own permutation, one validation batch, global noise": own_batches_loop}, {
         mistake: (student_loop(**{flag: value}), hint) for mistake, flag, value, hint in (
             ("no zero_grad", "zero_grad", False, "call optimizer.zero_grad() before every loss.backward()"),
-            ("no shuffle", "no_shuffle", True, "the batches come in the same order every epoch"),
-            ("global shuffle", "global_shuffle", True, "your loop draws from the global random state"),
-            ("no eval", "eval_mode", False, "the evaluation ran in train mode: call model.eval()"),
-            ("gradients in evaluation", "no_grad", False, "the evaluation tracked gradients"),
+            ("no shuffle", "no_shuffle", True, "the training batches come in the same order every epoch"),
+            ("new optimizer every epoch", "new_optimizer", True, "take every step with it, in every epoch"),
+            ("no eval", "eval_mode", False, "the validation ran in train mode: call model.eval()"),
+            ("gradients in validation", "no_grad", False, "the validation tracked gradients"),
             ("train once", "train_mode", False, "in epoch 2 the model trained in eval mode: call model.train()"),
-            ("partial training batch", "train_drop_last", False, "train_losses has 8 entries, expected 6"),
-            ("validation drop_last", "val_drop_last", True, "the last, smaller batch of held-out digits is missing"),
-            ("validation batch size", "val_batch", 7, "the held-out digits went in batches of another size"),
+            ("validation drop_last", "val_drop_last", True, "the last, smaller batch is missing"),
+            ("unweighted validation", "average", "unweighted", "weight each batch's loss by its number of digits"),
+            ("last validation batch", "average", "last_batch", "that is the last batch's loss"),
+            ("summed validation", "average", "summed", "divide the weighted sum by the number of held-out digits"),
+            ("gradient ascent", "ascend", True, "a correct loop lowers it clearly"),
             ("per-epoch losses", "per_epoch", True, "train_losses has 2 entries, expected 6"),
             ("tensors", "returns", "tensors", "should be a list of Python floats, got list of Tensor"),
             ("no callback", "callback", False, "on_epoch_end was called 0 times, expected once per epoch"))}),
@@ -545,6 +589,24 @@ CFG = {
                                               "your cfg_sample mixes devices: labels are on cpu, the model on meta: "
                                               "move them with `.to(device)`"),
     }),
+    "sample_digits": Todo(cfg.check_sample_digits, {
+        "digit by digit": (sample_digits_by_digit, cfg_answers.cfg_sample),
+        "labels from a comprehension, on the model's device": (sample_digits_listed, cfg_answers.cfg_sample)}, {
+        "fixed guidance": ((sample_digits_mistaken("guidance"), cfg_answers.cfg_sample),
+                           "your samples follow guidance 5, not the 3 asked for"),
+        "one call per digit": ((sample_digits_mistaken("per_call"), cfg_answers.cfg_sample),
+                               "draw all the samples in one call of cfg_sample"),
+        "one of each digit": ((sample_digits_mistaken("once"), cfg_answers.cfg_sample), "2 times (6 labels), got these counts"),
+        "labels sorted after sampling": ((sample_digits_mistaken("sorted"), cfg_answers.cfg_sample),
+                                         "samples[i] should be the sample of labels[i]"),
+        "own generator": ((sample_digits_mistaken("own_generator"), cfg_answers.cfg_sample),
+                          "from one call of cfg_sample with those labels, `guidance` and `generator`"),
+        "float labels": ((sample_digits_mistaken("float"), cfg_answers.cfg_sample), "labels should be an int64 tensor"),
+        "samples only": ((sample_digits_mistaken("samples_only"), cfg_answers.cfg_sample),
+                         "should return two tensors, (samples, labels)"),
+        "a mask on the CPU": ((sample_digits_mistaken("cpu_mask"), cfg_answers.cfg_sample),
+                                                       "your sample_digits mixes devices"),
+    }, {"digits": (4, 1, 9), "per_digit": 2}),
 }
 
 

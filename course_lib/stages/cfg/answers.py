@@ -1,5 +1,5 @@
 """Answers of stage 4 (``04_cfg``): the class-conditional UNet, label dropout, the class-conditional loss, the
-classifier-free-guided noise estimate and the guided sampler."""
+classifier-free-guided noise estimate, the guided sampler and the samples of chosen digits drawn with it."""
 
 from __future__ import annotations
 
@@ -92,3 +92,14 @@ def cfg_sample(model, schedule, labels: torch.Tensor, guidance: float = 5.0, gen
     with sampling_mode(model, device):
         return reverse_chain(lambda x_t, t: guided_eps(model, x_t, schedule.model_time(t), c, guidance),
                              schedule, x, generator, True, return_trajectory)
+
+
+def sample_digits(model, schedule, digits, per_digit: int, guidance: float,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_digit`` guided samples of every digit of ``digits`` (ints 0..9), all from one call of :func:`cfg_sample`.
+
+    Returns (samples (len(digits) * per_digit, 1, 28, 28) about in [-1, 1], labels int64 (len(digits) * per_digit,)):
+    ``labels[i]`` is the digit asked for ``samples[i]``.
+    """
+    labels = torch.tensor(list(digits), dtype=torch.int64).repeat(per_digit)
+    return cfg_sample(model, schedule, labels, guidance, generator), labels

@@ -419,3 +419,86 @@ def check_cfg_sample(fn, num_samples: int = 3, num_steps: int = 8, guidance: flo
     schedule of ``num_steps`` steps, ``num_samples`` random digits (0 to 8) and one generator: the same x_T, the
     same images at every step, the same samples; one batched call per step, in eval mode, without autograd, at t / T.
     """
+
+
+def _schedule(inputs: dict) -> DDPMSchedule:
+    return DDPMSchedule.from_tables(inputs["betas"].clone(), inputs["alphas"].clone(), inputs["alpha_bars"].clone())
+
+
+def _replay(cfg_sample: Callable, inputs: dict, labels: torch.Tensor, guidance: float) -> dict:
+    """The student's cfg_sample run once on ``labels`` with ``guidance`` and the check's generator: its samples and
+    how many times it called the model."""
+    spy = Spy(TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES))
+    samples = run_student("cfg_sample", cfg_sample, spy, _schedule(inputs), labels.clone(), guidance,
+                          generator=generator(inputs["generator_seed"]))
+    return {"samples": recorded(samples), "calls": len(spy.calls)}
+
+
+def _sample_digits_probe(sample_digits: Callable, cfg_sample: Callable, *, inputs: dict) -> dict:
+    spy = Spy(TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES))
+    returned = run_student("sample_digits", sample_digits, spy, _schedule(inputs), list(inputs["digits"]),
+                           int(inputs["per_digit"]), float(inputs["guidance"]),
+                           generator=generator(inputs["generator_seed"]))
+    if not (isinstance(returned, (tuple, list)) and len(returned) == 2):
+        raise CheckFailed(f"sample_digits should return two tensors, (samples, labels), got {type(returned).__name__}")
+    samples, labels = returned
+    outputs = {"samples": recorded(samples), "labels": recorded(labels), "calls": len(spy.calls)}
+    if isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.ndim == 1:
+        labels = labels.detach().cpu()
+        outputs["replays"] = {str(guidance): _replay(cfg_sample, inputs, labels, guidance)
+                              for guidance in sorted({float(inputs["guidance"]), 5.0, 1.0})}
+    return outputs
+
+
+def _expect_labels(value, digits: list, per_digit: int) -> torch.Tensor:
+    n = len(digits) * per_digit
+    if isinstance(value, dict) and isinstance(value.get("not_a_tensor"), str):
+        raise CheckFailed(f"labels should be a torch.Tensor of int64, got {value['not_a_tensor']}")
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.int64 or value.ndim != 1:
+        raise CheckFailed(f"labels should be an int64 tensor of shape ({n},), one digit per sample, got "
+                          f"{getattr(value, 'dtype', type(value).__name__)} of shape {tuple(getattr(value, 'shape', ()))}")
+    if sorted(value.tolist()) != sorted(list(digits) * per_digit):
+        counts = {d: int((value == d).sum()) for d in sorted(set(value.tolist()))}
+        raise CheckFailed(f"labels should hold each digit of {list(digits)} {per_digit} times ({n} labels), got these "
+                          f"counts: {counts}")
+    return value
+
+
+def _sample_digits_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    digits, per_digit, guidance = list(case["digits"]), case["per_digit"], float(case["guidance"])
+    labels = _expect_labels(outputs["labels"], digits, per_digit)
+    samples = recorded_tensor("samples", outputs["samples"], (len(labels), *IMAGE))
+    replays = outputs["replays"]
+    asked = replays[str(guidance)]
+    if close(samples, recorded_tensor("cfg_sample's samples", asked["samples"], tuple(samples.shape)), atol=1e-5):
+        return (f"sample_digits: {per_digit} guided samples of each of the digits {digits} from one call of your "
+                f"cfg_sample, with guidance {guidance:g}")
+    if int(outputs["calls"]) != int(asked["calls"]):
+        raise CheckFailed(f"your sample_digits called the model {int(outputs['calls'])} times where one call of your "
+                          f"cfg_sample calls it {int(asked['calls'])} times: draw all the samples in one call of "
+                          "cfg_sample, with all the labels, so that they come from one run of the generator")
+    for other in sorted(set(replays) - {str(guidance)}):
+        if close(samples, replays[other]["samples"], atol=1e-5):
+            raise CheckFailed(f"your samples follow guidance {float(other):g}, not the {guidance:g} asked for: "
+                              "pass the `guidance` argument on to cfg_sample")
+    raise CheckFailed("your samples are not what your cfg_sample gives for the labels you return: samples[i] should be "
+                      "the sample of labels[i], from one call of cfg_sample with those labels, `guidance` and "
+                      "`generator` (if check_cfg_sample fails, fix cfg_sample first)")
+
+
+def _sample_digits_devices(sample_digits: Callable, cfg_sample: Callable, *, inputs: dict) -> str | None:
+    return device_run("sample_digits", sample_digits, TinyNoisePredictor(inputs["model_seed"], num_classes=NUM_CLASSES),
+                      _schedule(inputs), list(inputs["digits"]), int(inputs["per_digit"]), float(inputs["guidance"]),
+                      generator=generator(inputs["generator_seed"]))
+
+
+@check(reference=REFERENCE.sample_digits_case, probe=_sample_digits_probe, judge=_sample_digits_judge,
+       devices=_sample_digits_devices)
+def check_sample_digits(sample_digits, cfg_sample, digits: tuple = (3,), per_digit: int = 4, num_steps: int = 6,
+                        guidance: float = 3.0, seed: int = 0):
+    """Check ``sample_digits(model, schedule, digits, per_digit, guidance, generator)`` with your ``cfg_sample``.
+
+    On a small seeded class-conditional noise predictor (given code) and the linear schedule of ``num_steps`` steps,
+    the labels returned must hold every digit of ``digits`` ``per_digit`` times (in any order), and the samples must
+    be what one call of your ``cfg_sample`` gives for those labels with ``guidance`` and the same generator.
+    """

@@ -173,3 +173,16 @@ def cfg_sample_case(num_samples: int, num_steps: int, guidance: float, seed: int
     inputs = {"labels": labels, "guidance": guidance, "model_seed": seed, "generator_seed": seed,
               **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
     return inputs, {"samples": samples.clone(), "trajectory": trajectory.clone(), "mistakes": mistakes}
+
+
+def sample_digits_case(digits: tuple, per_digit: int, num_steps: int, guidance: float,
+                       seed: int) -> tuple[dict, dict]:
+    """The inputs of the check of ``sample_digits``; what is expected is worked out from the student's own
+    ``cfg_sample`` (the probe replays it), so only the number of samples comes from here."""
+    schedule = DDPMSchedule(num_steps)
+    inputs = {"digits": list(digits), "per_digit": per_digit, "guidance": guidance, "model_seed": seed,
+              "generator_seed": seed + 1,
+              **{name: getattr(schedule, name).clone() for name in ("betas", "alphas", "alpha_bars")}}
+    labels = STAGE.answers.sample_digits(TinyNoisePredictor(seed, num_classes=NUM_CLASSES), schedule, digits,
+                                         per_digit, guidance, generator(seed + 1))[1]
+    return inputs, {"counts": torch.bincount(labels, minlength=NUM_CLASSES)}

@@ -167,18 +167,18 @@ def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     return loss.item()
 
 
-def train_denoiser(model, train_data, val_data, epochs: int, batch_size: int, learning_rate: float,
+def train_denoiser(model, optimizer: torch.optim.Optimizer, train_data, val_data, epochs: int, batch_size: int,
                    generator: torch.Generator, on_epoch_end=None) -> tuple[list[float], list[float]]:
-    """Adam on :func:`train_step` for ``epochs`` passes over ``train_data`` (shuffled with ``generator``), the
-    validation loss on ``val_data`` after each; returns (a loss per step, a validation loss per epoch)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    """``epochs`` passes of :func:`train_step` with ``optimizer`` (kept across epochs, and restored from a checkpoint
+    by the caller on a resume) over ``train_data`` (shuffled with ``generator``), the validation loss on every
+    digit of ``val_data`` after each; returns (a loss per step, a validation loss per epoch)."""
     train_losses, val_losses = [], []
     for epoch in range(1, epochs + 1):
         model.train()
         for x, _ in train_data.batches(batch_size, generator):
             train_losses.append(train_step(model, optimizer, x, generator))
         model.eval()
-        val_generator = torch.Generator(device=val_data.device).manual_seed(0)
+        val_generator = torch.Generator(device=val_data.device).manual_seed(0)  # the same noise every epoch
         total = 0.0
         with torch.no_grad():
             for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):

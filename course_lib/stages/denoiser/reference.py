@@ -7,16 +7,15 @@ kernel has this file (see :mod:`course_lib.stages.stage`).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...checks.harness import generator, layer_list, module_tensors
 from . import STAGE
-from .checks import (GLOBAL_SEEDS, LEARNING_RATE, LOOP_LEARNING_RATE, LOOP_MISTAKES, block_specs, flat_weights,
-                     operation_specs, run_loop, stale_gradients, tiny_model, unet_spec)
+from ...data import DeviceImages
+from .checks import (LEARNING_RATE, LOOP_LEARNING_RATE, loop_model, block_specs, flat_weights, operation_specs,
+                     stale_gradients, tiny_model, unet_spec)
 
 
 def _modules_reference(specs: list[dict]) -> tuple[dict, dict]:
@@ -93,57 +92,30 @@ def training_step_case(batch_size: int, size: int, sigma: float, seed: int) -> t
 
 
 def _loop_data(train_size: int, val_size: int, size: int, seed: int) -> dict:
+    """Toy digits: blank or full squares (uint8 0 or 255), so that the check reads each noisy digit's clean image off
+    its mean; random labels."""
     g = generator(seed)
-    images = torch.randint(0, 256, (train_size + val_size, 1, size, size), dtype=torch.uint8, generator=g)
+    full = torch.randint(0, 2, (train_size + val_size, 1, 1, 1), generator=g, dtype=torch.uint8)
+    images = (full * 255).expand(-1, 1, size, size).contiguous()
     labels = torch.randint(0, 10, (train_size + val_size,), generator=g)
     return {"train_images": images[:train_size], "train_labels": labels[:train_size],
             "val_images": images[train_size:], "val_labels": labels[train_size:]}
 
 
-def mutant_loop(stage, mistake: str) -> Callable:
-    """The reference loop with one usual mistake, for the judge's hints."""
-    def loop(model, train_data, val_data, epochs, batch_size, learning_rate, generator, on_epoch_end=None):
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        made_once = torch.Generator(device=val_data.device).manual_seed(0)
-        train_losses, val_losses = [], []
-        for epoch in range(1, epochs + 1):
-            if mistake == "optimizer_per_epoch":
-                optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-            model.train()
-            for x, _ in train_data.batches(batch_size, generator, shuffle=mistake != "no_shuffle"):
-                if mistake == "no_zero_grad":
-                    loss = stage.denoising_loss(model, x, generator=generator)
-                    loss.backward()
-                    optimizer.step()
-                    train_losses.append(loss.item())
-                else:
-                    train_losses.append(stage.train_step(model, optimizer, x, generator))
-            model.eval()
-            val_generator = {"training_generator": generator, "generator_once": made_once}.get(
-                mistake, torch.Generator(device=val_data.device).manual_seed(0))
-            batch_losses, sizes = [], []
-            with torch.no_grad():
-                for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):
-                    batch_losses.append(stage.denoising_loss(model, x, generator=val_generator).item())
-                    sizes.append(len(x))
-            weighted = sum(loss * size for loss, size in zip(batch_losses, sizes))
-            val_losses.append({"unweighted": sum(batch_losses) / len(batch_losses), "last_batch": batch_losses[-1],
-                               "summed": weighted}.get(mistake, weighted / len(val_data)))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, train_losses, val_losses)
-        return train_losses, val_losses
-    return loop
+def _untrained_validation_loss(inputs: dict, batch_size: int) -> float:
+    """The validation loss of the check's model before training: eval mode, every held-out digit once."""
+    model = loop_model(inputs["model_seed"]).eval()
+    val_data = DeviceImages(inputs["val_images"], inputs["val_labels"], "unit")
+    noise = generator(inputs["generator_seed"])
+    total = 0.0
+    with torch.no_grad():
+        for x, _ in val_data.batches(batch_size, shuffle=False, drop_last=False):
+            total += STAGE.answers.denoising_loss(model, x, generator=noise).item() * len(x)
+    return total / len(val_data)
 
 
 def train_loop_case(train_size: int, val_size: int, batch_size: int, epochs: int, size: int,
                     seed: int) -> tuple[dict, dict]:
-    stage = STAGE.answers
     inputs = {**_loop_data(train_size, val_size, size, seed), "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": LOOP_LEARNING_RATE, "model_seed": seed, "generator_seed": seed + 1,
-              "global_seeds": GLOBAL_SEEDS}
-    reference = run_loop(stage.train_denoiser, inputs, GLOBAL_SEEDS[0])
-    mistakes = []
-    for mistake, hint in LOOP_MISTAKES.items():
-        run = run_loop(mutant_loop(stage, mistake), inputs, GLOBAL_SEEDS[0])
-        mistakes.append((run["train"], run["val"], hint))
-    return inputs, {"train": reference["train"], "val": reference["val"], "mistakes": mistakes}
+              "learning_rate": LOOP_LEARNING_RATE, "model_seed": seed, "generator_seed": seed + 1}
+    return inputs, {"untrained": _untrained_validation_loss(inputs, batch_size)}
