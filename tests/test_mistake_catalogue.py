@@ -384,9 +384,10 @@ def ddpm_sample_global_start(model, schedule, num_samples, generator=None, stoch
     return ddpm_sample(model, schedule, num_samples, generator, stochastic)
 
 
-def ddim_x0_hat(clip=False, evaluate=True):
+def ddim_x0_hat(clip=False, evaluate=True, posterior_mean=False):
     """ddim_sample through x0_hat, with the given ddim_timesteps and alpha_bar = 1 appended; ``clip`` clips x0_hat
-    to [-1, 1], ``evaluate=False`` leaves the model in training mode."""
+    to [-1, 1], ``evaluate=False`` leaves the model in training mode, ``posterior_mean`` takes DDPM's mean step
+    between the kept timesteps instead of DDIM's update."""
     from course_lib.sampling import ddim_timesteps
 
     @torch.no_grad()
@@ -402,7 +403,12 @@ def ddim_x0_hat(clip=False, evaluate=True):
             eps = model(x, torch.full((num_samples,), t / T, device=device))
             x0_hat = (x - (1 - alpha_bars[i]).sqrt() * eps) / alpha_bars[i].sqrt()
             x0_hat = x0_hat.clamp(-1, 1) if clip else x0_hat
-            x = alpha_bars[i + 1].sqrt() * x0_hat + (1 - alpha_bars[i + 1]).sqrt() * eps
+            ab, ab_next = alpha_bars[i], alpha_bars[i + 1]
+            if posterior_mean:
+                beta = 1 - ab / ab_next
+                x = ab_next.sqrt() * beta / (1 - ab) * x0_hat + (1 - beta).sqrt() * (1 - ab_next) / (1 - ab) * x
+            else:
+                x = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
             frames.append(x.cpu())
         return x, torch.stack(frames)
 
@@ -455,6 +461,8 @@ DDPM = {
         "no square root on the noise weight": (lambda *a: ddim_sample(*a, plain_noise=True), "forget the square root"),
         "fresh noise in every step": (lambda *a: ddim_sample(*a, fresh_noise=True), "with no fresh noise"),
         "x0_hat clipped": (ddim_x0_hat(clip=True), "do not clip x0_hat"),
+        "DDPM's mean step between the kept timesteps": (ddim_x0_hat(posterior_mean=True),
+                                                         "DDIM is not DDPM's posterior mean"),
         "one step too many": (lambda m, s, n, k, g: ddim_sample(m, s, n, k + 1, g), "called the model 7 times"),
         "train mode": (ddim_x0_hat(evaluate=False), "call model.eval() before sampling"),
         "samples only": (lambda *a: ddim_sample(*a)[0], "pair (samples, trajectory)"),
