@@ -132,6 +132,7 @@ def reverse_vp_sde(predict_eps, schedule, ode: bool = False):
     Returns ``(drift, diffusion)``: drift(x, r) a tensor shaped like x, diffusion(r) a number.
     """
     T = schedule.num_steps
+    noise_scales = [0.0 if ode else (T * beta) ** 0.5 for beta in schedule.betas.tolist()]  # read once, not per step
 
     def timestep(r: float) -> int:
         return min(T - 1, max(0, T - 1 - int(round(r * T))))
@@ -143,6 +144,6 @@ def reverse_vp_sde(predict_eps, schedule, ode: bool = False):
         return T * schedule.betas[t] * (x / 2 + (score / 2 if ode else score))
 
     def diffusion(r: float) -> float:
-        return 0.0 if ode else float(T * schedule.betas[timestep(r)]) ** 0.5
+        return noise_scales[timestep(r)]
 
     return drift, diffusion
