@@ -6,8 +6,9 @@ Timesteps are integers 0..T-1, 0 the least noisy; ``alpha_bars[t]`` is the produ
 """
 
 from .stages.noising.api import (COSINE_MAX_BETA, COURSE_NUM_STEPS, SCHEDULE_KINDS, DDPMSchedule, Diffusion,
-                                 add_noise, course_schedule, diffusion_term, euler_maruyama, forward_step,
+                                 add_noise, course_schedule, diffusion_term, em_step, euler_maruyama, forward_step,
                                  markov_forward, q_sample)
 
 __all__ = ["COSINE_MAX_BETA", "COURSE_NUM_STEPS", "SCHEDULE_KINDS", "DDPMSchedule", "Diffusion", "add_noise",
-           "course_schedule", "diffusion_term", "euler_maruyama", "forward_step", "markov_forward", "q_sample"]
+           "course_schedule", "diffusion_term", "em_step", "euler_maruyama", "forward_step", "markov_forward",
+           "q_sample"]

@@ -174,6 +174,38 @@ def test_ddpm_sample_check():
                "samples should be a torch.Tensor, got list")
 
 
+def ddim_sample(model, schedule, num_samples, num_steps, generator=None, last_alpha_bar=1.0, plain_noise=False,
+                cpu_time=False, fresh_noise=False):
+    """The notebook's ddim_sample, written with Ho-style coefficients of x_t and eps, with one mistake if asked."""
+    model.eval()
+    T, device = schedule.num_steps, next(model.parameters()).device
+    timesteps = torch.linspace(T - 1, 0, num_steps).round().long().tolist()
+    with torch.no_grad():
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device)
+        frames = [x.cpu()]
+        for i, t in enumerate(timesteps):
+            ab = schedule.alpha_bars[t]
+            ab_next = schedule.alpha_bars[timesteps[i + 1]] if i + 1 < num_steps else torch.tensor(last_alpha_bar)
+            eps = model(x, torch.full((num_samples,), t / T, device=None if cpu_time else device))
+            noise_weight = 1 - ab_next if plain_noise else (1 - ab_next).sqrt()
+            x = (ab_next / ab).sqrt() * x + (noise_weight - (ab_next * (1 - ab) / ab).sqrt()) * eps
+            if fresh_noise:
+                x = x + 0.1 * torch.randn(x.shape, generator=generator, device=device)
+            frames.append(x.cpu())
+    return x, torch.stack(frames)
+
+
+def test_ddim_sample_check():
+    ddpm.check_ddim_sample(ddim_sample)
+    ddpm.check_ddim_sample(ddim_sample, num_samples=3, num_steps=300, num_sampling_steps=25, seed=7)
+    message = fails_with(ddpm.check_ddim_sample, lambda *a: ddim_sample(*a, last_alpha_bar=0.9999),
+                         "after the last timestep alpha_bar = 1")
+    assert "trajectory[6," in message
+    fails_with(ddpm.check_ddim_sample, lambda *a: ddim_sample(*a, plain_noise=True), "forget the square root")
+    fails_with(ddpm.check_ddim_sample, lambda *a: ddim_sample(*a, fresh_noise=True), "with no fresh noise")
+    fails_with(ddpm.check_ddim_sample, lambda m, s, n, k, g: ddim_sample(m, s, n, k + 1, g), "called the model 7 times")
+
+
 def stage3_answers():
     """``{check name: the reference answers as the student's objects}`` for the checks of stage 3."""
     from course_lib import stages
@@ -182,14 +214,17 @@ def stage3_answers():
     return {"check_fc_block": (ref.FCBlock,), "check_time_conditional_unet": (ref.TimeConditionalUNet,),
             "check_ddpm_loss": (ref.ddpm_loss,), "check_ddpm_step": (ref.ddpm_step,),
             "check_ddpm_sample": (lambda model, schedule, num_samples, generator, stochastic: ref.ddpm_sample(
-                model, schedule, num_samples, generator, stochastic, return_trajectory=True),)}
+                model, schedule, num_samples, generator, stochastic, return_trajectory=True),),
+            "check_ddim_sample": (lambda model, schedule, num_samples, num_steps, generator: ref.ddim_sample(
+                model, schedule, num_samples, num_steps, generator, return_trajectory=True),)}
 
 
 STAGE3_OTHER_CASES = {"check_fc_block": {"in_features": 10, "out_features": 3, "batch_size": 2, "seed": 4},
                       "check_time_conditional_unet": {"num_hiddens": 5, "batch_size": 2, "seed": 21},
                       "check_ddpm_loss": {"batch_size": 3, "num_steps": 17, "seed": 5},
                       "check_ddpm_step": {"batch_size": 1, "num_steps": 7, "seed": 2},
-                      "check_ddpm_sample": {"num_samples": 3, "num_steps": 6, "seed": 4}}
+                      "check_ddpm_sample": {"num_samples": 3, "num_steps": 6, "seed": 4},
+                      "check_ddim_sample": {"num_samples": 1, "num_steps": 20, "num_sampling_steps": 20, "seed": 3}}
 
 
 @pytest.mark.parametrize("name", list(STAGE3_OTHER_CASES))

@@ -118,3 +118,17 @@ def test_on_the_course_schedule_more_ddim_steps_come_closer_to_the_data():
 def test_eta_outside_0_to_1_is_refused():
     with pytest.raises(ValueError, match="`eta`"):
         ddim(DDPMSchedule(10), 5, eta=1.5)
+
+
+@pytest.mark.parametrize("num_steps, num_sampling_steps", [(50, 6), (300, 25), (7, 7)])
+def test_what_the_students_ddim_sample_is_checked_against_is_song_et_als_update(num_steps, num_sampling_steps):
+    """The expected trajectory of ``check_ddim_sample`` (the reference side students are graded against) ends where
+    eq. 12, written out above, ends from the same x_T with the same seeded stand-in network."""
+    from course_lib.checks.harness import TinyNoisePredictor
+    from course_lib.stages.ddpm.reference import ddim_case
+
+    inputs, expected = ddim_case(num_samples=2, num_steps=num_steps, num_sampling_steps=num_sampling_steps, seed=5)
+    model = TinyNoisePredictor(inputs["model_seed"]).eval()
+    with torch.no_grad():
+        samples = song_eq_12(model, DDPMSchedule(num_steps), expected["trajectory"][0], num_sampling_steps)
+    torch.testing.assert_close(expected["trajectory"][-1], samples, rtol=1e-4, atol=1e-5)

@@ -88,7 +88,7 @@ def test_every_device_run_passes_the_reference(stage, grade_id, todo):
 
 
 def test_every_sampler_and_loss_todo_has_a_device_run():
-    for key, grade_ids in {"ddpm": ("ddpm_loss", "ddpm_sample"), "cfg": ("cfg_loss", "cfg_sample"),
+    for key, grade_ids in {"ddpm": ("ddpm_loss", "ddpm_sample", "ddim_sample"), "cfg": ("cfg_loss", "cfg_sample"),
                            "flow": ("flow_loss", "flow_sample"), "denoiser": ("loss_and_step",),
                            "editing": ("sdedit", "inpaint", "guided_edit")}.items():
         for grade_id in grade_ids:

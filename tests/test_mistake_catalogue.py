@@ -36,8 +36,8 @@ from check_helpers import fails_with
 from test_checks import cosine_schedule_float32, em_step
 from test_checks_denoiser import (blocks, conv_layer, loss_summed, noisy, operations, own_batches_loop,
                                   student_loop, unet)
-from test_checks_diffusion import (StudentFC, cfg_loss, cfg_sample, class_unet, ddpm_loss, ddpm_sample, ddpm_step,
-                                   drop_labels, flow_loss, flow_sample, guided_eps, time_unet)
+from test_checks_diffusion import (StudentFC, cfg_loss, cfg_sample, class_unet, ddim_sample, ddpm_loss, ddpm_sample,
+                                   ddpm_step, drop_labels, flow_loss, flow_sample, guided_eps, time_unet)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -431,6 +431,37 @@ def ddpm_sample_global_start(model, schedule, num_samples, generator=None, stoch
     return ddpm_sample(model, schedule, num_samples, generator, stochastic)
 
 
+def ddim_x0_hat(clip=False, evaluate=True, posterior_mean=False):
+    """ddim_sample through x0_hat, with the given ddim_timesteps and alpha_bar = 1 appended; ``clip`` clips x0_hat
+    to [-1, 1], ``evaluate=False`` leaves the model in training mode, ``posterior_mean`` takes DDPM's mean step
+    between the kept timesteps instead of DDIM's update."""
+    from course_lib.sampling import ddim_timesteps
+
+    @torch.no_grad()
+    def sample(model, schedule, num_samples, num_steps, generator=None):
+        if evaluate:
+            model.eval()
+        T, device = schedule.num_steps, next(model.parameters()).device
+        timesteps = ddim_timesteps(T, num_steps).tolist()
+        alpha_bars = torch.cat([schedule.alpha_bars[timesteps], torch.ones(1, device=device)])
+        x = torch.randn((num_samples, 1, 28, 28), generator=generator, device=device)
+        frames = [x.cpu()]
+        for i, t in enumerate(timesteps):
+            eps = model(x, torch.full((num_samples,), t / T, device=device))
+            x0_hat = (x - (1 - alpha_bars[i]).sqrt() * eps) / alpha_bars[i].sqrt()
+            x0_hat = x0_hat.clamp(-1, 1) if clip else x0_hat
+            ab, ab_next = alpha_bars[i], alpha_bars[i + 1]
+            if posterior_mean:
+                beta = 1 - ab / ab_next
+                x = ab_next.sqrt() * beta / (1 - ab) * x0_hat + (1 - beta).sqrt() * (1 - ab_next) / (1 - ab) * x
+            else:
+                x = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps
+            frames.append(x.cpu())
+        return x, torch.stack(frames)
+
+    return sample
+
+
 DDPM = {
     "fc_block": Todo(ddpm.check_fc_block, {"named layers": StudentFC, "nn.Sequential": FCSequential}, {
         "ReLU": (lambda i, o: StudentFC(i, o, nn.ReLU), "use GELU between the two Linear layers, not ReLU"),
@@ -469,6 +500,20 @@ DDPM = {
         "x_T not the generator's first draw": (ddpm_sample_global_start, "draw x_T = torch.randn((N, 1, 28, 28), "
                                                                          "generator=generator) before anything"),
         "time on the CPU": (lambda *a, **k: ddpm_sample(*a, **k, cpu_time=True), CPU_FULL),
+    }),
+    "ddim_sample": Todo(ddpm.check_ddim_sample, {"Ho-style coefficients, own timesteps": ddim_sample,
+                                                 "through x0_hat with ddim_timesteps": ddim_x0_hat()}, {
+        "alpha_bars[0] after the last step": (lambda *a: ddim_sample(*a, last_alpha_bar=0.9999),
+                                              "after the last timestep alpha_bar = 1"),
+        "no square root on the noise weight": (lambda *a: ddim_sample(*a, plain_noise=True), "forget the square root"),
+        "fresh noise in every step": (lambda *a: ddim_sample(*a, fresh_noise=True), "with no fresh noise"),
+        "x0_hat clipped": (ddim_x0_hat(clip=True), "do not clip x0_hat"),
+        "DDPM's mean step between the kept timesteps": (ddim_x0_hat(posterior_mean=True),
+                                                         "DDIM is not DDPM's posterior mean"),
+        "one step too many": (lambda m, s, n, k, g: ddim_sample(m, s, n, k + 1, g), "called the model 7 times"),
+        "train mode": (ddim_x0_hat(evaluate=False), "call model.eval() before sampling"),
+        "samples only": (lambda *a: ddim_sample(*a)[0], "pair (samples, trajectory)"),
+        "time on the CPU": (lambda *a: ddim_sample(*a, cpu_time=True), CPU_FULL),
     }),
 }
 

@@ -131,7 +131,7 @@ for name in names:
     importlib.import_module(name)
 from course_lib import stages
 from course_lib.checks.protocol import CHECKS
-assert len(CHECKS) == 28, sorted(CHECKS)
+assert len(CHECKS) == 29, sorted(CHECKS)
 present = [key for key in sys.argv[2].split(",") if key]
 missing = [key for key in sys.argv[3].split(",") if key]
 for key in present:

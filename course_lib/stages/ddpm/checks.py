@@ -1,5 +1,5 @@
 """Checks for stage 3 (``03_ddpm``): the FCBlock, the time-conditioned UNet, the DDPM loss (Algorithm 1),
-one reverse step and the sampling loop (Algorithm 2).
+one reverse step, the sampling loop (Algorithm 2) and deterministic DDIM.
 
 Each check (three parts, see :mod:`course_lib.checks.protocol`) builds seeded inputs, runs the student's code on
 them, compares with the stage's answers on identical inputs (the same weights, the same generator), and raises
@@ -26,6 +26,7 @@ from ...checks.protocol import check
 from ..noising.api import DDPMSchedule
 from ..stage import ReferenceCase
 from . import STAGE
+from .api import ddim_timesteps
 
 
 REFERENCE = ReferenceCase(STAGE)
@@ -266,3 +267,49 @@ def check_ddpm_sample(fn, num_samples: int = 2, num_steps: int = 10, seed: int =
     the reference Algorithm 2 run on the same small seeded noise predictor (``TinyNoisePredictor(seed)``) and the
     same generator, with and without the z term; and that it calls the model once per step, in eval mode, without
     autograd, at t / T."""
+
+
+DDIM_HINT = ("for each timestep t of ddim_timesteps(T, num_steps), with s the next one (alpha_bar = 1 after the "
+             "last): x0_hat = (x - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), then "
+             "x = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s) eps, with no fresh noise")
+
+
+def _ddim_probe(ddim_sample, *, inputs: dict) -> dict:
+    spy = Spy(TinyNoisePredictor(inputs["model_seed"]))
+    result = run_student("ddim_sample", ddim_sample, spy, _schedule(inputs), inputs["num_samples"],
+                         inputs["num_sampling_steps"], generator(inputs["generator_seed"]))
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise CheckFailed("ddim_sample should return a pair (samples, trajectory)")
+    calls = [{"x": call["x"].clone(), "t": call["t"].clone(), "training": bool(call["training"]),
+              "grad": bool(call["grad"])} for call in spy.calls]
+    return {"samples": recorded(result[0]), "trajectory": recorded(result[1]), "calls": calls}
+
+
+def _ddim_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
+    num_steps, steps = case["num_steps"], case["num_sampling_steps"]
+    timesteps = ddim_timesteps(num_steps, steps).tolist()
+    expect_sampling_calls(outputs["calls"], [t / num_steps for t in timesteps], "ddim_sample",
+                          "visit the timesteps of ddim_timesteps(T, num_steps), from T-1 down to 0, and pass t / T")
+    samples = recorded_tensor("samples", outputs["samples"], expected["trajectory"].shape[1:])
+    path = recorded_tensor("trajectory", outputs["trajectory"], expected["trajectory"].shape)
+    expect_close("trajectory[0] (x_T)", path[0], expected["trajectory"][0],
+                 "draw x_T = torch.randn((N, 1, 28, 28), generator=generator) before anything else")
+    expect_close("samples", samples, path[-1], "return the last frame of the trajectory as the samples")
+    first = next((k for k in range(1, steps + 1) if not close(path[k], expected["trajectory"][k], 1e-4, 1e-3)), None)
+    if first is not None:
+        where = f"the frames first differ after step {first} (t = {timesteps[first - 1]}): "
+        compare("trajectory", path, expected["trajectory"], expected["mistakes"], where + DDIM_HINT, 1e-4, 1e-3)
+    return f"ddim_sample reproduces deterministic DDIM ({steps} of {num_steps} timesteps)"
+
+
+def _ddim_devices(ddim_sample, *, inputs: dict) -> str | None:
+    return device_run("ddim_sample", ddim_sample, TinyNoisePredictor(inputs["model_seed"]), _schedule(inputs),
+                      inputs["num_samples"], inputs["num_sampling_steps"], generator(inputs["generator_seed"]))
+
+
+@check(reference=REFERENCE.ddim_case, probe=_ddim_probe, judge=_ddim_judge, devices=_ddim_devices)
+def check_ddim_sample(fn, num_samples: int = 2, num_steps: int = 50, num_sampling_steps: int = 6, seed: int = 0):
+    """Check ``fn(model, schedule, num_samples, num_steps, generator)`` returns ``(samples, trajectory)`` equal to
+    deterministic DDIM (eta = 0) over ``num_sampling_steps`` of the ``num_steps`` timesteps of the linear schedule,
+    run on the same small seeded noise predictor and generator; and that it calls the model once per step, in eval
+    mode, without autograd, at t / T."""

@@ -17,6 +17,7 @@ from ...checks.harness import (IMAGE, TinyNoisePredictor, ToyModel, generator, r
                                scramble_weights)
 from ..noising.api import DDPMSchedule
 from . import STAGE
+from .api import ddim_timesteps
 from .checks import SAMPLE_MODES, step_coefficients, step_times
 
 
@@ -114,6 +115,53 @@ def sample_case(num_samples: int, num_steps: int, seed: int) -> tuple[dict, dict
         runs.append({"samples": samples.clone(), "trajectory": trajectory.clone()})
     inputs = {"num_samples": num_samples, "model_seed": seed, "generator_seed": seed, **_tables(schedule)}
     return inputs, {"runs": runs}
+
+
+def _ddim_mutant(model: nn.Module, schedule: DDPMSchedule, num_samples: int, steps: int, seed: int,
+                 last: str = "one", noise: str = "sqrt", clip: bool = False, ddpm: bool = False) -> torch.Tensor:
+    """Deterministic DDIM's trajectory with one known mistake: ``last`` the alpha_bar after the last step (``"one"``
+    right, ``"first"`` alpha_bars[0]), ``noise`` the weight of eps (``"sqrt"`` right, ``"plain"`` 1 - alpha_bar),
+    ``clip`` x0_hat clipped to [-1, 1], ``ddpm`` the DDPM mean step between the kept timesteps instead."""
+    timesteps = ddim_timesteps(schedule.num_steps, steps).tolist()
+    after = schedule.alpha_bars[0] if last == "first" else torch.tensor(1.0)
+    alpha_bars = torch.cat([schedule.alpha_bars[timesteps], after.view(1)])
+    x = torch.randn((num_samples, *IMAGE), generator=generator(seed))
+    frames = [x]
+    model.eval()
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            ab, ab_next = alpha_bars[i], alpha_bars[i + 1]
+            eps = model(x, torch.full((num_samples,), t / schedule.num_steps))
+            x0_hat = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            if clip:
+                x0_hat = x0_hat.clamp(-1, 1)
+            if ddpm:  # the posterior mean of q(x_next | x_t, x0_hat), as if the steps were adjacent
+                beta = 1 - ab / ab_next
+                x = (ab_next.sqrt() * beta / (1 - ab)) * x0_hat + ((1 - beta).sqrt() * (1 - ab_next) / (1 - ab)) * x
+            else:
+                x = ab_next.sqrt() * x0_hat + ((1 - ab_next).sqrt() if noise == "sqrt" else 1 - ab_next) * eps
+            frames.append(x)
+    return torch.stack(frames)
+
+
+DDIM_MUTANTS = {
+    "after the last timestep alpha_bar = 1 (no noise left): the last step returns x0_hat": {"last": "first"},
+    "re-noise x0_hat with sqrt(1 - alpha_bar_s) eps: did you forget the square root?": {"noise": "plain"},
+    "do not clip x0_hat: the course's DDIM uses it as it is": {"clip": True},
+    "DDIM is not DDPM's posterior mean between the kept timesteps: re-noise x0_hat to the next level with the "
+    "predicted eps, x = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s) eps": {"ddpm": True},
+}
+
+
+def ddim_case(num_samples: int, num_steps: int, num_sampling_steps: int, seed: int) -> tuple[dict, dict]:
+    schedule = DDPMSchedule(num_steps)
+    _, trajectory = STAGE.answers.ddim_sample(TinyNoisePredictor(seed), schedule, num_samples, num_sampling_steps,
+                                              generator(seed), return_trajectory=True)
+    mistakes = [(_ddim_mutant(TinyNoisePredictor(seed), schedule, num_samples, num_sampling_steps, seed, **mistake),
+                 hint) for hint, mistake in DDIM_MUTANTS.items()]
+    inputs = {"num_samples": num_samples, "num_sampling_steps": num_sampling_steps, "model_seed": seed,
+              "generator_seed": seed, **_tables(schedule)}
+    return inputs, {"trajectory": trajectory.clone(), "mistakes": mistakes}
 
 
 def reference_unet_forward(model: nn.Module, x, t, c=None, *, skip_first: bool = False,

@@ -182,6 +182,13 @@ def diffusion_term(diffusion: Diffusion) -> Callable[[torch.Tensor, float], Unio
     raise TypeError(f"`diffusion` must be a function g(t) or b(x, t), got one of {required} required arguments")
 
 
+def em_step(x: torch.Tensor, t: float, dt: float, drift, diffusion, z: torch.Tensor) -> torch.Tensor:
+    """Stage 1's Euler-Maruyama step of ``dx = f(x, t) dt + b(x, t) dW``: ``x + f(x, t) dt + b(x, t) sqrt(dt) z``
+    (the notebook's ``em_step``, for later stages). x, z: tensors of one shape; t, dt: floats."""
+    check_tensor("x", x, floating=True)
+    return STAGE.answers.em_step(x, t, dt, drift, diffusion, z)
+
+
 def euler_maruyama(drift: Callable[[torch.Tensor, float], torch.Tensor], diffusion: Diffusion,
                    x0: torch.Tensor, t_end: float, num_steps: int,
                    generator: torch.Generator | None = None, step: Callable | None = None
