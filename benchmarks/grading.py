@@ -171,16 +171,37 @@ def print_dask_overhead(args: argparse.Namespace, walls: dict, notebooks: int) -
               "cluster start included")
 
 
-def time_scoring(root: Path, stages, jobs: int) -> None:
-    """Phase 2 alone: scoring every executed notebook into the gradebook, per notebook, in one process and (for
-    ``jobs`` > 1) converted on ``jobs`` processes with this one writing."""
-    notebooks = len(list((root / "executed").glob("*/*/*.ipynb")))
+def _scoring_class(root: Path, copies: int) -> Path:
+    """A course folder like ``root`` whose ``executed/`` holds ``copies`` copies of each executed student (phase 2's
+    input), to time scoring on more notebooks than the graded class has."""
+    target = root.parent / f"scoring-{copies}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(root, target, symlinks=True, ignore=shutil.ignore_patterns("autograded", "work"))
+    for student in [path for path in (target / "executed").iterdir() if path.is_dir()]:
+        for k in range(1, copies):
+            shutil.copytree(student, student.with_name(f"{student.name}-copy{k}"))
+    return target
+
+
+def time_scoring(root: Path, stages, jobs: int, copies: tuple[int, int] = (6, 12)) -> None:
+    """Phase 2 alone (scoring every executed notebook into the gradebook) in one process and (for ``jobs`` > 1)
+    converted on ``jobs`` processes with this one writing, on two class sizes made of copies of the executed
+    students: wall seconds per notebook at each size, and from both sizes the start-up (seconds before scoring
+    goes at its steady pace) and the steady seconds per notebook."""
+    classes = {count: _scoring_class(root, count) for count in copies}
     for processes in sorted({1, jobs}):
-        started = time.perf_counter()
-        score_all(root, tuple(stages), jobs=processes)
-        scoring = time.perf_counter() - started
+        walls = {}
+        for count, course in classes.items():
+            shutil.rmtree(course / "autograded", ignore_errors=True)
+            notebooks = len(list((course / "executed").glob("*/*/*.ipynb")))
+            started = time.perf_counter()
+            score_all(course, tuple(stages), jobs=processes)
+            walls[notebooks] = time.perf_counter() - started
+        (small, small_wall), (large, large_wall) = sorted(walls.items())
+        steady = (large_wall - small_wall) / (large - small)
         print(f"Phase 2 (scoring into the gradebook) on {processes} process{'es' if processes > 1 else ''}: "
-              f"{scoring:.1f} s for {notebooks} notebooks, {scoring / notebooks:.3f} s per notebook")
+              + ", ".join(f"{wall / count:.3f} s per notebook on {count}" for count, wall in sorted(walls.items()))
+              + f"; start-up {small_wall - steady * small:.1f} s, then {steady:.3f} s per notebook")
 
 
 def spread(values: list[float]) -> str:

@@ -45,8 +45,12 @@ def rescored(root: Path, copy: Path, stages, jobs: int) -> tuple[Path, dict]:
 def rescored_plainly(root: Path, copy: Path, stages) -> tuple[Path, set]:
     """A copy of the graded course ``root`` whose phase 2 ran again as nbgrader alone runs it: every ``Gradebook``
     with an engine of its own, the notebook validated after each preprocessor (none of
-    :mod:`autograder.score.engines` and ``optimistic_validation``); and the (student, stage) it could not score."""
+    :mod:`autograder.score.engines` and ``optimistic_validation``), every cell put back from the gradebook and its
+    metadata checked again; and the (student, stage) it could not score."""
+    from nbgrader.preprocessors import CheckCellMetadata, DeduplicateIds, OverwriteCells, OverwriteKernelspec
+
     from autograder.execute.notebook import run_autograde
+    from autograder.execute.privacy import ScrubPersonalData
     from autograder.execute.resume import EXECUTED
     from autograder.score.config import score_config
 
@@ -54,6 +58,8 @@ def rescored_plainly(root: Path, copy: Path, stages) -> tuple[Path, set]:
     shutil.rmtree(copy / "autograded", ignore_errors=True)
     config = score_config(copy)
     config.Exporter.optimistic_validation = False
+    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                               CheckCellMetadata]
     failed = set()
     for stage in stages:
         for student in sorted(path.parent.parent.name for path in (copy / EXECUTED).glob(f"*/{stage}/{stage}.ipynb")):

@@ -12,7 +12,7 @@ def score_config(root: Path):
     """The config of phase 2's ``Autograde``: no kernel, ``executed/`` as the submitted folder, scores saved."""
     from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, DeduplicateIds, IgnorePattern,
-                                        LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades)
+                                        LimitOutput, OverwriteKernelspec, SaveAutoGrades)
 
     from ..execute.privacy import ScrubPersonalData
 
@@ -20,8 +20,10 @@ def score_config(root: Path):
     config.CourseDirectory.submitted_directory = EXECUTED
     config.Exporter.optimistic_validation = True  # the notebook checked once, after nbgrader's preprocessors, not
     # after each of them (14 checks fewer per notebook; an invalid notebook still fails to score)
-    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
-                                               CheckCellMetadata]
+    # phase 1 already put back every read-only and test cell from the gradebook (OverwriteCells) and checked the
+    # metadata; the executed notebook is the grader's own output, so scoring does not do either again (a fifth of
+    # its time); tests/test_autograder.py compares the gradebook with nbgrader's full sanitizing
+    config.Autograde.sanitize_preprocessors = [ScrubPersonalData, DeduplicateIds, OverwriteKernelspec]
     config.Autograde.autograde_preprocessors = [IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                                 SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     return config

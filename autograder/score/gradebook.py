@@ -19,10 +19,11 @@ from .config import score_config
 from .engines import shared_engines
 
 
-#: notebooks per process from which scoring on several processes pays for their start (about 4 s each, importing
-#: nbgrader and scoring a first notebook) on this project's machine (benchmarks/README.md, "Phase 2 on several
-#: processes")
-NOTEBOOKS_PER_SCORING_PROCESS = 40
+#: notebooks per process from which scoring on several processes pays for their start: the first scores arrive
+#: about 5.5 s after the start (spawning, importing nbgrader, a first notebook), then two processes score a notebook
+#: every 0.031 s where one takes 0.065 to 0.074 s, so two pay off from about 170 notebooks on this project's machine
+#: (benchmarks/README.md, "Phase 2 on several processes")
+NOTEBOOKS_PER_SCORING_PROCESS = 80
 
 
 def scoring_processes(notebooks: int, jobs: int) -> int:
