@@ -3,7 +3,7 @@
 Through the real command line: a class of the toy course graded by one worker, so every notebook after the first
 runs in the kernel warmed while the one before it ran. Each student's notebook has a cell of its own that prints
 what an earlier notebook left behind (a file in its folder, an environment variable, an attribute of a module the
-warm-up imported), the files of its folder and its kernel's start time, then leaves all three behind itself. Then the hand-out itself: a spare
+warm-up imported), the files of its folder and its kernel's signing key, then leaves all three behind itself. Then the hand-out itself: a spare
 started for other settings is never handed out, and the notebook's files reach the kernel's folder.
 """
 
@@ -24,6 +24,7 @@ from traitlets.config import Config
 
 from autograder.execute import warm_kernels
 from autograder.execute.notebook import kernel_python_path
+from autograder.execute.pool import next_views
 from autograder.execute.sandbox import sandbox_unavailable
 
 TOY_DIR = Path(__file__).parent / "submissions" / "toy"
@@ -34,13 +35,13 @@ pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(sandbox_unavailable() is not None,
                                  reason=f"no sandbox can be made here: {sandbox_unavailable()}")]
 
-#: prints what earlier notebooks left behind, its folder and its kernel's start time; then leaves all three behind
+#: prints what earlier notebooks left behind, its folder and its kernel's key; then leaves all three behind
 SNOOP = """import json, os, pathlib, torch
 left = [name for name, found in (("file", pathlib.Path("left.txt").exists()), ("variable", "LEFT_BEHIND" in os.environ),
                                  ("attribute", hasattr(torch, "left_behind"))) if found]
-started = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]
+kernel = json.load(open("/run/kernel/connection.json"))["key"][:12]  # each kernel's own signing key
 folder = {name: pathlib.Path(name).read_text() for name in sorted(os.listdir(".")) if not name.startswith(".")}
-print("SNOOP " + json.dumps({"left": left, "folder": folder, "started": started}))
+print("SNOOP " + json.dumps({"left": left, "folder": folder, "kernel": kernel}))
 pathlib.Path("left.txt").write_text("x")
 os.environ["LEFT_BEHIND"] = "1"
 torch.left_behind = True
@@ -76,7 +77,7 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     seen = {student: _snoop(course / "executed" / student / STAGE / f"{STAGE}.ipynb") for student in STUDENTS}
     assert [seen[student]["left"] for student in STUDENTS] == [[]] * len(STUDENTS)
     assert [seen[student]["folder"] for student in STUDENTS] == [{"timestamp.txt": "2026-12-01 10:00:00 UTC"}] * 4
-    assert len({seen[student]["started"] for student in STUDENTS}) == len(STUDENTS)  # never a kernel twice
+    assert len({seen[student]["kernel"] for student in STUDENTS}) == len(STUDENTS)  # never a kernel twice
     assert sum(seen[student]["warm"] for student in STUDENTS) >= len(STUDENTS) - 1  # all but the first, one worker
     assert _no_new_runtime(tmp_path)
 
@@ -106,15 +107,16 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
     (folder / "answers.ipynb").write_text("{}")  # never a notebook
     first, other = _config(tmp_path, "ddpm"), _config(tmp_path, "ddpm", memory_gb=3.0)
     try:
-        assert warm_kernels.take(first, "python3", str(folder)) is None  # no spare yet: one starts
-        assert warm_kernels.take(other, "python3", str(folder)) is None  # the spare has other caps
-        manager = warm_kernels.take(other, "python3", str(folder))
+        assert warm_kernels.take(first, "python3", str(folder), first) is None  # no spare yet: one starts
+        assert warm_kernels.take(other, "python3", str(folder), other) is None  # the spare has other caps
+        manager = warm_kernels.take(other, "python3", str(folder), other)
         assert manager is not None and _alive(manager)
         root = Path(f"/proc/{manager.kernel_pid}/root{warm_kernels.WORKDIR}")
         assert (root / "data" / "digits.txt").read_text() == "0123"
         assert not (root / "answers.ipynb").exists()
-        again = warm_kernels.take(other, "python3", str(folder))
+        again = warm_kernels.take(other, "python3", str(folder))  # no notebook expected after this one
         assert again is not None and again is not manager and again.kernel_pid != manager.kernel_pid
+        assert warm_kernels.take(other, "python3", str(folder)) is None  # so no spare was started
         for used in (manager, again):
             asyncio.run(used.shutdown_kernel(now=True))
     finally:
@@ -123,3 +125,10 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
     while not _no_new_runtime(tmp_path):
         assert time.monotonic() < deadline, "a kernel's runtime folder was left behind"
         time.sleep(0.2)
+
+
+def test_each_worker_warms_a_kernel_for_the_task_it_most_likely_runs_next():
+    tasks = [("ann", "01"), ("bob", "01"), ("cat", "01"), ("ann", "02"), ("bob", "02")]
+    views = {"01": "/view/01", "02": "/view/02"}
+    assert next_views(tasks, views, 2) == ["/view/01", "/view/02", "/view/02", "", ""]
+    assert next_views(tasks, views, 1) == ["/view/01", "/view/01", "/view/02", "/view/02", ""]

@@ -102,7 +102,8 @@ def home_seed() -> dict[str, str]:
     return seed
 
 
-def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None):
+def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None,
+                    next_python_path: str | None = None):
     from nbgrader.preprocessors import (CheckCellMetadata, DeduplicateIds, LimitOutput, OverwriteCells,
                                         OverwriteKernelspec)
 
@@ -124,6 +125,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
     config.GuardedExecute.sandbox = options.sandbox
     config.GuardedExecute.warm_kernels = options.warm_kernels
+    config.GuardedExecute.next_python_path = next_python_path
     config.LimitedKernelManager.memory_gb = float(options.memory_gb)  # SandboxedKernelManager's too (a subclass)
     config.LimitedKernelManager.max_processes = options.max_processes
     config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
@@ -181,9 +183,11 @@ def _kernel_python_path(python_path: str):
         os.environ["PYTHONPATH"] = inherited
 
 
-def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str) -> dict:
+def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str,
+                     next_python_path: str | None = None) -> dict:
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
-    importing from ``python_path`` (:func:`kernel_python_path`) before the environment.
+    importing from ``python_path`` (:func:`kernel_python_path`) before the environment. ``next_python_path``: that
+    of the notebook this worker is expected to run next, for its warm kernel (None: the same; "": none).
 
     Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "problem"}``;
     ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first cell
@@ -204,7 +208,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     (scratch / SUBMITTED / student / stage).symlink_to(root / SUBMITTED / student / stage, target_is_directory=True)
     try:
         with _kernel_python_path(python_path):
-            run_autograde(_execute_config(scratch, options, Path(python_path)), stage, student)
+            run_autograde(_execute_config(scratch, options, Path(python_path), next_python_path), stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:

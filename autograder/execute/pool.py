@@ -25,9 +25,15 @@ def _set_up(options: str, log_dir: str) -> None:
     set_up_worker(GradingOptions.from_json(options), log_dir)
 
 
-def _execute(root: str, student: str, stage: str, options: str, python_path: str) -> dict:
+def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str) -> dict:
     """A worker's task: :func:`execute_notebook` with the options :meth:`GradingOptions.to_json` wrote."""
-    return execute_notebook(root, student, stage, GradingOptions.from_json(options), python_path)
+    return execute_notebook(root, student, stage, GradingOptions.from_json(options), python_path, next_python_path)
+
+
+def next_views(tasks: list, python_paths: dict[str, str], jobs: int) -> list[str]:
+    """For each task (in order), the ``course_lib`` view of the task ``jobs`` places further on: the one its worker
+    most likely runs next, for which it warms a kernel ("" when none is left)."""
+    return [python_paths[tasks[i + jobs][1]] if i + jobs < len(tasks) else "" for i in range(len(tasks))]
 
 
 def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions,
@@ -53,8 +59,9 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     options_json = options.to_json()  # what crosses to the workers
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
                              initializer=_set_up, initargs=(options_json, str(Path(root) / LOGS))) as pool:
-        futures = {pool.submit(_execute, str(root), student, stage, options_json, python_paths[stage]): key
-                   for student, stage, key in tasks}
+        following = next_views(tasks, python_paths, options.jobs)
+        futures = {pool.submit(_execute, str(root), student, stage, options_json, python_paths[stage], after): key
+                   for (student, stage, key), after in zip(tasks, following)}
         counter = Progress(len(futures))
         for future in as_completed(futures):
             result = future.result()

@@ -171,6 +171,9 @@ class GuardedExecute(Execute):
     sandbox = Bool(False, help="Run the kernel in a bubblewrap sandbox (autograder.execute.sandbox).").tag(config=True)
     warm_kernels = Bool(False, help="With the sandbox: run the notebook in a kernel started and warmed while the "
                                     "previous one ran (autograder.execute.warm_kernels).").tag(config=True)
+    next_python_path = Unicode(None, allow_none=True,
+                               help="The course_lib view of the notebook expected next in this worker, for which the "
+                                    "next warm kernel starts; None: this notebook's; '': none.").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"
@@ -208,7 +211,18 @@ class GuardedExecute(Execute):
         from . import warm_kernels
 
         name = self.kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
-        return warm_kernels.take(self.config, name, (resources or {}).get("metadata", {}).get("path") or ".")
+        return warm_kernels.take(self.config, name, (resources or {}).get("metadata", {}).get("path") or ".",
+                                 self._next_config())
+
+    def _next_config(self):
+        """The settings of the kernel the next notebook is expected to need (None: no next notebook)."""
+        if self.next_python_path is None:
+            return self.config
+        if not self.next_python_path:
+            return None
+        config = copy.deepcopy(self.config)
+        config.SandboxedKernelManager.python_path = [self.next_python_path]
+        return config
 
     def preprocess_cell(self, cell, resources, index):
         if cell.metadata.pop(SKIPPED, False):  # never run: keeps the student's saved outputs, if any

@@ -6,7 +6,9 @@ project's machines). So while one notebook runs, its worker (a ``--jobs`` proces
 starts the next notebook's kernel and imports those modules in it, with a *silent* request (no execution count,
 no history, no names bound in the notebook's namespace).
 
-A warm kernel serves exactly one notebook and is never reused: :func:`take` hands the spare out at most once, and
+The spare is started with the settings of the notebook the worker will most likely run next (its stage's
+``course_lib`` view: the tasks go stage after stage, so it is the stage of the task ``jobs`` places further on), and
+none when no notebook is left for it. A warm kernel serves exactly one notebook and is never reused: :func:`take` hands the spare out at most once, and
 the notebook's executor shuts it down after its last cell (:class:`autograder.execute.preprocessors.GuardedExecute`).
 It runs in a sandbox of its own like any kernel (:mod:`autograder.execute.sandbox`): its working folder is the
 in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and gets the notebook's other files
@@ -119,10 +121,11 @@ def close() -> None:
         pass
 
 
-def take(config, kernel_name: str, folder: str) -> SandboxedKernelManager | None:
-    """The spare kernel, if it was started with these settings and is alive, with the files of ``folder`` (the
-    notebook's working folder on this machine) copied into its working folder; None otherwise. Either way the
-    spare is no longer the spare (it is handed out once), and a new spare with these settings starts.
+def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKernelManager | None:
+    """The spare kernel, if it was started with these settings (``config``) and is alive, with the files of
+    ``folder`` (the notebook's working folder on this machine) copied into its working folder; None otherwise.
+    Either way the spare is no longer the spare (it is handed out once), and a new spare starts with the settings
+    of the notebook expected next, ``next_config`` (None: no spare, none is expected).
 
     The caller owns the kernel it gets and shuts it down after its one notebook.
     """
@@ -131,7 +134,8 @@ def take(config, kernel_name: str, folder: str) -> SandboxedKernelManager | None
         _starter = _Starter()
         atexit.register(close)
     key, spare = settings_key(config, kernel_name), _spare
-    _spare = _Spare(_starter, key, config, kernel_name)
+    _spare = None if next_config is None else _Spare(_starter, settings_key(next_config, kernel_name), next_config,
+                                                     kernel_name)
     if spare is None:
         return None
     if spare.key != key:
