@@ -133,6 +133,8 @@ class StudentUNet(nn.Module):
         skip14 = self.down1(first)
         skip7 = self.down2(skip14)
         h = self.unflatten(self.flatten(skip7))
+        if self.mistake == "cpu zeros":
+            h = h + torch.zeros(h.shape)  # made without device=: on the CPU whatever the model's device
         h = self.up1(torch.cat([skip7, h] if self.mistake == "skip order" else [h, skip7], dim=1))
         h = self.up2(torch.cat([h, skip14], dim=1))
         h = self.conv_out(torch.cat([h, first], dim=1))
@@ -209,6 +211,7 @@ def student_loop(global_shuffle=False, no_shuffle=False, zero_grad=True, eval_mo
             if eval_mode:
                 model.eval()
             val_generator = {"own": torch.Generator(device=val_data.device).manual_seed(epoch),
+                             "cpu": torch.Generator().manual_seed(epoch),  # wrong on a GPU
                              "training": generator, "global": None}[val_noise]
             batch_losses, sizes = [], []
             with torch.set_grad_enabled(not no_grad):
@@ -230,7 +233,7 @@ def own_batches_loop(model, optimizer, train_data, val_data, epochs, batch_size,
     train_losses, val_losses = [], []
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(train_data), generator=generator)
+        order = torch.randperm(len(train_data), generator=generator, device=train_data.device)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             x = train_data.images[order[start:start + batch_size]].float() / 255
             loss = answer.denoising_loss(model, x, generator=generator)

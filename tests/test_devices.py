@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import sampling, stages, widgets
-from course_lib.checks.devices import DEVICE, DeviceGenerator, DeviceGuard, OnCPU, device_run
+from course_lib.checks.devices import DEVICE, DeviceGuard, OnCPU, device_run, generators_on_device
 from course_lib.checks.harness import TinyNoisePredictor
 from course_lib.noise import DDPMSchedule
+from course_lib.stages.denoiser import answers as answer
+from course_lib.stages.denoiser import checks as denoiser
+from course_lib.stages.noising import checks as noising
 from test_mistake_catalogue import CATALOGUE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -75,6 +78,30 @@ def test_other_failures_of_the_device_run_are_left_to_the_run_on_the_cpu():
     assert device_run("f", student, torch.ones(3), holder="x") is None
 
 
+def test_the_guard_names_noise_drawn_on_the_cpu_in_an_em_step():
+    def student(x, t, dt, f, b, z):
+        return x + f(x, t) * dt + b(x, t) * dt ** 0.5 * torch.randn(x.shape)
+
+    inputs, _ = noising.check_em_step.check.expectations(noising.check_em_step.check.case())
+    message = noising.check_em_step.check.devices(student, inputs=inputs)
+    assert "your em_step mixes devices: a tensor made by `torch.randn` is on cpu, x on meta: make it there, " \
+           "`torch.randn(..., device=x.device)`" in message
+
+
+def test_a_generator_made_on_the_device_lets_the_training_loop_run_to_its_end():
+    """The reference loop makes its validation generator on val_data.device (PyTorch has no meta generator): the
+    device run goes on through every epoch, reading the losses back as zeros."""
+    epochs = []
+
+    def train_denoiser(*args, on_epoch_end=None):
+        return answer.train_denoiser(*args, on_epoch_end=lambda epoch, *_: epochs.append(epoch))
+
+    entry = denoiser.check_train_denoiser.check
+    inputs, _ = entry.expectations(entry.case())
+    assert entry.devices(train_denoiser, inputs=inputs) is None
+    assert epochs == list(range(1, inputs["epochs"] + 1))
+
+
 REFERENCES = [pytest.param(stage, grade_id, todo, id=f"{stage.key}/{grade_id}") for stage in stages.STAGES
               for grade_id, todo in CATALOGUE[stage.key].items() if todo.check.check.devices is not None]
 
@@ -87,26 +114,23 @@ def test_every_device_run_passes_the_reference(stage, grade_id, todo):
     assert entry.devices(*answers, inputs=inputs) is None
 
 
-def test_every_sampler_and_loss_todo_has_a_device_run():
+def test_every_module_sampler_loss_and_loop_todo_has_a_device_run():
     for key, grade_ids in {"ddpm": ("ddpm_loss", "ddpm_sample", "ddim_sample"), "cfg": ("cfg_loss", "cfg_sample"),
-                           "flow": ("flow_loss", "flow_sample"), "denoiser": ("loss_and_step",),
+                           "flow": ("flow_loss", "flow_sample"),
+                           "noising": ("add_noise", "q_sample", "em_step"),
+                           "denoiser": ("operations", "blocks", "unet", "loss_and_step", "train_denoiser"),
                            "editing": ("sdedit", "inpaint", "guided_edit")}.items():
         for grade_id in grade_ids:
             assert CATALOGUE[key][grade_id].check.check.devices is not None, f"{key}/{grade_id}"
 
 
 @pytest.fixture
-def generators_on_meta(monkeypatch):
+def generators_on_meta():
     """``torch.Generator(device)`` gives a :class:`DeviceGenerator` for the meta device (which has none) and a
-    CPU generator otherwise, so that given code can sample on the meta device and show where it made its
-    generator."""
-    real = torch.Generator
-
-    class Generator(real):
-        def __new__(cls, device="cpu"):
-            return DeviceGenerator() if torch.device(device) == DEVICE else real(device)
-
-    monkeypatch.setattr(torch, "Generator", Generator)
+    CPU generator otherwise, as in a device run, so that given code can sample on the meta device and show where
+    it made its generator."""
+    with generators_on_device():
+        yield
 
 
 def meta_models() -> tuple:

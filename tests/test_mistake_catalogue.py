@@ -152,6 +152,7 @@ def em(mistake):
         "in_place": lambda: x.add_(f(x, t) * dt + b(x, t) * dt ** 0.5 * z),
         "torch_sqrt": lambda: x + f(x, t) * dt + b(x, t) * torch.sqrt(dt) * z,
         "tensor_method": lambda: x + f(x, t) * dt + b(x, t).mul(dt ** 0.5) * z,
+        "cpu_diffusion": lambda: x + f(x, t) * dt + torch.as_tensor(b(x, t)).expand(x.shape) * dt ** 0.5 * z,
     }[mistake]()
 
 
@@ -202,7 +203,10 @@ NOISING = {
                               ("swapped", "drift and diffusion are swapped"), ("without_x", "starts from x_k"),
                               ("late", "at the start of the step"), ("own_noise", "use the z you are given"),
                               ("in_place", "in place"), ("torch_sqrt", "use math.sqrt(dt) or dt ** 0.5"),
-                              ("tensor_method", "may return a number"))}),
+                              ("tensor_method", "may return a number"),
+                              ("cpu_diffusion", "your em_step mixes devices: a tensor made by `torch.as_tensor` is "
+                                                "on cpu, x on meta: make it there, `torch.as_tensor(..., "
+                                                "device=x.device)`"))}),
 }
 
 
@@ -252,6 +256,21 @@ class TwoConvs(nn.Module):
 
 
 BIG_KERNEL_CONV = conv_layer(lambda i, o: nn.Conv2d(i, o, 5, padding=2))
+
+
+class WeightedFlatten(nn.Module):
+    """Flatten as a sum weighted by 1/49 with weights made on the CPU: right values, wrong on a GPU."""
+
+    def forward(self, x):
+        return F.gelu((x * torch.full(x.shape, 1 / 49)).sum((2, 3), keepdim=True))
+
+
+class ZerosConvBlock(TwoConvs):
+    """ConvBlock that adds its output to zeros made on the CPU: right values, wrong on a GPU."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return torch.zeros(out.shape) + out
 
 
 def loss_predicting_noise(model, x, sigma=0.5, generator=None):
@@ -330,6 +349,9 @@ DENOISER = {
         "nn.Flatten": (operations(Flatten=lambda: nn.Flatten()), "this Flatten is not nn.Flatten"),
         "Unflatten identity": (operations(Unflatten=lambda c: nn.Sequential(nn.Identity())),
                                "Unflatten goes from 1x1 to 7x7"),
+        "weights made on the CPU": (operations(Flatten=WeightedFlatten),
+                                    "your Flatten() mixes devices: a tensor made by `torch.full` is on cpu, the module "
+                                    "on meta: make it there, `torch.full(..., device=x.device)`"),
     }),
     "blocks": Todo(denoiser.check_blocks, {"ConvBlock with named Convs": blocks(ConvBlock=TwoConvs)}, {
         "second Conv kernel 5": (blocks(ConvBlock=block(answer.Conv, BIG_KERNEL_CONV)),
@@ -345,6 +367,9 @@ DENOISER = {
                                    "an UpBlock starts with an UpConv"),
         "UpBlock's ConvBlock": (blocks(UpBlock=block(answer.UpConv, block(answer.Conv, BIG_KERNEL_CONV))),
                                 "after the UpConv(in, out) comes a ConvBlock(out, out)"),
+        "zeros made on the CPU": (blocks(ConvBlock=ZerosConvBlock),
+                                  "your ConvBlock(3, 5) mixes devices: a tensor made by `torch.zeros` is on cpu, the "
+                                  "module on meta: make it there, `torch.zeros(..., device=x.device)`"),
     }),
     "unet": Todo(denoiser.check_unet, {"a student's UNet": unet()}, {
         "unused layer": (unet("unused"), "these layers are never used in forward: extra.weight, extra.bias"),
@@ -352,6 +377,8 @@ DENOISER = {
         "skip first": (unet("skip order"), "same layers, different result: follow the diagram in forward"),
         "up1 channels": (unet("up1 channels"), "Hint: a block received the wrong number of channels"),
         "head kernel": (unet("head kernel"), "head = nn.Conv2d(D, in_channels, 3, padding=1)"),
+        "zeros made on the CPU": (unet("cpu zeros"), "your UnconditionalUNet(in_channels=1, num_hiddens=4) mixes "
+                                                     "devices: a tensor made by `torch.zeros` is on cpu"),
     }, {"num_hiddens": 4, "batch_size": 2}),
     "loss_and_step": Todo(denoiser.check_training_step, {
         "square().mean()": (loss_squared_mean, answer.train_step)}, {
@@ -392,7 +419,10 @@ DENOISER = {
             ("gradient ascent", "ascend", True, "a correct loop lowers it clearly"),
             ("per-epoch losses", "per_epoch", True, "train_losses has 2 entries, expected 6"),
             ("tensors", "returns", "tensors", "should be a list of Python floats, got list of Tensor"),
-            ("no callback", "callback", False, "on_epoch_end was called 0 times, expected once per epoch"))}),
+            ("no callback", "callback", False, "on_epoch_end was called 0 times, expected once per epoch"),
+            ("validation generator made on the CPU", "val_noise", "cpu",
+             "your train_denoiser mixes devices: `torch.randn` drew on meta with a generator made on the CPU: make "
+             "the generator on the device, `torch.Generator(val_data.device)`"))}),
 }
 
 

@@ -8,7 +8,9 @@ one element or more (a CPU number, a 0-dimensional tensor, mixes on a GPU too), 
 another device than the tensor drawn (a generator made on a GPU draws only there, a CPU generator only on the
 CPU). Reading values back (``.cpu()``, ``.item()``,
 ``.tolist()``, ``.numpy()``, ``bool()``, ``int()``, ``float()``) gives zeros, so correct code that keeps its
-trajectory on the CPU runs through. Meta tensors have no values, so this run judges devices only; the check's
+trajectory on the CPU runs through. A generator made on the ``meta`` device (``torch.Generator(x.device)``, which
+PyTorch refuses) is a :class:`DeviceGenerator` during the run, so correct code that makes its own generator on the
+device runs through too. Meta tensors have no values, so this run judges devices only; the check's
 ordinary run on the CPU judges the values.
 
 A check declares its device run with ``devices=`` (:func:`course_lib.checks.protocol.check`), a function of the
@@ -18,7 +20,8 @@ student's objects and the probe's inputs that calls :func:`device_run`.
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,24 @@ class DeviceGenerator(GENERATOR):
     @property
     def device(self) -> torch.device:
         return DEVICE
+
+
+class _Generator(GENERATOR):
+    """``torch.Generator`` during a device run: one made on :data:`DEVICE` is a :class:`DeviceGenerator` (PyTorch
+    has no ``meta`` generator), one made elsewhere a real generator."""
+
+    def __new__(cls, device="cpu"):
+        return DeviceGenerator() if torch.device(device) == DEVICE else GENERATOR(device)
+
+
+@contextmanager
+def generators_on_device() -> Iterator[None]:
+    """Within: ``torch.Generator(device)`` makes a generator on :data:`DEVICE` too (:class:`_Generator`)."""
+    previous, torch.Generator = torch.Generator, _Generator
+    try:
+        yield
+    finally:
+        torch.Generator = previous
 
 
 class OnCPU:
@@ -192,7 +213,7 @@ def device_run(name: str, function: Callable, *args, holder: str = "the model", 
     generator = next((v for v in (*args, *kwargs.values()) if isinstance(v, DeviceGenerator)), None)
     guard = DeviceGuard(generator, holder, where, names)
     try:
-        with guard:
+        with generators_on_device(), guard:
             function(*args, **kwargs)
     except Exception:  # noqa: BLE001 - student code on values-less tensors: only device mistakes count here
         pass

@@ -13,8 +13,10 @@ runs the student's ``train_denoiser`` for a few epochs on a tiny given model wit
 wrapped so that every call's mode, autograd, batch size and weights' version is recorded, with an Adam optimizer
 whose steps are recorded, on toy digits whose clean images it can read off the noisy ones; it judges what makes a
 loop right (modes, gradients, one optimizer, fresh gradients, every held-out digit once, the returned losses, the
-loss falling, a callback per epoch), not the order of its random draws. Hidden tests call the same checks with other channel
-counts, sizes and seeds.
+loss falling, a callback per epoch), not the order of its random draws. Each check also has a device run
+(:mod:`course_lib.checks.devices`): the modules' forward passes, the loss and step, and the whole loop (its digits
+and model on the device, so that a validation generator made on the CPU is named) run again on the ``meta`` device.
+Hidden tests call the same checks with other channel counts, sizes and seeds.
 
 The probe and the judge of each check are here; its reference side, which builds the inputs and expected values
 with the answers, is in ``reference.py`` beside this file (read through ``REFERENCE``), which only the grader has.
@@ -30,7 +32,7 @@ from torch import nn
 
 from ...checks.harness import (CheckFailed, close, compare, expect_close, expect_tensor, generator, layer_list,
                                module_tensors, recorded, recorded_tensor, run_student)
-from ...checks.devices import DEVICE, device_run
+from ...checks.devices import DEVICE, device_run, module_device_run
 from ...checks.protocol import check
 from ...data import DeviceImages
 from ..stage import ReferenceCase
@@ -189,6 +191,17 @@ def _probe_modules(students: tuple, inputs: dict, backward: bool = False) -> dic
     return {"modules": [_probe_module(cls, spec, backward) for cls, spec in zip(students, inputs["modules"])]}
 
 
+def _modules_devices(students: tuple, inputs: dict) -> str | None:
+    """The device run of each student module's forward pass on its input, built as the probe builds it: the
+    message of the first that makes a tensor off the input's device, or None."""
+    for cls, spec in zip(students, inputs["modules"]):
+        message = module_device_run(spec["label"], lambda cls=cls, spec=spec: cls(*spec["args"], **spec["kwargs"]),
+                                    spec["x"].clone(), holder="the module", where="x.device")
+        if message:
+            return message
+    return None
+
+
 def _judge_modules(specs: list[dict], inputs: dict, outputs: dict, expected: dict, **options) -> None:
     results = outputs["modules"]
     if not isinstance(results, (list, tuple)) or len(results) != len(specs):
@@ -237,6 +250,10 @@ def _operations_probe(Conv, DownConv, UpConv, Flatten, Unflatten, *, inputs: dic
     return _probe_modules((Conv, DownConv, UpConv, Flatten, Unflatten), inputs)
 
 
+def _operations_devices(Conv, DownConv, UpConv, Flatten, Unflatten, *, inputs: dict) -> str | None:
+    return _modules_devices((Conv, DownConv, UpConv, Flatten, Unflatten), inputs)
+
+
 def _operations_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     specs = operation_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"],
                              case["seed"])
@@ -246,7 +263,8 @@ def _operations_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             f"({case['in_channels']} -> {case['out_channels']} channels, {h}x{h} inputs)")
 
 
-@check(reference=REFERENCE.operations_case, probe=_operations_probe, judge=_operations_judge)
+@check(reference=REFERENCE.operations_case, probe=_operations_probe, judge=_operations_judge,
+       devices=_operations_devices)
 def check_operations(Conv, DownConv, UpConv, Flatten, Unflatten, in_channels: int = 3, out_channels: int = 5,
                      size: int = 8, batch_size: int = 4, seed: int = 0):
     """Check the five UNet operations against the reference operations.
@@ -275,6 +293,10 @@ def _blocks_probe(ConvBlock, DownBlock, UpBlock, *, inputs: dict) -> dict:
     return _probe_modules((ConvBlock, DownBlock, UpBlock), inputs)
 
 
+def _blocks_devices(ConvBlock, DownBlock, UpBlock, *, inputs: dict) -> str | None:
+    return _modules_devices((ConvBlock, DownBlock, UpBlock), inputs)
+
+
 def _blocks_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     specs = block_specs(case["in_channels"], case["out_channels"], case["size"], case["batch_size"], case["seed"])
     _judge_modules(specs, inputs, outputs, expected)
@@ -282,7 +304,7 @@ def _blocks_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> st
             f"({case['in_channels']} -> {case['out_channels']} channels)")
 
 
-@check(reference=REFERENCE.blocks_case, probe=_blocks_probe, judge=_blocks_judge)
+@check(reference=REFERENCE.blocks_case, probe=_blocks_probe, judge=_blocks_judge, devices=_blocks_devices)
 def check_blocks(ConvBlock, DownBlock, UpBlock, in_channels: int = 3, out_channels: int = 5, size: int = 8,
                  batch_size: int = 4, seed: int = 0):
     """Check ConvBlock, DownBlock and UpBlock against the reference blocks (same arguments as
@@ -316,6 +338,10 @@ def _unet_probe(UnconditionalUNet, *, inputs: dict) -> dict:
     return _probe_modules((UnconditionalUNet,), inputs, backward=True)
 
 
+def _unet_devices(UnconditionalUNet, *, inputs: dict) -> str | None:
+    return _modules_devices((UnconditionalUNet,), inputs)
+
+
 def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
     spec = unet_spec(case["num_hiddens"], case["batch_size"], case["in_channels"], case["seed"])
     _judge_modules([spec], inputs, outputs, expected, unused_check=True, output_name="output",
@@ -324,7 +350,7 @@ def _unet_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             "with its weights")
 
 
-@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge)
+@check(reference=REFERENCE.unet_case, probe=_unet_probe, judge=_unet_judge, devices=_unet_devices)
 def check_unet(UnconditionalUNet, num_hiddens: int = 8, batch_size: int = 3, in_channels: int = 1, seed: int = 0):
     """Check the student's ``UnconditionalUNet(in_channels, num_hiddens)`` against the reference.
 
@@ -554,6 +580,18 @@ def _train_loop_probe(train_denoiser: Callable, *, inputs: dict) -> dict:
     return run_loop(train_denoiser, inputs)
 
 
+def _train_loop_devices(train_denoiser: Callable, *, inputs: dict) -> str | None:
+    """The loop once more with its digits and the model on the device, to its end (read-back losses are zeros):
+    a generator it makes on the CPU, then draws with on the data's device, is named."""
+    train_data, val_data = (DeviceImages(inputs[f"{part}_images"].to(DEVICE), inputs[f"{part}_labels"].to(DEVICE),
+                                         "unit") for part in ("train", "val"))
+    model = loop_model(inputs["model_seed"]).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=inputs["learning_rate"])
+    return device_run("train_denoiser", train_denoiser, model, optimizer, train_data, val_data, inputs["epochs"],
+                      inputs["batch_size"], generator(inputs["generator_seed"]), on_epoch_end=lambda *_: None,
+                      holder="the data", where="val_data.device")
+
+
 def _losses(name: str, value, count: int, per: str) -> torch.Tensor:
     if isinstance(value, dict) and isinstance(value.get("not_a_tensor"), str):
         raise CheckFailed(f"{name} should be a list of Python floats, got {value['not_a_tensor']}: append loss.item() "
@@ -669,7 +707,8 @@ def _train_loop_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -
             f"untrained, {float(val[0]):.4f} after epoch 1, {float(val[-1]):.4f} after epoch {epochs})")
 
 
-@check(reference=REFERENCE.train_loop_case, probe=_train_loop_probe, judge=_train_loop_judge)
+@check(reference=REFERENCE.train_loop_case, probe=_train_loop_probe, judge=_train_loop_judge,
+       devices=_train_loop_devices)
 def check_train_denoiser(train_denoiser, train_size: int = 20, val_size: int = 7, batch_size: int = 6,
                          epochs: int = 2, size: int = 12, seed: int = 0):
     """Check ``train_denoiser(model, optimizer, train_data, val_data, epochs, batch_size, generator,

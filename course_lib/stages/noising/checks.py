@@ -225,7 +225,15 @@ def _em_judge(case: dict, inputs: dict, outputs: dict, expected: dict) -> str:
             "x + f dt + b sqrt(dt) z")
 
 
-@check(reference=REFERENCE.em_case, probe=_em_probe, judge=_em_judge)
+def _em_devices(em_step, *, inputs: dict) -> str | None:
+    """The step with x and z on the device, with the diffusion b(x, t) and with the constant one."""
+    t, dt = float(inputs["t"]), float(inputs["dt"])
+    return next(filter(None, (device_run("em_step", em_step, inputs["x"].clone(), t, dt, em_drift, diffusion,
+                                         inputs["z"].clone(), holder="x", where="x.device")
+                              for diffusion in (em_diffusion, em_constant_diffusion))), None)
+
+
+@check(reference=REFERENCE.em_case, probe=_em_probe, judge=_em_judge, devices=_em_devices)
 def check_em_step(em_step, num_paths: int = 6, dt: float = 0.01, seed: int = 0):
     """Check ``em_step(x, t, dt, drift, diffusion, z)``, one Euler-Maruyama step, against the reference.
 
