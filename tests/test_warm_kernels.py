@@ -9,7 +9,6 @@ started for other settings is never handed out, and the notebook's files reach t
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_core.utils import run_sync
 from traitlets.config import Config
 
 from autograder.execute import warm_kernels
@@ -118,7 +118,7 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
         assert again is not None and again is not manager and again.kernel_pid != manager.kernel_pid
         assert warm_kernels.take(other, "python3", str(folder)) is None  # so no spare was started
         for used in (manager, again):
-            asyncio.run(used.shutdown_kernel(now=True))
+            run_sync(used.shutdown_kernel)(now=True)  # whatever event loop an earlier test left running
     finally:
         warm_kernels.close()
     deadline = time.monotonic() + 30
