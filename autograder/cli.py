@@ -143,13 +143,16 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 def main(argv=None) -> int:
     from . import commands
     from .collect import SubmissionsError
+    from .course import ReleaseError
+    from .demo import DemoFolderError
     from .score.lms_export import ExportError
     from .score.run_record import NoGradingRun
     from .execute.sandbox import SandboxUnavailableError
     args = _parser().parse_args(argv)
     try:
         return _run(commands, args)
-    except (SandboxUnavailableError, SubmissionsError, NoGradingRun, ExportError) as error:
+    except (SandboxUnavailableError, SubmissionsError, NoGradingRun, ExportError, DemoFolderError,
+            ReleaseError) as error:
         print(error, file=sys.stderr)
         return 2
     except RuntimeError as error:  # the Dask cluster: workers' environment, scheduler gone

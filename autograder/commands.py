@@ -8,7 +8,7 @@ from typing import Callable
 from .collect import Limits, collect_submissions
 from .course import (NOTEBOOKS_DIR, SOLUTIONS_DIR, STAGES, generate_student_notebooks, nbgrader_config, quiet_nbgrader,
                      run_nbgrader_app, write_course_config)
-from .demo import write_demo_submissions
+from .demo import start_demo_gradebook_afresh, write_demo_submissions
 from .execute.options import GradingOptions
 from .execute.pool import execute_all
 from .execute.resume import EXECUTED, INDEX
@@ -149,9 +149,11 @@ def demo(root: Path, stages=STAGES, options: GradingOptions = GradingOptions(), 
          mistakes=None, progress: Callable[[dict], None] | None = None, dask=None) -> tuple[GradeTable, list[dict]]:
     """Release into ``root`` (not into ``notebooks/``), then grade the three built-in submissions (``dask``: as
     :func:`grade`), every notebook executed afresh: the demo shows a whole grading run, so it keeps nothing an
-    earlier demo executed (:mod:`autograder.execute.resume`)."""
+    earlier demo executed (:mod:`autograder.execute.resume`), from a new gradebook
+    (:func:`~autograder.demo.start_demo_gradebook_afresh`: a folder with other students' grades is refused)."""
     check_sandbox(options)
     root = Path(root).resolve()
+    start_demo_gradebook_afresh(root)
     (root / EXECUTED / INDEX).unlink(missing_ok=True)
     release(root, stages, solutions_dir, notebooks_dir=None)
     submissions = write_demo_submissions(root, root / "demo_submissions", stages, solutions_dir, mistakes)

@@ -122,12 +122,17 @@ def prepare_course(root: Path, stages=STAGES, solutions_dir: Path = SOLUTIONS_DI
     return root
 
 
+class ReleaseError(RuntimeError):
+    """A stage cannot be released into this course folder as its source notebook now is."""
+
+
 def generate_student_notebooks(root: Path, out_dir: Path | None = NOTEBOOKS_DIR, stages=STAGES,
                                solutions_dir: Path = SOLUTIONS_DIR) -> list[Path]:
     """Run ``nbgrader generate_assignment`` for every stage; copy the student notebooks to ``out_dir``.
 
     Returns the paths of the student notebooks written (in ``out_dir``, or in ``<root>/release`` when
-    ``out_dir`` is None).
+    ``out_dir`` is None). Raises :class:`ReleaseError` when a stage that has graded submissions in ``root`` gained
+    or lost graded cells (nbgrader keeps a graded notebook's cells).
     """
     from nbgrader.apps import NbGraderAPI
 
@@ -136,6 +141,11 @@ def generate_student_notebooks(root: Path, out_dir: Path | None = NOTEBOOKS_DIR,
     written = []
     for stage in stages:
         result = api.generate_assignment(stage, force=True)
+        if not result["success"] and "Cannot add or remove cells" in result["log"] + str(result["error"]):
+            raise ReleaseError(
+                f"`release`: {stage} has graded submissions in {root / 'gradebook.db'}, and cells were added to or "
+                f"removed from {Path(solutions_dir) / f'{stage}.ipynb'} since; nbgrader keeps the cells of a graded "
+                "notebook. Release the changed course into a new --course folder.")
         if not result["success"]:
             raise RuntimeError(f"nbgrader generate_assignment failed for {stage}:\n{result['log']}\n{result['error']}")
         released = root / "release" / stage / f"{stage}.ipynb"

@@ -38,6 +38,31 @@ MISTAKES: dict[str, list[tuple[str, str]]] = {
 DEMO_STUDENTS = ("solutions", "untouched", "mistakes")
 
 
+class DemoFolderError(ValueError):
+    """The demo's ``--course`` folder holds the grades of students other than the demo's."""
+
+
+def start_demo_gradebook_afresh(root: Path) -> None:
+    """Remove the gradebook an earlier demo left in ``root``: nbgrader refuses to release a notebook whose cells
+    changed once it has submissions, and the demo grades the solutions as they are now. A gradebook holding any
+    student besides :data:`DEMO_STUDENTS` is a real class: :class:`DemoFolderError`, and nothing is touched."""
+    from nbgrader.api import Gradebook
+
+    from .course import nbgrader_config
+
+    gradebook = Path(root) / "gradebook.db"
+    if not gradebook.exists():
+        return
+    with Gradebook(nbgrader_config(Path(root)).CourseDirectory.db_url) as book:
+        others = sorted(student.id for student in book.students if student.id not in DEMO_STUDENTS)
+    if others:
+        raise DemoFolderError(
+            f"`--course {root}` holds the grades of {len(others)} other student{'s' * (len(others) != 1)} than "
+            "the demo's, so the demo did not run there (it starts its gradebook afresh). Give the demo a folder of "
+            "its own, for example --course build/demo.")
+    gradebook.unlink()
+
+
 def plant_mistakes(notebook: nbformat.NotebookNode, replacements: list[tuple[str, str]]) -> nbformat.NotebookNode:
     """Return a copy of ``notebook`` with each ``(line, replacement)`` applied to its solution cells.
 

@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 
+import nbformat
 import pytest
+from nbgrader.api import Gradebook
 
-from autograder.course import REPO_ROOT, STAGES
+from autograder.course import REPO_ROOT, SOLUTIONS_DIR, STAGES
 from autograder.demo import MISTAKES
 from scoring_helpers import gradebook_scores, graded_copies, rescored
 
@@ -39,6 +41,39 @@ def _assert_the_report_finds_each_planted_mistake(course) -> None:
                       for student in mistake.students}
             assert "solutions" not in failed and "untouched" in failed, stage
             assert ("mistakes" in failed) == (stage in MISTAKES), stage
+
+
+def _assert_a_later_demo_starts_its_gradebook_afresh(course, tmp_path) -> None:
+    """After graded cells were removed from a source notebook, the demo runs again in its old folder (nbgrader
+    refuses to release a graded notebook whose cells changed); ``release`` into the graded folder says why it
+    cannot, without a traceback; a folder that holds another student's grades is refused and left as it was."""
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    notebook = nbformat.read(SOLUTIONS_DIR / "05_flow.ipynb", as_version=4)
+    notebook.cells = [cell for cell in notebook.cells
+                      if cell.metadata.get("nbgrader", {}).get("grade_id") != "answer_range"]
+    nbformat.write(notebook, changed / "05_flow.ipynb")
+    again = _autograder("demo", "--course", str(course), "--stages", "05_flow", "--solutions", str(changed),
+                        "--jobs", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    with (course / "grades.csv").open() as handle:
+        rows = {row["student"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"solutions", "untouched", "mistakes"} and "01_noising" not in rows["solutions"]
+    assert float(rows["solutions"]["05_flow"]) == float(rows["solutions"]["max_total"]) > 0
+    assert float(rows["untouched"]["05_flow"]) == 0
+
+    release = _autograder("release", "--course", str(course), "--stages", "05_flow",
+                          "--notebooks", str(tmp_path / "released"))
+    assert release.returncode == 2 and "Traceback" not in release.stderr
+    assert "05_flow has graded submissions" in release.stderr and "a new --course folder" in release.stderr
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        gradebook.add_student("alice")
+    before = (course / "gradebook.db").read_bytes()
+    refused = _autograder("demo", "--course", str(course), "--stages", "05_flow", "--jobs", "1")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds the grades of 1 other student than the demo's" in refused.stderr
+    assert (course / "gradebook.db").read_bytes() == before
 
 
 def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
@@ -69,3 +104,4 @@ def test_demo_grades_solutions_untouched_and_mistakes(tmp_path):
     for stage in STAGES:
         html = (course / "feedback" / "mistakes" / stage / f"{stage}.html").read_text()
         assert "HIDDEN TESTS" not in html
+    _assert_a_later_demo_starts_its_gradebook_afresh(course, tmp_path)
