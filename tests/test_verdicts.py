@@ -10,6 +10,7 @@ import ast
 import base64
 import io
 import pickle
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -240,3 +241,44 @@ def test_a_checks_expected_values_are_computed_once_per_process_and_each_noteboo
     assert all(torch.equal(second[0][name], value) for name, value in fresh[0].items()
                if isinstance(value, torch.Tensor))
     assert any(isinstance(value, torch.Tensor) for value in fresh[0].values())
+
+
+def _same(got, want) -> bool:
+    """Equal values, nested in dicts, lists and tuples, tensors compared exactly."""
+    if isinstance(want, torch.Tensor):
+        return isinstance(got, torch.Tensor) and torch.equal(got, want)
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    if isinstance(want, (list, tuple)):
+        return type(got) is type(want) and len(got) == len(want) and all(map(_same, got, want))
+    return got == want
+
+
+def _expectations_in_a_new_process(folder: str, count_file: str) -> tuple[dict, dict]:
+    """What a grading worker does for one check call with a shared folder, each computation noted in ``count_file``."""
+    from autograder.execute import verdicts
+
+    verdicts.load_check_modules()
+    entry = protocol.CHECKS["check_add_noise"]
+
+    def compute():
+        with open(count_file, "a") as notes:
+            notes.write("computed\n")
+        return entry.expectations(entry.case(seed=5))
+
+    return verdicts.computed_once(protocol.case_key(entry.name, entry.case(seed=5)), compute, Path(folder))
+
+
+def test_the_workers_of_a_run_compute_a_checks_expected_values_once_and_read_the_same(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder, count_file = tmp_path / "expectations", tmp_path / "computed.txt"
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_expectations_in_a_new_process, [str(folder)] * 3, [str(count_file)] * 3))
+    assert count_file.read_text() == "computed\n"
+    entry = protocol.CHECKS[check_calls("check_add_noise(add_noise, seed=5)")[0].check]
+    inputs, expected = entry.expectations(entry.case(seed=5))
+    for got in results:
+        assert _same(got, (inputs, expected))
+    assert [path.suffix for path in folder.iterdir() if path.suffix != ".lock"] == [".pt"]  # no partial file left

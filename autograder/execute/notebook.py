@@ -40,6 +40,7 @@ from .resume import EXECUTED
 WORK = "work"
 LOGS = "logs"
 KERNEL_PYTHON = "_kernel_python"
+EXPECTATIONS = "_expectations"
 
 
 def executed_path(root: Path, student: str, stage: str) -> Path:
@@ -103,7 +104,7 @@ def home_seed() -> dict[str, str]:
 
 
 def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None,
-                    next_python_path: str | None = None):
+                    next_python_path: str | None = None, expectations_folder: str | None = None):
     from nbgrader.preprocessors import (CheckCellMetadata, DeduplicateIds, LimitOutput, OverwriteCells,
                                         OverwriteKernelspec)
 
@@ -121,6 +122,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
                                                 RemoveInjectedCells, JudgeTestCells, StderrIsNotFailure,
                                                 SanitizeOutputs, CapOutputSize, LimitOutput]
     config.SkipDemoCells.source_root = str(scratch / "source")
+    config.ProbeTestCells.expectations_folder = expectations_folder
     config.Execute.timeout = int(options.cell_timeout)
     config.GuardedExecute.notebook_timeout = float(options.notebook_timeout)
     config.GuardedExecute.sandbox = options.sandbox
@@ -184,10 +186,12 @@ def _kernel_python_path(python_path: str):
 
 
 def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str,
-                     next_python_path: str | None = None) -> dict:
+                     next_python_path: str | None = None, share_expectations: bool = False) -> dict:
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
     importing from ``python_path`` (:func:`kernel_python_path`) before the environment. ``next_python_path``: that
     of the notebook this worker is expected to run next, for its warm kernel (None: the same; "": none).
+    ``share_expectations``: the checks' expected values are computed once for all the workers of this run, in
+    ``<root>/work/_expectations/`` (:func:`autograder.execute.verdicts.computed_once`).
 
     Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "problem"}``;
     ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first cell
@@ -208,7 +212,8 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     (scratch / SUBMITTED / student / stage).symlink_to(root / SUBMITTED / student / stage, target_is_directory=True)
     try:
         with _kernel_python_path(python_path):
-            run_autograde(_execute_config(scratch, options, Path(python_path), next_python_path), stage, student)
+            shared = str(root / WORK / EXPECTATIONS) if share_expectations else None
+            run_autograde(_execute_config(scratch, options, Path(python_path), next_python_path, shared), stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..progress import Progress
-from .notebook import KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_python_path, set_up_worker, view_stage
+from .notebook import EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_python_path, set_up_worker, view_stage
 from .options import GradingOptions
 from .resume import load_index, plan, remember, save_index
 
@@ -26,8 +26,10 @@ def _set_up(options: str, log_dir: str) -> None:
 
 
 def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str) -> dict:
-    """A worker's task: :func:`execute_notebook` with the options :meth:`GradingOptions.to_json` wrote."""
-    return execute_notebook(root, student, stage, GradingOptions.from_json(options), python_path, next_python_path)
+    """A worker's task: :func:`execute_notebook` with the options :meth:`GradingOptions.to_json` wrote, the checks'
+    expected values shared by the workers."""
+    return execute_notebook(root, student, stage, GradingOptions.from_json(options), python_path, next_python_path,
+                            share_expectations=True)
 
 
 def next_views(tasks: list, python_paths: dict[str, str], jobs: int) -> list[str]:
@@ -55,6 +57,7 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     if results:
         notify(f"  {len(results)} notebooks already executed (executed/index.json) are kept")
     python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s, _ in tasks}}
+    shutil.rmtree(Path(root) / WORK / EXPECTATIONS, ignore_errors=True)  # this run's, not a crashed run's
     context = multiprocessing.get_context("spawn")
     options_json = options.to_json()  # what crosses to the workers
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
@@ -71,7 +74,8 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
             if progress is not None:
                 progress(result)
     save_index(root, index)
-    shutil.rmtree(Path(root) / WORK / KERNEL_PYTHON, ignore_errors=True)
+    for scratch in (KERNEL_PYTHON, EXPECTATIONS):
+        shutil.rmtree(Path(root) / WORK / scratch, ignore_errors=True)
     return runs_by_student(work, results)
 
 

@@ -5,7 +5,7 @@ other cases). While grading, nothing of it runs as written:
 
 1. :class:`ProbeTestCells` (before execution, in the grader): parses each test cell (:func:`check_calls`),
    computes every call's inputs and expected values with the full ``course_lib`` (the answers are here; once per
-   process, :func:`expectations`), writes
+   grading run or process, :func:`expectations`), writes
    only the inputs to ``<notebook folder>/.checks/<cell>.inputs.pt``, keeps the expected values in memory, and
    replaces the cell's source by a probe cell (:func:`probe_source`) that runs the student's code on those
    inputs and shows what it gave as the cell's output (:func:`course_lib.checks.protocol.record`).
@@ -24,7 +24,10 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import fcntl
+import hashlib
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Unicode
 
 from course_lib.checks.harness import CheckFailed
 from course_lib.checks.protocol import CHECKS, CHECKS_FOLDER, RECORD_MIME, case_key, verdict
@@ -106,16 +110,37 @@ def earliest_stage(nb: NotebookNode) -> str | None:
 _PREPARED: dict[str, tuple[dict, dict]] = {}
 
 
-def expectations(call: CheckCall) -> tuple[dict, dict]:
+def expectations(call: CheckCall, shared_folder: Path | None = None) -> tuple[dict, dict]:
     """``(inputs, expected)`` of ``call``, computed by the reference once per process and copied for each notebook:
     they are the same for every student (the test cells are the source notebook's, restored before grading), and
-    the reference of some checks trains small models (15 s of the 20 s a notebook of stage 2 took)."""
+    the reference of some checks trains small models (a second per stage-2 notebook). With ``shared_folder``
+    (:func:`computed_once`), once per grading run for all the workers that share it."""
     entry = CHECKS[call.check]
     case = entry.case(**call.case)
     key = case_key(entry.name, case)
     if key not in _PREPARED:
-        _PREPARED[key] = entry.expectations(case)
+        _PREPARED[key] = computed_once(key, lambda: entry.expectations(case), shared_folder) if shared_folder \
+            else entry.expectations(case)
     return copy.deepcopy(_PREPARED[key])
+
+
+def computed_once(key: str, compute, folder: Path):
+    """``compute()`` for the case ``key``, by the first process that asks and read from ``folder`` by the others:
+    a ``torch.save`` file per case, written whole (renamed into place) under a lock that the others wait on.
+    ``folder`` belongs to one grading run (the grader's ``work/``, never in a kernel's sandbox); expected values
+    hold tensors, numbers and strings only, so they are read back with ``weights_only``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.pt"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        value = compute()
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        torch.save(value, partial)
+        os.replace(partial, path)
+        return value
 
 
 def _grade_id(cell: NotebookNode) -> str:
@@ -125,7 +150,12 @@ def _grade_id(cell: NotebookNode) -> str:
 class ProbeTestCells(NbGraderPreprocessor):
     """Before execution: test cells become probe cells; inputs go to the notebook's ``.checks/`` folder."""
 
+    expectations_folder = Unicode(None, allow_none=True,
+                                  help="Where the workers of a grading run share the checks' expected values "
+                                       "(:func:`computed_once`); None: each process computes its own.").tag(config=True)
+
     def preprocess(self, nb, resources):
+        shared = Path(self.expectations_folder) if self.expectations_folder else None
         folder = Path(resources["metadata"]["path"]) / CHECKS_FOLDER
         folder.mkdir(exist_ok=True)
         records = {}
@@ -133,7 +163,7 @@ class ProbeTestCells(NbGraderPreprocessor):
             if not is_test_cell(cell):
                 continue
             calls = check_calls(cell.source, _grade_id(cell))
-            prepared = [expectations(call) for call in calls]
+            prepared = [expectations(call, shared) for call in calls]
             torch.save([inputs for inputs, _ in prepared], folder / f"{_grade_id(cell)}.inputs.pt")
             visible = len(check_calls(cell.source.split(HIDDEN_TESTS)[0], _grade_id(cell)))
             records[_grade_id(cell)] = {"source": cell.source, "calls": calls, "prepared": prepared,
