@@ -127,6 +127,22 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
         time.sleep(0.2)
 
 
+def test_a_spare_whose_notebook_another_worker_took_waits_for_the_next_one(tmp_path):
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    ddpm, cfg = _config(tmp_path, "ddpm"), _config(tmp_path, "cfg")
+    try:
+        assert warm_kernels.take(ddpm, "python3", str(folder), cfg) is None  # no spare yet; one starts for cfg
+        spare = warm_kernels._spare
+        assert warm_kernels.take(ddpm, "python3", str(folder), cfg) is None  # another ddpm notebook came first
+        assert warm_kernels._spare is spare  # the cfg spare was neither shut down nor replaced
+        manager = warm_kernels.take(cfg, "python3", str(folder))
+        assert manager is spare.future.result() and _alive(manager)
+        run_sync(manager.shutdown_kernel)(now=True)
+    finally:
+        warm_kernels.close()
+
+
 def test_each_worker_warms_a_kernel_for_the_task_it_most_likely_runs_next():
     tasks = [("ann", "01"), ("bob", "01"), ("cat", "01"), ("ann", "02"), ("bob", "02")]
     views = {"01": "/view/01", "02": "/view/02"}

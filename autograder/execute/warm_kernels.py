@@ -14,7 +14,9 @@ It runs in a sandbox of its own like any kernel (:mod:`autograder.execute.sandbo
 in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and gets the notebook's other files
 (:func:`~autograder.execute.sandbox.workdir_copies`: never a notebook) when it is handed out, before the
 notebook's first cell, while only this module's code has run in it. A spare started for other settings (another
-stage's ``course_lib`` view, other caps) is shut down unused.
+stage's ``course_lib`` view, other caps) is shut down unused, unless they are those of the notebook expected next:
+workers take the next task as they become free, so at a change of stage one worker may run the notebook another
+warmed for.
 
 Kernels are started from one long-lived thread of the worker, with an event loop of its own: bwrap's
 ``--die-with-parent`` follows the *thread* that started it, so a kernel started from a short-lived thread would
@@ -125,7 +127,9 @@ def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKe
     """The spare kernel, if it was started with these settings (``config``) and is alive, with the files of
     ``folder`` (the notebook's working folder on this machine) copied into its working folder; None otherwise.
     Either way the spare is no longer the spare (it is handed out once), and a new spare starts with the settings
-    of the notebook expected next, ``next_config`` (None: no spare, none is expected).
+    of the notebook expected next, ``next_config`` (None: no spare, none is expected); except that a spare of other
+    settings than ``config`` but those of ``next_config`` stays the spare (another worker took the notebook it was
+    started for, and the one after this is likely of its settings).
 
     The caller owns the kernel it gets and shuts it down after its one notebook.
     """
@@ -134,8 +138,10 @@ def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKe
         _starter = _Starter()
         atexit.register(close)
     key, spare = settings_key(config, kernel_name), _spare
-    _spare = None if next_config is None else _Spare(_starter, settings_key(next_config, kernel_name), next_config,
-                                                     kernel_name)
+    next_key = None if next_config is None else settings_key(next_config, kernel_name)
+    if spare is not None and spare.key != key and spare.key == next_key:
+        return None  # another worker took the notebook it was started for: it stays, for the next one
+    _spare = None if next_config is None else _Spare(_starter, next_key, next_config, kernel_name)
     if spare is None:
         return None
     if spare.key != key:
