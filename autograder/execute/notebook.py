@@ -173,6 +173,17 @@ def set_up_worker(options: GradingOptions, log_dir: str) -> None:
     put_python_tools_on_path()
 
 
+def warm_first_kernel(options: GradingOptions, python_path: str) -> None:
+    """In a worker set up by :func:`set_up_worker`: start the warm kernel of its first notebook, whose kernel imports
+    from ``python_path`` (:func:`autograder.execute.warm_kernels.start_first`), when the options use warm kernels."""
+    if not (options.sandbox and options.warm_kernels and python_path):
+        return
+    from . import warm_kernels
+
+    config = _execute_config(Path(python_path), options, Path(python_path))  # only the kernel's settings are read
+    warm_kernels.start_first(config, "python3")
+
+
 @contextlib.contextmanager
 def _kernel_python_path(python_path: str):
     """``python_path`` first on ``PYTHONPATH`` while the block runs: what a kernel started without the sandbox

@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Callable
 
 from ..progress import Progress
-from .notebook import EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_python_path, set_up_worker, view_stage
+from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_python_path, set_up_worker,
+                       view_stage, warm_first_kernel)
 from .options import GradingOptions
 from .resume import load_index, plan, remember, save_index
 
 
-def _set_up(options: str, log_dir: str) -> None:
-    """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote."""
+def _set_up(options: str, log_dir: str, first_python_path: str) -> None:
+    """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote, then the
+    warm kernel of its first notebook (:func:`warm_first_kernel`), of the first task's ``course_lib`` view."""
     set_up_worker(GradingOptions.from_json(options), log_dir)
+    warm_first_kernel(GradingOptions.from_json(options), first_python_path)
 
 
 def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str) -> dict:
@@ -61,7 +64,9 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     context = multiprocessing.get_context("spawn")
     options_json = options.to_json()  # what crosses to the workers
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
-                             initializer=_set_up, initargs=(options_json, str(Path(root) / LOGS))) as pool:
+                             initializer=_set_up,
+                             initargs=(options_json, str(Path(root) / LOGS), python_paths[tasks[0][1]] if tasks else "")
+                             ) as pool:
         following = next_views(tasks, python_paths, options.jobs)
         futures = {pool.submit(_execute, str(root), student, stage, options_json, python_paths[stage], after): key
                    for (student, stage, key), after in zip(tasks, following)}

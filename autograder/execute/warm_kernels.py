@@ -6,7 +6,8 @@ project's machines). So while one notebook runs, its worker (a ``--jobs`` proces
 starts the next notebook's kernel and imports those modules in it, with a *silent* request (no execution count,
 no history, no names bound in the notebook's namespace).
 
-The spare is started with the settings of the notebook the worker will most likely run next (its stage's
+A worker's first spare starts with the worker (:func:`start_first`), for its first notebook. Then each
+spare is started with the settings of the notebook the worker will most likely run next (its stage's
 ``course_lib`` view: the tasks go stage after stage, so it is the stage of the task ``jobs`` places further on), and
 none when no notebook is left for it. A warm kernel serves exactly one notebook and is never reused: :func:`take` hands the spare out at most once, and
 the notebook's executor shuts it down after its last cell (:class:`autograder.execute.preprocessors.GuardedExecute`).
@@ -123,6 +124,22 @@ def close() -> None:
         pass
 
 
+def _ensure_starter() -> _Starter:
+    global _starter
+    if _starter is None:
+        _starter = _Starter()
+        atexit.register(close)
+    return _starter
+
+
+def start_first(config, kernel_name: str) -> None:
+    """At a worker's start: the spare for its first notebook (settings ``config``) starts while the worker imports
+    what grading needs and prepares that notebook; nothing when a spare exists."""
+    global _spare
+    if _spare is None:
+        _spare = _Spare(_ensure_starter(), settings_key(config, kernel_name), config, kernel_name)
+
+
 def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKernelManager | None:
     """The spare kernel, if it was started with these settings (``config``) and is alive, with the files of
     ``folder`` (the notebook's working folder on this machine) copied into its working folder; None otherwise.
@@ -133,15 +150,13 @@ def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKe
 
     The caller owns the kernel it gets and shuts it down after its one notebook.
     """
-    global _starter, _spare
-    if _starter is None:
-        _starter = _Starter()
-        atexit.register(close)
+    global _spare
+    starter = _ensure_starter()
     key, spare = settings_key(config, kernel_name), _spare
     next_key = None if next_config is None else settings_key(next_config, kernel_name)
     if spare is not None and spare.key != key and spare.key == next_key:
         return None  # another worker took the notebook it was started for: it stays, for the next one
-    _spare = None if next_config is None else _Spare(_starter, next_key, next_config, kernel_name)
+    _spare = None if next_config is None else _Spare(starter, next_key, next_config, kernel_name)
     if spare is None:
         return None
     if spare.key != key:
@@ -158,7 +173,7 @@ def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKe
         hand_over(manager, folder)
     except Exception as error:  # noqa: BLE001
         _log.warning("a warm kernel could not be used (%s: %s)", type(error).__name__, error)
-        _starter.submit(_shut_down(manager))
+        starter.submit(_shut_down(manager))
         return None
     return manager
 
