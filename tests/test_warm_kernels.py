@@ -23,6 +23,7 @@ from jupyter_core.utils import run_sync
 from traitlets.config import Config
 
 from autograder.execute import warm_kernels
+from autograder.execute.warm_kernels import warm_up_code
 from autograder.execute.notebook import kernel_python_path
 from autograder.execute.pool import next_views
 from autograder.execute.sandbox import sandbox_unavailable
@@ -148,3 +149,24 @@ def test_each_worker_warms_a_kernel_for_the_task_it_most_likely_runs_next():
     views = {"01": "/view/01", "02": "/view/02"}
     assert next_views(tasks, views, 2) == ["/view/01", "/view/02", "/view/02", "", ""]
     assert next_views(tasks, views, 1) == ["/view/01", "/view/01", "/view/02", "/view/02", ""]
+
+
+def test_the_warm_up_imports_what_the_source_notebook_will_and_binds_no_name(tmp_path):
+    from autograder.execute.notebook import kernel_imports
+
+    source = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import numpy as np\nfrom json import dumps\n%matplotlib inline"),
+        nbformat.v4.new_code_cell("def f():\n    import csv"),
+        nbformat.v4.new_code_cell("import zlib +"),
+        nbformat.v4.new_code_cell("import wave", metadata={"tags": ["skip_when_grading"]}),
+        nbformat.v4.new_code_cell("check_add_noise(add_noise)",
+                                  metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1}}),
+    ])
+    (tmp_path / "source" / "00_toy").mkdir(parents=True)
+    nbformat.write(source, tmp_path / "source" / "00_toy" / "00_toy.ipynb")
+    modules = kernel_imports(tmp_path, "00_toy")
+    assert set(modules) == {"numpy", "csv", "course_lib.stages.noising.checks", "course_lib.checks.protocol",
+                            "torch._dynamo", "json"}  # wave's cell is skipped, zlib's does not parse
+    namespace: dict = {}
+    exec(warm_up_code(("json", "no_such_module_anywhere")), namespace)  # noqa: S102 - the grader's own code
+    assert set(namespace) == {"__builtins__"} and "json" in sys.modules

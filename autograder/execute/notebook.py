@@ -80,6 +80,38 @@ def view_stage(root: Path, assignment: str) -> str | None:
     return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
 
 
+def kernel_imports(root: Path, assignment: str) -> tuple[str, ...]:
+    """The modules a grading kernel of ``assignment`` imports, read from its source notebook (the instructor's, never
+    a submission), for its warm kernel (:mod:`autograder.execute.warm_kernels`): those imported by the code cells
+    that run when grading (not ``skip_when_grading``), the checks' modules its test cells' probes import, and
+    ``torch._dynamo``, which the checks' runs import (through ``torch.optim``)."""
+    import ast
+
+    import nbformat
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from .preprocessors import SKIP_TAG, is_test_cell
+    from .verdicts import check_calls, probe_modules
+
+    modules = {"torch._dynamo", "course_lib.checks.protocol"}
+    for cell in nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4).cells:
+        if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
+            continue
+        if is_test_cell(cell):
+            modules |= probe_modules(check_calls(cell.source))
+            continue
+        try:
+            tree = ast.parse(TransformerManager().transform_cell(cell.source))  # magics become Python
+        except SyntaxError:  # the notebook's own error to report
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module)
+    return tuple(sorted(modules))
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
 
@@ -104,7 +136,8 @@ def home_seed() -> dict[str, str]:
 
 
 def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | None = None,
-                    next_python_path: str | None = None, expectations_folder: str | None = None):
+                    next_python_path: str | None = None, expectations_folder: str | None = None,
+                    next_warm_up: tuple[str, ...] | None = None):
     from nbgrader.preprocessors import (CheckCellMetadata, DeduplicateIds, LimitOutput, OverwriteCells,
                                         OverwriteKernelspec)
 
@@ -128,6 +161,7 @@ def _execute_config(scratch: Path, options: GradingOptions, python_path: Path | 
     config.GuardedExecute.sandbox = options.sandbox
     config.GuardedExecute.warm_kernels = options.warm_kernels
     config.GuardedExecute.next_python_path = next_python_path
+    config.GuardedExecute.next_warm_up = list(next_warm_up) if next_warm_up else None
     config.LimitedKernelManager.memory_gb = float(options.memory_gb)  # SandboxedKernelManager's too (a subclass)
     config.LimitedKernelManager.max_processes = options.max_processes
     config.SandboxedKernelManager.python_path = [str(python_path)] if python_path else []
@@ -173,15 +207,16 @@ def set_up_worker(options: GradingOptions, log_dir: str) -> None:
     put_python_tools_on_path()
 
 
-def warm_first_kernel(options: GradingOptions, python_path: str) -> None:
+def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[str, ...]) -> None:
     """In a worker set up by :func:`set_up_worker`: start the warm kernel of its first notebook, whose kernel imports
-    from ``python_path`` (:func:`autograder.execute.warm_kernels.start_first`), when the options use warm kernels."""
+    from ``python_path`` and imports ``modules`` (:func:`autograder.execute.warm_kernels.start_first`), when the
+    options use warm kernels."""
     if not (options.sandbox and options.warm_kernels and python_path):
         return
     from . import warm_kernels
 
     config = _execute_config(Path(python_path), options, Path(python_path))  # only the kernel's settings are read
-    warm_kernels.start_first(config, "python3")
+    warm_kernels.start_first(config, "python3", modules)
 
 
 @contextlib.contextmanager
@@ -197,10 +232,12 @@ def _kernel_python_path(python_path: str):
 
 
 def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str,
-                     next_python_path: str | None = None, share_expectations: bool = False) -> dict:
+                     next_python_path: str | None = None, share_expectations: bool = False,
+                     next_warm_up: tuple[str, ...] | None = None) -> dict:
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
     importing from ``python_path`` (:func:`kernel_python_path`) before the environment. ``next_python_path``: that
-    of the notebook this worker is expected to run next, for its warm kernel (None: the same; "": none).
+    of the notebook this worker is expected to run next, for its warm kernel (None: the same; "": none), which
+    imports ``next_warm_up`` (:func:`kernel_imports`; None: a fixed list).
     ``share_expectations``: the checks' expected values are computed once for all the workers of this run, in
     ``<root>/work/_expectations/`` (:func:`autograder.execute.verdicts.computed_once`).
 
@@ -224,7 +261,8 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     try:
         with _kernel_python_path(python_path):
             shared = str(root / WORK / EXPECTATIONS) if share_expectations else None
-            run_autograde(_execute_config(scratch, options, Path(python_path), next_python_path, shared), stage, student)
+            config = _execute_config(scratch, options, Path(python_path), next_python_path, shared, next_warm_up)
+            run_autograde(config, stage, student)
     except Exception as error:  # noqa: BLE001 - one broken notebook must not stop the class
         problem = f"could not be graded ({type(error).__name__}; see {root / LOGS})"
     else:

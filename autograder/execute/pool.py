@@ -15,29 +15,31 @@ from pathlib import Path
 from typing import Callable
 
 from ..progress import Progress
-from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_python_path, set_up_worker,
-                       view_stage, warm_first_kernel)
+from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_imports, kernel_python_path,
+                       set_up_worker, view_stage, warm_first_kernel)
 from .options import GradingOptions
 from .resume import load_index, plan, remember, save_index
 
 
-def _set_up(options: str, log_dir: str, first_python_path: str) -> None:
+def _set_up(options: str, log_dir: str, first_python_path: str, first_imports: tuple[str, ...]) -> None:
     """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote, then the
-    warm kernel of its first notebook (:func:`warm_first_kernel`), of the first task's ``course_lib`` view."""
+    warm kernel of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view and
+    imports."""
     set_up_worker(GradingOptions.from_json(options), log_dir)
-    warm_first_kernel(GradingOptions.from_json(options), first_python_path)
+    warm_first_kernel(GradingOptions.from_json(options), first_python_path, first_imports)
 
 
-def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str) -> dict:
+def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str,
+             next_imports: tuple[str, ...]) -> dict:
     """A worker's task: :func:`execute_notebook` with the options :meth:`GradingOptions.to_json` wrote, the checks'
     expected values shared by the workers."""
     return execute_notebook(root, student, stage, GradingOptions.from_json(options), python_path, next_python_path,
-                            share_expectations=True)
+                            share_expectations=True, next_warm_up=next_imports or None)
 
 
-def next_views(tasks: list, python_paths: dict[str, str], jobs: int) -> list[str]:
-    """For each task (in order), the ``course_lib`` view of the task ``jobs`` places further on: the one its worker
-    most likely runs next, for which it warms a kernel ("" when none is left)."""
+def next_views(tasks: list, python_paths: dict, jobs: int) -> list:
+    """For each task (in order), the value for the stage (``course_lib`` view, kernel imports) of the task ``jobs``
+    places further on: the one its worker most likely runs next, for which it warms a kernel ("" when none is left)."""
     return [python_paths[tasks[i + jobs][1]] if i + jobs < len(tasks) else "" for i in range(len(tasks))]
 
 
@@ -60,15 +62,16 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     if results:
         notify(f"  {len(results)} notebooks already executed (executed/index.json) are kept")
     python_paths = {stage: str(kernel_python_path(root, view_stage(root, stage))) for stage in {s for _, s, _ in tasks}}
+    imports = {stage: kernel_imports(root, stage) for stage in python_paths}
     shutil.rmtree(Path(root) / WORK / EXPECTATIONS, ignore_errors=True)  # this run's, not a crashed run's
     context = multiprocessing.get_context("spawn")
     options_json = options.to_json()  # what crosses to the workers
+    first = tasks[0][1] if tasks else None
+    set_up = (options_json, str(Path(root) / LOGS), python_paths.get(first, ""), imports.get(first, ()))
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
-                             initializer=_set_up,
-                             initargs=(options_json, str(Path(root) / LOGS), python_paths[tasks[0][1]] if tasks else "")
-                             ) as pool:
-        following = next_views(tasks, python_paths, options.jobs)
-        futures = {pool.submit(_execute, str(root), student, stage, options_json, python_paths[stage], after): key
+                             initializer=_set_up, initargs=set_up) as pool:
+        following = zip(next_views(tasks, python_paths, options.jobs), next_views(tasks, imports, options.jobs))
+        futures = {pool.submit(_execute, str(root), student, stage, options_json, python_paths[stage], *after): key
                    for (student, stage, key), after in zip(tasks, following)}
         counter = Progress(len(futures))
         for future in as_completed(futures):

@@ -38,7 +38,7 @@ from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.preprocessors.clearhiddentests import ClearHiddenTests
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode
 
 INJECTED = "autograder_injected"
 SKIPPED = "autograder_skipped"
@@ -174,6 +174,10 @@ class GuardedExecute(Execute):
     next_python_path = Unicode(None, allow_none=True,
                                help="The course_lib view of the notebook expected next in this worker, for which the "
                                     "next warm kernel starts; None: this notebook's; '': none.").tag(config=True)
+    next_warm_up = List(Unicode(), default_value=None, allow_none=True,
+                        help="The modules the kernel of the notebook expected next imports, which its warm kernel "
+                             "imports first (autograder.execute.notebook.kernel_imports); None: "
+                             "warm_kernels.WARM_UP_MODULES.").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
     shutdown_kernel = "immediate"
@@ -212,7 +216,7 @@ class GuardedExecute(Execute):
 
         name = self.kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "python3"
         return warm_kernels.take(self.config, name, (resources or {}).get("metadata", {}).get("path") or ".",
-                                 self._next_config())
+                                 self._next_config(), self.next_warm_up or warm_kernels.WARM_UP_MODULES)
 
     def _next_config(self):
         """The settings of the kernel the next notebook is expected to need (None: no next notebook)."""

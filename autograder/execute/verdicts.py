@@ -86,9 +86,14 @@ def check_calls(source: str, cell: str = "a test cell") -> list[CheckCall]:
     return calls
 
 
+def probe_modules(calls: list[CheckCall]) -> set[str]:
+    """The modules of the checks that ``calls`` name: what their probe cell imports in the kernel."""
+    return {CHECKS[call.check].module for call in calls}
+
+
 def probe_source(cell: str, calls: list[CheckCall]) -> str:
     """The code that stands in for a test cell in the kernel: run the probes, record the outputs."""
-    modules = sorted({CHECKS[call.check].module for call in calls})
+    modules = sorted(probe_modules(calls))
     entries = "".join(f"    ({call.check!r}, lambda: ({''.join(name + ', ' for name in call.students)})),\n"
                       for call in calls)
     imports = "".join(f"import {module}\n" for module in modules)

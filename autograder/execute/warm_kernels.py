@@ -1,16 +1,18 @@
 """Sandboxed kernels started and warmed before their notebook arrives: one spare kernel per worker process.
 
 A notebook's fixed cost is mostly its kernel's: the sandbox and the Python start-up, then importing torch,
-torchvision, numpy, matplotlib and ``course_lib`` in the first cell (about 3 s of a 4 s fixed cost on this
-project's machines). So while one notebook runs, its worker (a ``--jobs`` process, a Dask worker's grading child)
-starts the next notebook's kernel and imports those modules in it, with a *silent* request (no execution count,
-no history, no names bound in the notebook's namespace).
+matplotlib and ``course_lib``'s checks (about 3 s of CPU on this project's machines). So while one notebook runs,
+its worker (a ``--jobs`` process, a Dask worker's grading child) starts the next notebook's kernel and imports in
+it what that notebook will import (:func:`autograder.execute.notebook.kernel_imports`; :data:`WARM_UP_MODULES`
+when that is not known), with a *silent* request (no execution count, no history, no names bound in the notebook's
+namespace).
 
 A worker's first spare starts with the worker (:func:`start_first`), for its first notebook. Then each
 spare is started with the settings of the notebook the worker will most likely run next (its stage's
 ``course_lib`` view: the tasks go stage after stage, so it is the stage of the task ``jobs`` places further on), and
-none when no notebook is left for it. A warm kernel serves exactly one notebook and is never reused: :func:`take` hands the spare out at most once, and
-the notebook's executor shuts it down after its last cell (:class:`autograder.execute.preprocessors.GuardedExecute`).
+none when no notebook is left for it. A warm kernel serves exactly one notebook and is never reused: :func:`take`
+hands the spare out at most once, and the notebook's executor shuts it down after its last cell
+(:class:`autograder.execute.preprocessors.GuardedExecute`).
 It runs in a sandbox of its own like any kernel (:mod:`autograder.execute.sandbox`): its working folder is the
 in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and gets the notebook's other files
 (:func:`~autograder.execute.sandbox.workdir_copies`: never a notebook) when it is handed out, before the
@@ -40,8 +42,17 @@ from .sandbox import SandboxedKernelManager, workdir_copies
 
 #: the working folder (and home) of a warm kernel, inside its sandbox
 WORKDIR = "/grading"
-#: what a warm kernel runs before its notebook arrives: imports only, binding no name in the notebook's namespace
-WARM_UP = 'list(map(__import__, ("numpy", "matplotlib.pyplot", "torch", "torchvision", "course_lib")))'
+#: what a warm kernel imports when its notebook's own imports are not known (a Dask worker's grading child)
+WARM_UP_MODULES = ("numpy", "matplotlib.pyplot", "torch", "torch._dynamo", "course_lib.checks.protocol")
+
+
+def warm_up_code(modules) -> str:
+    """The silent request a warm kernel runs before its notebook arrives: import ``modules`` (one that fails to
+    import is left for the notebook to report), in a namespace of its own, so no name is bound in the notebook's."""
+    loop = "for name in modules:\n    try:\n        __import__(name)\n    except Exception:\n        pass\n"
+    return f"exec({loop!r}, {{'modules': {tuple(modules)!r}}})"
+
+
 #: seconds a kernel has to start, and its warm-up to finish
 START_TIMEOUT = 120.0
 _log = logging.getLogger(__name__)
@@ -61,9 +72,9 @@ class _Starter:
 class _Spare:
     """A kernel being started (``future``: its manager, or the error) for the settings ``key``."""
 
-    def __init__(self, starter: _Starter, key: str, config, kernel_name: str):
+    def __init__(self, starter: _Starter, key: str, config, kernel_name: str, modules):
         self.key = key
-        self.future = starter.submit(_start_warm(config, kernel_name))
+        self.future = starter.submit(_start_warm(config, kernel_name, modules))
 
 
 _starter: _Starter | None = None
@@ -78,16 +89,17 @@ def settings_key(config, kernel_name: str) -> str:
     return json.dumps({"kernel": kernel_name, **sections}, sort_keys=True, default=str)
 
 
-async def _start_warm(config, kernel_name: str) -> SandboxedKernelManager:
-    """A sandboxed kernel started with ``config`` in :data:`WORKDIR`, with :data:`WARM_UP` run in it."""
+async def _start_warm(config, kernel_name: str, modules) -> SandboxedKernelManager:
+    """A sandboxed kernel started with ``config`` in :data:`WORKDIR`, with ``modules`` imported in it
+    (:func:`warm_up_code`)."""
     manager = SandboxedKernelManager(config=config, kernel_name=kernel_name, workdir=WORKDIR)
     await manager.start_kernel()
     client = manager.client()
     try:
         client.start_channels()
         await client.wait_for_ready(timeout=START_TIMEOUT)
-        reply = await client.execute_interactive(WARM_UP, silent=True, store_history=False, timeout=START_TIMEOUT,
-                                                 output_hook=lambda message: None)
+        reply = await client.execute_interactive(warm_up_code(modules), silent=True, store_history=False,
+                                                 timeout=START_TIMEOUT, output_hook=lambda message: None)
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"the warm-up failed: {reply['content'].get('ename')}")
     except BaseException:
@@ -132,19 +144,21 @@ def _ensure_starter() -> _Starter:
     return _starter
 
 
-def start_first(config, kernel_name: str) -> None:
-    """At a worker's start: the spare for its first notebook (settings ``config``) starts while the worker imports
-    what grading needs and prepares that notebook; nothing when a spare exists."""
+def start_first(config, kernel_name: str, modules=WARM_UP_MODULES) -> None:
+    """At a worker's start: the spare for its first notebook (settings ``config``, importing ``modules``) starts
+    while the worker imports what grading needs and prepares that notebook; nothing when a spare exists."""
     global _spare
     if _spare is None:
-        _spare = _Spare(_ensure_starter(), settings_key(config, kernel_name), config, kernel_name)
+        _spare = _Spare(_ensure_starter(), settings_key(config, kernel_name), config, kernel_name, modules)
 
 
-def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKernelManager | None:
+def take(config, kernel_name: str, folder: str, next_config=None,
+         next_modules=WARM_UP_MODULES) -> SandboxedKernelManager | None:
     """The spare kernel, if it was started with these settings (``config``) and is alive, with the files of
     ``folder`` (the notebook's working folder on this machine) copied into its working folder; None otherwise.
     Either way the spare is no longer the spare (it is handed out once), and a new spare starts with the settings
-    of the notebook expected next, ``next_config`` (None: no spare, none is expected); except that a spare of other
+    of the notebook expected next, ``next_config`` (None: no spare, none is expected), importing ``next_modules``
+    (the modules that notebook's kernel will import); except that a spare of other
     settings than ``config`` but those of ``next_config`` stays the spare (another worker took the notebook it was
     started for, and the one after this is likely of its settings).
 
@@ -156,7 +170,7 @@ def take(config, kernel_name: str, folder: str, next_config=None) -> SandboxedKe
     next_key = None if next_config is None else settings_key(next_config, kernel_name)
     if spare is not None and spare.key != key and spare.key == next_key:
         return None  # another worker took the notebook it was started for: it stays, for the next one
-    _spare = None if next_config is None else _Spare(starter, next_key, next_config, kernel_name)
+    _spare = None if next_config is None else _Spare(starter, next_key, next_config, kernel_name, next_modules)
     if spare is None:
         return None
     if spare.key != key:
