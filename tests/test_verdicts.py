@@ -274,8 +274,8 @@ def test_the_workers_of_a_run_compute_a_checks_expected_values_once_and_read_the
     from concurrent.futures import ProcessPoolExecutor
 
     folder, count_file = tmp_path / "expectations", tmp_path / "computed.txt"
-    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_expectations_in_a_new_process, [str(folder)] * 3, [str(count_file)] * 3))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_expectations_in_a_new_process, [str(folder)] * 2, [str(count_file)] * 2))
     assert count_file.read_text() == "computed\n"
     entry = protocol.CHECKS[check_calls("check_add_noise(add_noise, seed=5)")[0].check]
     inputs, expected = entry.expectations(entry.case(seed=5))
