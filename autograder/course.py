@@ -132,20 +132,27 @@ def generate_student_notebooks(root: Path, out_dir: Path | None = NOTEBOOKS_DIR,
 
     Returns the paths of the student notebooks written (in ``out_dir``, or in ``<root>/release`` when
     ``out_dir`` is None). Raises :class:`ReleaseError` when a stage that has graded submissions in ``root`` gained
-    or lost graded cells (nbgrader keeps a graded notebook's cells).
+    or lost graded cells (nbgrader keeps a graded notebook's cells); that stage and the later ones then keep the
+    source notebooks they had.
     """
     from nbgrader.apps import NbGraderAPI
 
-    root = prepare_course(root, stages, solutions_dir)
+    root = Path(root).resolve()
+    sources = {stage: root / "source" / stage / f"{stage}.ipynb" for stage in stages}
+    earlier = {stage: path.read_bytes() for stage, path in sources.items() if path.exists()}
+    prepare_course(root, stages, solutions_dir)
     api = NbGraderAPI(config=nbgrader_config(root))
     written = []
-    for stage in stages:
+    for position, stage in enumerate(stages):
         result = api.generate_assignment(stage, force=True)
         if not result["success"] and "Cannot add or remove cells" in result["log"] + str(result["error"]):
+            for later in (later for later in stages[position:] if later in earlier):
+                sources[later].write_bytes(earlier[later])
             raise ReleaseError(
                 f"`release`: {stage} has graded submissions in {root / 'gradebook.db'}, and cells were added to or "
                 f"removed from {Path(solutions_dir) / f'{stage}.ipynb'} since; nbgrader keeps the cells of a graded "
-                "notebook. Release the changed course into a new --course folder.")
+                f"notebook, so {stage} and the stages after it were left as they were. Release the changed course "
+                "into a new --course folder.")
         if not result["success"]:
             raise RuntimeError(f"nbgrader generate_assignment failed for {stage}:\n{result['log']}\n{result['error']}")
         released = root / "release" / stage / f"{stage}.ipynb"

@@ -62,10 +62,12 @@ def _assert_a_later_demo_starts_its_gradebook_afresh(course, tmp_path) -> None:
     assert float(rows["solutions"]["05_flow"]) == float(rows["solutions"]["max_total"]) > 0
     assert float(rows["untouched"]["05_flow"]) == 0
 
+    graded_source = (course / "source" / "05_flow" / "05_flow.ipynb").read_bytes()
     release = _autograder("release", "--course", str(course), "--stages", "05_flow",
                           "--notebooks", str(tmp_path / "released"))
     assert release.returncode == 2 and "Traceback" not in release.stderr
     assert "05_flow has graded submissions" in release.stderr and "a new --course folder" in release.stderr
+    assert (course / "source" / "05_flow" / "05_flow.ipynb").read_bytes() == graded_source
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
         gradebook.add_student("alice")

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 #: a cell: three children of ``sys.executable`` that each touch {gib} GiB, then wait for them
 CHILDREN = """import subprocess, sys, time
-child = "open('/proc/self/comm', 'w').write({marker!r}); held = b'x' * int({gib} * 2**30); time.sleep(120)"
+child = "import time; open('/proc/self/comm', 'w').write({marker!r}); held = b'x' * int({gib} * 2**30); time.sleep(120)"
 children = [subprocess.Popen([sys.executable, '-c', child]) for _ in range(3)]
 time.sleep(60)
 """
