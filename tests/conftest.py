@@ -10,6 +10,20 @@ from pathlib import Path
 
 import pytest
 
+#: The test files that run whole notebooks or grading runs, longest first (one process's ``--durations``). The two
+#: test processes take them first (``--dist loadfile --no-loadscope-reorder``), so that they end together rather than
+#: one running a long file at the end while the other has nothing left. Files not named here follow, in their order.
+LONGEST_FIRST = ("test_notebooks.py", "test_dask_grading.py", "test_autograder_demo.py", "test_autograder.py",
+                 "test_class_input.py", "test_regrade.py", "test_grading_cli.py", "test_lab_sliders.py",
+                 "test_publish.py", "test_class_report.py", "test_catalogue_graded.py", "test_warm_kernels.py",
+                 "test_grading_limits.py", "test_sandbox.py", "test_stages.py", "test_grading_child.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The files of :data:`LONGEST_FIRST` first, in its order; each file's tests keep theirs."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def quick_mode(monkeypatch):

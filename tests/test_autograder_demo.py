@@ -49,30 +49,30 @@ def _assert_a_later_demo_starts_its_gradebook_afresh(course, tmp_path) -> None:
     cannot, without a traceback; a folder that holds another student's grades is refused and left as it was."""
     changed = tmp_path / "changed"
     changed.mkdir()
-    notebook = nbformat.read(SOLUTIONS_DIR / "05_flow.ipynb", as_version=4)
+    notebook = nbformat.read(SOLUTIONS_DIR / "01_noising.ipynb", as_version=4)
     notebook.cells = [cell for cell in notebook.cells
-                      if cell.metadata.get("nbgrader", {}).get("grade_id") != "answer_range"]
-    nbformat.write(notebook, changed / "05_flow.ipynb")
-    again = _autograder("demo", "--course", str(course), "--stages", "05_flow", "--solutions", str(changed),
+                      if cell.metadata.get("nbgrader", {}).get("grade_id") != "answer_cosine_clip"]
+    nbformat.write(notebook, changed / "01_noising.ipynb")
+    again = _autograder("demo", "--course", str(course), "--stages", "01_noising", "--solutions", str(changed),
                         "--jobs", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     with (course / "grades.csv").open() as handle:
         rows = {row["student"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"solutions", "untouched", "mistakes"} and "01_noising" not in rows["solutions"]
-    assert float(rows["solutions"]["05_flow"]) == float(rows["solutions"]["max_total"]) > 0
-    assert float(rows["untouched"]["05_flow"]) == 0
+    assert set(rows) == {"solutions", "untouched", "mistakes"} and "05_flow" not in rows["solutions"]
+    assert float(rows["solutions"]["01_noising"]) == float(rows["solutions"]["max_total"]) > 0
+    assert float(rows["untouched"]["01_noising"]) == 0
 
-    graded_source = (course / "source" / "05_flow" / "05_flow.ipynb").read_bytes()
-    release = _autograder("release", "--course", str(course), "--stages", "05_flow",
+    graded_source = (course / "source" / "01_noising" / "01_noising.ipynb").read_bytes()
+    release = _autograder("release", "--course", str(course), "--stages", "01_noising",
                           "--notebooks", str(tmp_path / "released"))
     assert release.returncode == 2 and "Traceback" not in release.stderr
-    assert "05_flow has graded submissions" in release.stderr and "a new --course folder" in release.stderr
-    assert (course / "source" / "05_flow" / "05_flow.ipynb").read_bytes() == graded_source
+    assert "01_noising has graded submissions" in release.stderr and "a new --course folder" in release.stderr
+    assert (course / "source" / "01_noising" / "01_noising.ipynb").read_bytes() == graded_source
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
         gradebook.add_student("alice")
     before = (course / "gradebook.db").read_bytes()
-    refused = _autograder("demo", "--course", str(course), "--stages", "05_flow", "--jobs", "1")
+    refused = _autograder("demo", "--course", str(course), "--stages", "01_noising", "--jobs", "1")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "holds the grades of 1 other student than the demo's" in refused.stderr
     assert (course / "gradebook.db").read_bytes() == before
