@@ -11,7 +11,7 @@ from pathlib import Path
 from .collect.sources import Limits
 from .course import NOTEBOOKS_DIR, REPO_ROOT, SOLUTIONS_DIR, STAGES
 from .execute.options import GradingOptions
-from .publish import folder as publish
+from .publish import command as publish
 from .safe_text import shown
 from .score.lms_export import FORMATS
 
@@ -141,6 +141,7 @@ def _print_graded(table, runs, started: float, csv_path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    args = _parser().parse_args(argv)  # before the commands' imports (nbgrader, torch): usage errors come at once
     from . import commands
     from .collect import SubmissionsError
     from .course import ReleaseError
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     from .score.lms_export import ExportError
     from .score.run_record import NoGradingRun
     from .execute.sandbox import SandboxUnavailableError
-    args = _parser().parse_args(argv)
+
     try:
         return _run(commands, args)
     except (SandboxUnavailableError, SubmissionsError, NoGradingRun, ExportError, DemoFolderError,

@@ -1,4 +1,5 @@
-"""The real command line, ``python -m autograder grade`` then ``feedback``, on a hostile class of the toy course.
+"""The real command line, ``python -m autograder grade`` then ``feedback``, on a hostile class of the toy course;
+and what the command line imports before it has parsed its arguments.
 
 tests/test_autograder.py grades a larger class through ``autograder.commands`` and looks inside every notebook;
 this file runs the commands an instructor types, in their own processes, and reads only what they write: the
@@ -89,3 +90,22 @@ def test_the_command_line_grades_a_hostile_class_and_keeps_the_honest_students_f
     live = _live_html(page)
     assert not [script for script in live["scripts"] if "pwned" in script] and not live["handlers"], live
     assert not [secret for secret in COLAB_SECRETS if secret in page]
+
+
+#: run in a Python of its own: the command line on the arguments given, then which heavy packages it had imported
+IMPORTED_BY_PARSING = """import sys
+from autograder import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as stop:
+    print(stop.code, [name for name in ("torch", "nbformat", "nbgrader") if name in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["grade"], ["demo", "--jobs", "two"], ["publish", "--help"],
+                                       ["export", "--format", "xls"]])
+def test_help_and_usage_errors_come_before_torch_nbformat_or_nbgrader_is_imported(arguments):
+    """They come at once: each of these packages costs a second or more to import."""
+    run = subprocess.run([sys.executable, "-c", IMPORTED_BY_PARSING, *arguments], capture_output=True, text=True,
+                         timeout=60)
+    assert run.stdout.splitlines()[-1] in ("0 []", "2 []"), run.stdout[-500:] + run.stderr[-500:]

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import nbformat
 
 from ..course import SUBMITTED
 from .attribute import NOTEBOOK, TIMESTAMP, Item, attribute
@@ -231,6 +230,8 @@ def _collect_student(student: Student, items: list[Item], stages, released: dict
 
 
 def _released_answers(root: Path, stages) -> dict[str, dict[str, str]]:
+    import nbformat  # here, not at the top: the command line imports this package to parse its arguments
+
     return {stage: solution_sources(nbformat.read(root / "release" / stage / f"{stage}.ipynb", as_version=4))
             for stage in stages}
 

@@ -19,8 +19,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import nbformat
-
 from .attribute import Item
 from .names import resubmission
 from .sources import Refused
@@ -75,6 +73,8 @@ def read_candidate(item: Item, data: bytes, released: dict[str, dict[str, str]])
     """``data`` (the bytes of ``item``) as a :class:`Candidate`; ``released`` maps each stage to
     :func:`solution_sources` of its released notebook. An item whose name gave no stage gets the stage of its
     content. Raises :class:`Refused` when it is not a valid notebook or is for no stage."""
+    import nbformat  # here, not at the top: the command line imports this package to parse its arguments
+
     try:
         notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
         nbformat.validate(notebook)

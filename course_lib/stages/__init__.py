@@ -8,15 +8,16 @@ plus its notebook in ``solutions/``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from ..runtime import MODES, course_mode
-from ..validation import check_choice
 from . import cfg, ddpm, denoiser, editing, flow, improved, noising
 from .stage import AnswerNotIncluded, Model, Stage, StageBudget
+
+if TYPE_CHECKING:  # the registry imports no torch: the command line and the scoring processes read it without
+    import torch
+    from torch import nn
+
+    from ..train_step import LossFunction
 
 __all__ = ["AnswerNotIncluded", "Model", "Stage", "StageBudget", "STAGES", "NOTEBOOKS", "TRAINING_STAGES", "get",
            "budget", "value_range", "build_model", "stage_loss"]
@@ -37,12 +38,17 @@ def get(name: str) -> Stage:
 
 
 def _training_stage(stage: str) -> Stage:
+    from ..validation import check_choice
+
     check_choice("stage", stage, TRAINING_STAGES)
     return get(stage)
 
 
 def budget(stage: str, mode: str | None = None) -> StageBudget:
     """The budget of training stage ``stage`` (one of ``TRAINING_STAGES``) in ``mode`` (default: ``COURSE_MODE``)."""
+    from ..runtime import MODES, course_mode
+    from ..validation import check_choice
+
     entry = _training_stage(stage)
     mode = course_mode() if mode is None else mode
     check_choice("mode", mode, MODES)
@@ -57,9 +63,6 @@ def value_range(stage: str) -> str:
 def build_model(stage: str, stage_budget: StageBudget) -> nn.Module:
     """A freshly initialised model of ``stage`` with the budget's width."""
     return _training_stage(stage).model.builder()(num_hiddens=stage_budget.num_hiddens)
-
-
-LossFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def stage_loss(stage: str, schedule: nn.Module) -> LossFunction:
