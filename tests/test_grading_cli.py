@@ -109,3 +109,16 @@ def test_help_and_usage_errors_come_before_torch_nbformat_or_nbgrader_is_importe
     run = subprocess.run([sys.executable, "-c", IMPORTED_BY_PARSING, *arguments], capture_output=True, text=True,
                          timeout=60)
     assert run.stdout.splitlines()[-1] in ("0 []", "2 []"), run.stdout[-500:] + run.stderr[-500:]
+
+
+def test_grading_processes_skip_the_iri_grammar_and_still_validate_notebooks():
+    """``autograder`` keeps jsonschema from importing rfc3987_syntax (1.5 s per process, for formats no schema of
+    ours uses); nbformat still validates a course notebook and still refuses a broken one."""
+    code = ("import sys, autograder, nbformat\n"
+            f"notebook = nbformat.read({str(TOY_DIR / (STAGE + '.ipynb'))!r}, as_version=4)\n"
+            "nbformat.validate(notebook)\n"
+            "notebook.cells[0]['cell_type'] = 'nonsense'\n"
+            "try:\n    nbformat.validate(notebook)\nexcept nbformat.ValidationError:\n    print('refused')\n"
+            "print(sys.modules['rfc3987_syntax'])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["refused", "None"], run.stdout + run.stderr[-1000:]
