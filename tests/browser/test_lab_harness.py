@@ -12,7 +12,7 @@ import pytest
 
 import lab_page as lab
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]  # includes starting JupyterLab and Chromium when run first
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]  # includes starting JupyterLab and Chromium when run first
 
 FIGURE_AS_TEXT = 'display({"text/plain": "<Figure size 640x480 with 1 Axes>"}, raw=True)'
 FROZEN_SLIDER = """\
@@ -49,7 +49,7 @@ def faulty_notebook() -> nbformat.NotebookNode:
 def test_checks_report_planted_faults(page, lab_server, screenshots):
     nbformat.write(faulty_notebook(), lab_server.notebook_dir / "faulty.ipynb")
     notebook = lab.LabNotebook.open(page, lab_server.url("faulty.ipynb"), "faulty.ipynb")
-    notebook.run_all_cells(timeout_s=30)
+    notebook.run_all_cells(timeout_s=60)  # a few seconds, more while the other test process grades
     screenshots.take("ran-all-cells", page)
 
     problems = lab.problems_in_cells(notebook.code_cells())
