@@ -19,11 +19,11 @@ from .config import score_config
 from .engines import shared_engines
 
 
-#: notebooks per process from which scoring on several processes pays for their start: the first scores arrive
-#: about 5.5 s after the start (spawning, importing nbgrader, a first notebook), then two processes score a notebook
-#: every 0.031 s where one takes 0.065 to 0.074 s, so two pay off from about 170 notebooks on this project's machine
-#: (benchmarks/README.md, "Phase 2 on several processes")
-NOTEBOOKS_PER_SCORING_PROCESS = 80
+#: notebooks per process from which scoring on several processes pays for their start: two processes start in
+#: about 1.2 s (spawning, importing nbgrader; 4 to 7 s while they imported torch) and then score a notebook every
+#: 0.034 s where one takes 0.083 s, so two pay off from about 25 notebooks on this project's machine; 30 leaves
+#: room for a slower start (benchmarks/README.md, "Phase 2")
+NOTEBOOKS_PER_SCORING_PROCESS = 30
 
 
 def scoring_processes(notebooks: int, jobs: int) -> int:
