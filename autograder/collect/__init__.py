@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from ..course import SUBMITTED
 from .attribute import NOTEBOOK, TIMESTAMP, Item, attribute
 from .choose import Candidate, choose, read_candidate, solution_sources

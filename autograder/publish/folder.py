@@ -375,5 +375,3 @@ def publish(directory: Path, url: str, solutions_through: str | None = None,
         atomic_write_bytes(directory / name, data)
     return publication
 
-
-# ------------------------------------------------------------------------------------------------ command line
