@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -128,6 +129,8 @@ def test_a_killed_worker_loses_and_doubles_nothing(course, by_jobs, client, tmp_
     root, submissions = course
     (root / EXECUTED / INDEX).unlink()  # execute everything again
     pids = client.run(os.getpid)
+    directories = client.run(lambda dask_worker: dask_worker.local_directory)
+    scratch_before = _scratch_in_tmp()
     killed = []
 
     def kill_one_running_notebook():
@@ -153,6 +156,17 @@ def test_a_killed_worker_loses_and_doubles_nothing(course, by_jobs, client, tmp_
     assert sorted(line["student"] for line in lines) == sorted(by_jobs)  # each notebook reported once
     assert int(lines[-1]["progress"].split(", ")[-1].split()[0]) >= 1  # "... N retried"
     assert sorted(p.name for p in (root / EXECUTED / "slow").iterdir()) == [STAGE]
+    # the killed worker's scratch copy of the course and the submission goes when its replacement starts
+    assert _scratch_in_tmp() <= scratch_before
+    deadline = time.monotonic() + 60
+    while Path(directories[killed[0]]).exists():
+        assert time.monotonic() < deadline, f"the killed worker left {directories[killed[0]]}"
+        time.sleep(0.5)
+
+
+def _scratch_in_tmp() -> set[Path]:
+    """The grading tasks' scratch folders in the system's temporary folder (not the workers' log folder)."""
+    return {path for path in Path(tempfile.gettempdir()).glob("autograder-*") if path.name != "autograder-worker-logs"}
 
 
 def test_a_rerun_executes_only_what_is_missing(course, by_jobs, client):

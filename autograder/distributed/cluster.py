@@ -137,12 +137,14 @@ def start_children(options: str, jobs_by_host: dict, dask_worker) -> int:
 def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], student: str, stage: str,
                         options: str, library_view: str | None, stamp: str, jobs_by_host: dict) -> dict:
     """One notebook on a Dask worker: returns ``{"result": execute_notebook's record, "files": the executed
-    folder's files}``. Runs ``execute_notebook`` in one of the worker's grading children."""
+    folder's files}``. Runs ``execute_notebook`` in one of the worker's grading children, in a scratch folder inside
+    the worker's own directory: Dask removes it with the worker's, and a worker that was killed mid-task (which
+    removes nothing) has its directory removed by the next worker that starts on that machine."""
     local = environment_stamp()
     if local != stamp:
         raise WorkerEnvironmentError(f"worker on {_worker_host()} has {local}, the client has {stamp}")
     setup = _setup(options, jobs_by_host, _worker_host())
-    with tempfile.TemporaryDirectory(prefix="autograder-") as folder:
+    with tempfile.TemporaryDirectory(prefix="autograder-", dir=_worker_directory()) as folder:
         root = Path(folder)
         _write_files(root, course)
         _write_files(root / SUBMITTED / student / stage, submission)
@@ -173,6 +175,16 @@ def _worker_host() -> str:
         return get_worker().address.rsplit(":", 1)[0]
     except (ImportError, ValueError):
         return "localhost"
+
+
+def _worker_directory() -> str | None:
+    """The running Dask worker's own directory (None outside a worker: the system's temporary folder)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
 
 
 # --- the client's side ---------------------------------------------------------------------------------------
