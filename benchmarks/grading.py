@@ -211,13 +211,21 @@ def spread(values: list[float]) -> str:
 
 def print_fixed_cost(mode, results: list[dict]) -> None:
     """The fixed cost of a notebook: from its arrival at a worker to the start of its first cell, for the notebooks
-    that ran in a warm kernel and for those whose kernel started when they arrived."""
+    that ran in a warm kernel and for those whose kernel started when they arrived; then apart, for the notebooks
+    that did not compute checks' expected values (which a grading run computes once per case, in the first notebook
+    of each stage: a few of a demo class, almost none of a real one) and for those that did."""
     for warm in (True, False):
-        fixed = [result["first_cell_seconds"] for result in results
+        timed = [result for result in results
                  if result.get("first_cell_seconds") is not None and result.get("warm_kernel", False) == warm]
-        if fixed:
-            print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}, {'warm' if warm else 'cold'} "
-                  f"kernels: {spread(fixed)} over {len(fixed)} notebooks")
+        if not timed:
+            continue
+        print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}, {'warm' if warm else 'cold'} "
+              f"kernels: {spread([result['first_cell_seconds'] for result in timed])} over {len(timed)} notebooks")
+        for computed, which in ((False, "reading the checks' expected values"),
+                                (True, "computing the checks' expected values (once per run)")):
+            fixed = [result["first_cell_seconds"] for result in timed if result["computed_expected_values"] == computed]
+            if fixed:
+                print(f"  of which {len(fixed)} {which}: {spread(fixed)}")
 
 
 def print_kernel_time_per_stage(mode, results: list[dict], stages) -> None:

@@ -3,7 +3,8 @@
 Through the real command line: a class of the toy course graded by one worker, so the first notebook runs in
 the kernel warmed as the worker started and every later one in the kernel warmed while the one before it ran. Each student's notebook has a cell of its own that prints
 what an earlier notebook left behind (a file in its folder, an environment variable, an attribute of a module the
-warm-up imported), the files of its folder and its kernel's signing key, then leaves all three behind itself. Then the hand-out itself: a spare
+warm-up imported), the files of its folder and its kernel's signing key, then leaves all three behind itself; only the
+first notebook computes the checks' expected values, in its fixed cost. Then the hand-out itself: a spare
 started for other settings is never handed out, and the notebook's files reach the kernel's folder.
 """
 
@@ -62,7 +63,9 @@ def _snoop(executed: Path) -> dict:
     text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
     line = next(line for line in text.splitlines() if line.startswith("SNOOP "))
-    return {**json.loads(line[len("SNOOP "):]), "warm": notebook.metadata["autograder"]["warm_kernel"]}
+    record = notebook.metadata["autograder"]
+    return {**json.loads(line[len("SNOOP "):]), "warm": record["warm_kernel"],
+            "computed": record["computed_expected_values"]}
 
 
 def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touched(tmp_path):
@@ -80,6 +83,8 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     assert [seen[student]["folder"] for student in STUDENTS] == [{"timestamp.txt": "2026-12-01 10:00:00 UTC"}] * 4
     assert len({seen[student]["kernel"] for student in STUDENTS}) == len(STUDENTS)  # never a kernel twice
     assert all(seen[student]["warm"] for student in STUDENTS)  # the first's kernel started with the worker
+    # the checks' expected values are computed by the first notebook and read by the others (in its fixed cost)
+    assert [seen[student]["computed"] for student in STUDENTS] == [True, False, False, False]
     assert _no_new_runtime(tmp_path)
 
 

@@ -241,16 +241,17 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     ``share_expectations``: the checks' expected values are computed once for all the workers of this run, in
     ``<root>/work/_expectations/`` (:func:`autograder.execute.verdicts.computed_once`).
 
-    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "problem"}``;
-    ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first cell
-    (``None`` when no cell ran); ``warm_kernel``, whether it ran in a kernel started before it arrived
-    (:mod:`autograder.execute.warm_kernels`);
+    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "computed_expected_values",
+    "problem"}``; ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first
+    cell (``None`` when no cell ran); ``warm_kernel``, whether it ran in a kernel started before it arrived
+    (:mod:`autograder.execute.warm_kernels`); ``computed_expected_values``, whether its fixed cost includes computing
+    checks' expected values (once per grading run and case, :func:`autograder.execute.verdicts.expectations`);
     ``problem`` is ``None`` unless a cell was interrupted, the run stopped early (kernel died, notebook time limit)
     or nbgrader could not process it.
     """
     root = Path(root)
     started, arrived_at = time.perf_counter(), time.time()
-    first_cell_at, warm = None, False
+    first_cell_at, warm, computed = None, False, False
     scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / SUBMITTED / student).mkdir(parents=True)
@@ -275,6 +276,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
             shutil.copy2(timestamp, target / "timestamp.txt")
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
         first_cell_at, warm = record.get("first_cell_at"), bool(record.get("warm_kernel"))
+        computed = bool(record.get("computed_expected_values"))
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
         notes += [f"stopped {stop['cell']} after {stop['seconds']} s and skipped it: {stop['reason']}"
@@ -284,4 +286,4 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     shutil.rmtree(scratch, ignore_errors=True)
     return {"student": student, "stage": stage, "seconds": time.perf_counter() - started,
             "first_cell_seconds": None if first_cell_at is None else first_cell_at - arrived_at,
-            "warm_kernel": warm, "problem": problem}
+            "warm_kernel": warm, "computed_expected_values": computed, "problem": problem}

@@ -43,6 +43,8 @@ from traitlets import Bool, Float, Integer, List, Unicode
 INJECTED = "autograder_injected"
 SKIPPED = "autograder_skipped"
 SKIP_TAG = "skip_when_grading"
+#: the key of the conversion's resources that says whether the notebook computed checks' expected values itself
+COMPUTED_EXPECTED_VALUES = "computed_expected_values"
 CAPTURE_SOURCE = "import autograder.execute.kernel_state\nautograder.execute.kernel_state.capture()"
 RESTORE_SOURCE = "__import__('autograder.execute.kernel_state', fromlist=['restore']).restore()"
 
@@ -163,8 +165,10 @@ class GuardedExecute(Execute):
     The notebook's metadata ``autograder`` records ``problem`` (why the run stopped early, or ``None``),
     ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position) and ``stopped``
     (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped) and
-    ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run) and
-    ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived).
+    ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run),
+    ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived) and
+    ``computed_expected_values`` (whether, before it ran, the grader computed checks' expected values for it rather
+    than reading those of an earlier notebook: :class:`autograder.execute.verdicts.ProbeTestCells`).
     """
 
     notebook_timeout = Float(600.0, help="Seconds for the whole notebook; later cells are not run.").tag(config=True)
@@ -205,7 +209,8 @@ class GuardedExecute(Execute):
                 self._cleanup_kernel()
         nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out,
                                      "stopped": self._stopped, "first_cell_at": self._first_cell_at,
-                                     "warm_kernel": warm is not None}
+                                     "warm_kernel": warm is not None,
+                                     COMPUTED_EXPECTED_VALUES: bool((resources or {}).get(COMPUTED_EXPECTED_VALUES))}
         return nb, resources
 
     def _warm_kernel(self, nb, resources):

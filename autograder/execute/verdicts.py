@@ -41,11 +41,11 @@ from course_lib.checks.harness import CheckFailed
 from course_lib.checks.protocol import CHECKS, CHECKS_FOLDER, RECORD_MIME, case_key, verdict
 from course_lib.stages import STAGES
 
-from .preprocessors import error_output, is_test_cell
+from .preprocessors import COMPUTED_EXPECTED_VALUES, error_output, is_test_cell
 
 MAX_RECORD_BYTES = 16 * 2**20  # a cell's probe outputs are a few MB at most
-VERDICTS = "autograder_verdicts"
-HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"  # the key of this module's records in the conversion's resources
+VERDICTS = "autograder_verdicts"  # the key of this module's records in the conversion's resources
+HIDDEN_TESTS = "### BEGIN HIDDEN TESTS"
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,8 @@ def earliest_stage(nb: NotebookNode) -> str | None:
 
 #: the inputs and expected values of every check call this process has prepared, by case
 _PREPARED: dict[str, tuple[dict, dict]] = {}
+#: how many cases this process computed with the reference itself (not read from its own cache or a shared folder)
+computed_cases = 0
 
 
 def expectations(call: CheckCall, shared_folder: Path | None = None) -> tuple[dict, dict]:
@@ -124,8 +126,12 @@ def expectations(call: CheckCall, shared_folder: Path | None = None) -> tuple[di
     case = entry.case(**call.case)
     key = case_key(entry.name, case)
     if key not in _PREPARED:
-        _PREPARED[key] = computed_once(key, lambda: entry.expectations(case), shared_folder) if shared_folder \
-            else entry.expectations(case)
+        def compute():
+            global computed_cases
+            computed_cases += 1
+            return entry.expectations(case)
+
+        _PREPARED[key] = computed_once(key, compute, shared_folder) if shared_folder else compute()
     return copy.deepcopy(_PREPARED[key])
 
 
@@ -153,7 +159,9 @@ def _grade_id(cell: NotebookNode) -> str:
 
 
 class ProbeTestCells(NbGraderPreprocessor):
-    """Before execution: test cells become probe cells; inputs go to the notebook's ``.checks/`` folder."""
+    """Before execution: test cells become probe cells; inputs go to the notebook's ``.checks/`` folder. The
+    resource :data:`COMPUTED_EXPECTED_VALUES` says whether this notebook computed any case's expected values itself
+    (the first notebook of its stage in a grading run) rather than reading them."""
 
     expectations_folder = Unicode(None, allow_none=True,
                                   help="Where the workers of a grading run share the checks' expected values "
@@ -163,7 +171,7 @@ class ProbeTestCells(NbGraderPreprocessor):
         shared = Path(self.expectations_folder) if self.expectations_folder else None
         folder = Path(resources["metadata"]["path"]) / CHECKS_FOLDER
         folder.mkdir(exist_ok=True)
-        records = {}
+        records, computed_before = {}, computed_cases
         for cell in nb.cells:
             if not is_test_cell(cell):
                 continue
@@ -175,6 +183,7 @@ class ProbeTestCells(NbGraderPreprocessor):
                                         "visible": visible}
             cell.source = probe_source(_grade_id(cell), calls)
         resources[VERDICTS] = records
+        resources[COMPUTED_EXPECTED_VALUES] = computed_cases > computed_before
         return nb, resources
 
 
