@@ -88,6 +88,34 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     assert _no_new_runtime(tmp_path)
 
 
+def test_the_first_warm_kernel_is_of_the_kernel_the_source_notebook_names(tmp_path):
+    """An instructor's own kernelspec (here ``course-python``, this Python): the worker's first warm kernel is of that
+    kernel, so the first notebook runs in it rather than in a kernel started when it arrived."""
+    spec = tmp_path / "jupyter" / "kernels" / "course-python"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Course Python", "language": "python"}))
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    source = nbformat.read(TOY_DIR / f"{STAGE}.ipynb", as_version=4)
+    source.metadata["kernelspec"] = {"name": "course-python", "display_name": "Course Python", "language": "python"}
+    nbformat.write(source, solutions / f"{STAGE}.ipynb")
+    for student in STUDENTS[:2]:
+        _submission(tmp_path / "submissions" / student / STAGE)
+    course = tmp_path / "course"
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", str(tmp_path / "submissions"),
+                             "--course", str(course), "--stages", STAGE, "--solutions", str(solutions), "--jobs", "1"],
+                            capture_output=True, text=True, timeout=280,
+                            env={**os.environ, "COURSE_MODE": "quick", "JUPYTER_PATH": str(tmp_path / "jupyter")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    executed = [nbformat.read(course / "executed" / student / STAGE / f"{STAGE}.ipynb", as_version=4)
+                for student in STUDENTS[:2]]
+    assert [notebook.metadata["kernelspec"]["name"] for notebook in executed] == ["course-python"] * 2
+    assert [_snoop(course / "executed" / student / STAGE / f"{STAGE}.ipynb")["warm"] for student in STUDENTS[:2]
+            ] == [True, True]
+
+
 def _no_new_runtime(tmp_path: Path) -> bool:
     """No kernel's runtime folder younger than this test's folder is left in /tmp (the spare's is removed at exit)."""
     since = tmp_path.stat().st_mtime - 1

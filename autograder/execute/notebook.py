@@ -80,6 +80,15 @@ def view_stage(root: Path, assignment: str) -> str | None:
     return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
 
 
+def kernel_name(root: Path, assignment: str) -> str:
+    """The kernel the notebooks of ``assignment`` run in: their source notebook's kernelspec (nbgrader gives every
+    submission that one), ``python3`` when it names none."""
+    import nbformat
+
+    source = nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+    return source.metadata.get("kernelspec", {}).get("name") or "python3"
+
+
 def kernel_imports(root: Path, assignment: str) -> tuple[str, ...]:
     """The modules a grading kernel of ``assignment`` imports, read from its source notebook (the instructor's, never
     a submission), for its warm kernel (:mod:`autograder.execute.warm_kernels`): those imported by the code cells
@@ -207,16 +216,16 @@ def set_up_worker(options: GradingOptions, log_dir: str) -> None:
     put_python_tools_on_path()
 
 
-def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[str, ...]) -> None:
-    """In a worker set up by :func:`set_up_worker`: start the warm kernel of its first notebook, whose kernel imports
-    from ``python_path`` and imports ``modules`` (:func:`autograder.execute.warm_kernels.start_first`), when the
-    options use warm kernels."""
+def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[str, ...], name: str) -> None:
+    """In a worker set up by :func:`set_up_worker`: start the warm kernel of its first notebook, a kernel ``name``
+    (:func:`kernel_name`) that imports from ``python_path`` and imports ``modules``
+    (:func:`autograder.execute.warm_kernels.start_first`), when the options use warm kernels."""
     if not (options.sandbox and options.warm_kernels and python_path):
         return
     from . import warm_kernels
 
     config = _execute_config(Path(python_path), options, Path(python_path))  # only the kernel's settings are read
-    warm_kernels.start_first(config, "python3", modules)
+    warm_kernels.start_first(config, name, modules)
 
 
 @contextlib.contextmanager

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Callable
 
 from ..progress import Progress
-from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_imports, kernel_python_path,
-                       set_up_worker, view_stage, warm_first_kernel)
+from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_imports, kernel_name,
+                       kernel_python_path, set_up_worker, view_stage, warm_first_kernel)
 from .options import GradingOptions
 from .resume import load_index, plan, remember, save_index
 
 
-def _set_up(options: str, log_dir: str, first_python_path: str, first_imports: tuple[str, ...]) -> None:
+def _set_up(options: str, log_dir: str, first_python_path: str, first_imports: tuple[str, ...],
+            first_kernel: str) -> None:
     """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote, then the
-    warm kernel of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view and
-    imports."""
+    warm kernel of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view, imports
+    and kernel name."""
     set_up_worker(GradingOptions.from_json(options), log_dir)
-    warm_first_kernel(GradingOptions.from_json(options), first_python_path, first_imports)
+    warm_first_kernel(GradingOptions.from_json(options), first_python_path, first_imports, first_kernel)
 
 
 def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str,
@@ -67,7 +68,8 @@ def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOp
     context = multiprocessing.get_context("spawn")
     options_json = options.to_json()  # what crosses to the workers
     first = tasks[0][1] if tasks else None
-    set_up = (options_json, str(Path(root) / LOGS), python_paths.get(first, ""), imports.get(first, ()))
+    set_up = (options_json, str(Path(root) / LOGS), python_paths.get(first, ""), imports.get(first, ()),
+              kernel_name(root, first) if first else "")
     with ProcessPoolExecutor(max_workers=min(options.jobs, max(1, len(tasks))), mp_context=context,
                              initializer=_set_up, initargs=set_up) as pool:
         following = zip(next_views(tasks, python_paths, options.jobs), next_views(tasks, imports, options.jobs))
