@@ -247,7 +247,6 @@ def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(tmp_
     scheduler, workers, address = _lab_cluster(tmp_path / "lab")
     try:
         with Client(address, timeout="60s") as lab:
-            lab.wait_for_workers(2, timeout=120)
             # 3 GiB: above what a worker grading the toy notebook holds with its child and kernel (1.9 GiB here)
             lab.register_plugin(_pod_memory_limit(3 * 2**30))
             cli = _cli_grade(tmp_path / "class", root, address)
@@ -274,7 +273,8 @@ def _start(command: list[str], log: Path, environment: dict | None = None) -> su
 
 def _lab_cluster(folder: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]:
     """A scheduler and two one-thread workers started as on lab machines (``dask scheduler``, ``dask worker``),
-    with the scheduler's retry bound; returns both processes and the scheduler's address."""
+    with the scheduler's retry bound; returns both processes and the scheduler's address once both workers are
+    there (as an instructor starts grading once the lab's workers are up)."""
     folder.mkdir(parents=True, exist_ok=True)
     file = folder / "scheduler.json"
     file.unlink(missing_ok=True)
@@ -286,9 +286,17 @@ def _lab_cluster(folder: Path) -> tuple[subprocess.Popen, subprocess.Popen, str]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            return scheduler, workers, json.loads(file.read_text())["address"]
+            address = json.loads(file.read_text())["address"]
         except (OSError, ValueError, KeyError):  # not written yet, or half written
             time.sleep(0.2)
+            continue
+        try:
+            with Client(address, timeout="60s") as lab:
+                lab.wait_for_workers(2, timeout=120)
+        except BaseException:
+            _stop(scheduler, workers)
+            raise
+        return scheduler, workers, address
     _stop(scheduler, workers)
     raise TimeoutError(f"no scheduler file after 60 s; see {folder}")
 
