@@ -168,23 +168,25 @@ def grade_notebook_task(course: dict[str, bytes], submission: dict[str, bytes], 
     return {"result": result, "files": files}
 
 
-def _worker_host() -> str:
+def _current_worker():
+    """The Dask worker running this task, or None outside one."""
     try:
         from distributed import get_worker
 
-        return get_worker().address.rsplit(":", 1)[0]
+        return get_worker()
     except (ImportError, ValueError):
-        return "localhost"
+        return None
+
+
+def _worker_host() -> str:
+    worker = _current_worker()
+    return worker.address.rsplit(":", 1)[0] if worker is not None else "localhost"
 
 
 def _worker_directory() -> str | None:
     """The running Dask worker's own directory (None outside a worker: the system's temporary folder)."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().local_directory
-    except (ImportError, ValueError):
-        return None
+    worker = _current_worker()
+    return worker.local_directory if worker is not None else None
 
 
 # --- the client's side ---------------------------------------------------------------------------------------

@@ -70,40 +70,42 @@ def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
     return folder
 
 
+def _source_notebook(root: Path, assignment: str):
+    """The instructor's source notebook of ``assignment`` in the course folder ``root`` (never a submission)."""
+    import nbformat
+
+    return nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
 def view_stage(root: Path, assignment: str) -> str | None:
     """The stage whose answers (and later ones) the kernels of ``assignment`` must not have: the earliest stage
     whose checks its source notebook's test cells call (:func:`autograder.execute.verdicts.earliest_stage`)."""
-    import nbformat
-
     from .verdicts import earliest_stage
 
-    return earliest_stage(nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4))
+    return earliest_stage(_source_notebook(root, assignment))
 
 
 def kernel_name(root: Path, assignment: str) -> str:
     """The kernel the notebooks of ``assignment`` run in: their source notebook's kernelspec (nbgrader gives every
     submission that one), ``python3`` when it names none."""
-    import nbformat
-
-    source = nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4)
-    return source.metadata.get("kernelspec", {}).get("name") or "python3"
+    return _source_notebook(root, assignment).metadata.get("kernelspec", {}).get("name") or "python3"
 
 
 def kernel_imports(root: Path, assignment: str) -> tuple[str, ...]:
     """The modules a grading kernel of ``assignment`` imports, read from its source notebook (the instructor's, never
     a submission), for its warm kernel (:mod:`autograder.execute.warm_kernels`): those imported by the code cells
     that run when grading (not ``skip_when_grading``), the checks' modules its test cells' probes import, and
-    ``torch._dynamo``, which the checks' runs import (through ``torch.optim``)."""
+    ``torch._dynamo``, which the checks' runs on the ``meta`` device import (through ``torch._refs``), as do
+    ``torchvision`` and ``torch.optim``."""
     import ast
 
-    import nbformat
     from IPython.core.inputtransformer2 import TransformerManager
 
     from .preprocessors import SKIP_TAG, is_test_cell
     from .verdicts import check_calls, probe_modules
 
     modules = {"torch._dynamo", "course_lib.checks.protocol"}
-    for cell in nbformat.read(Path(root) / "source" / assignment / f"{assignment}.ipynb", as_version=4).cells:
+    for cell in _source_notebook(root, assignment).cells:
         if cell.cell_type != "code" or SKIP_TAG in cell.metadata.get("tags", []):
             continue
         if is_test_cell(cell):
