@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def _snoop(executed: Path) -> dict:
             "computed": record["computed_expected_values"]}
 
 
-def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touched(tmp_path):
+def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touched(tmp_path, temporary_folder):
     for student in STUDENTS:
         _submission(tmp_path / "submissions" / student / STAGE)
     course = tmp_path / "course"
@@ -85,7 +86,7 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     assert all(seen[student]["warm"] for student in STUDENTS)  # the first's kernel started with the worker
     # the checks' expected values are computed by the first notebook and read by the others (in its fixed cost)
     assert [seen[student]["computed"] for student in STUDENTS] == [True, False, False, False]
-    assert _no_new_runtime(tmp_path)
+    assert _no_runtime_left(temporary_folder)
 
 
 def test_the_first_warm_kernel_is_of_the_kernel_the_source_notebook_names(tmp_path):
@@ -116,10 +117,20 @@ def test_the_first_warm_kernel_is_of_the_kernel_the_source_notebook_names(tmp_pa
             ] == [True, True]
 
 
-def _no_new_runtime(tmp_path: Path) -> bool:
-    """No kernel's runtime folder younger than this test's folder is left in /tmp (the spare's is removed at exit)."""
-    since = tmp_path.stat().st_mtime - 1
-    return not [path for path in Path("/tmp").glob("kernel-sandbox-*") if path.stat().st_mtime > since]
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch) -> Path:
+    """The temporary folder of this test and of the processes it starts, where the kernels' runtime folders go: so
+    that the kernels another test process starts at the same time are not taken for this test's."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _no_runtime_left(folder: Path) -> bool:
+    """No kernel's runtime folder is left in ``folder`` (the spare's is removed at exit)."""
+    return not list(folder.glob("kernel-sandbox-*"))
 
 
 def _config(tmp_path: Path, view: str | None, memory_gb: float = 2.0) -> Config:
@@ -134,7 +145,7 @@ def _alive(manager) -> bool:
     return manager.provisioner is not None and manager.provisioner.process.poll() is None
 
 
-def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
+def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path, temporary_folder):
     folder = tmp_path / "notebook"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "digits.txt").write_text("0123")
@@ -156,7 +167,7 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path):
     finally:
         warm_kernels.close()
     deadline = time.monotonic() + 30
-    while not _no_new_runtime(tmp_path):
+    while not _no_runtime_left(temporary_folder):
         assert time.monotonic() < deadline, "a kernel's runtime folder was left behind"
         time.sleep(0.2)
 
