@@ -245,6 +245,7 @@ def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(tmp_
         (tmp_path / "class" / student / STAGE).mkdir(parents=True)
         nbformat.write(notebook, tmp_path / "class" / student / STAGE / f"{STAGE}.ipynb")
     scheduler, workers, address = _lab_cluster(tmp_path / "lab")
+    scratch_before = _scratch_in_tmp()
     try:
         with Client(address, timeout="60s") as lab:
             # 3 GiB: above what a worker grading the toy notebook holds with its child and kernel (1.9 GiB here)
@@ -264,6 +265,7 @@ def test_a_notebook_that_kills_its_worker_every_time_costs_only_its_student(tmp_
     assert sorted(ran) == ["hog", "solution"]  # each notebook reported once
     assert not executed_path(root, "hog", STAGE).exists()
     assert "hog/" + STAGE not in (root / EXECUTED / INDEX).read_text()  # a rerun tries it again
+    assert _scratch_in_tmp() <= scratch_before  # the killed workers' copies of the course went with their folders
 
 
 def _start(command: list[str], log: Path, environment: dict | None = None) -> subprocess.Popen:
