@@ -54,6 +54,10 @@ from autograder.score.gradebook import score_all  # noqa: E402
 
 #: the mode of ``--cold-kernels``: the first job count, kernels started when their notebook arrives
 COLD = "cold"
+#: the parts of a notebook's fixed cost, as the benchmark names them
+PARTS = {"preparing": "preparing (nbgrader, the checks' expected values)",
+         "waiting_for_kernel": "waiting for the warm kernel",
+         "starting": "the kernel's start (cold) or connection, state resets"}
 
 
 def class_of_copies(root: Path, out: Path, stages, solutions: Path, copies: int) -> Path:
@@ -211,9 +215,10 @@ def spread(values: list[float]) -> str:
 
 def print_fixed_cost(mode, results: list[dict]) -> None:
     """The fixed cost of a notebook: from its arrival at a worker to the start of its first cell, for the notebooks
-    that ran in a warm kernel and for those whose kernel started when they arrived; then apart, for the notebooks
-    that did not compute checks' expected values (which a grading run computes once per case, in the first notebook
-    of each stage: a few of a demo class, almost none of a real one) and for those that did."""
+    that ran in a warm kernel and for those whose kernel started when they arrived; the median of each of its parts
+    (``autograder.execute.notebook.fixed_cost_parts``); then apart, for the notebooks that did not compute checks'
+    expected values (which a grading run computes once per case, for the first notebook of each stage that needs
+    them: a few of a demo class, almost none of a real one) and for those that did."""
     for warm in (True, False):
         timed = [result for result in results
                  if result.get("first_cell_seconds") is not None and result.get("warm_kernel", False) == warm]
@@ -221,6 +226,9 @@ def print_fixed_cost(mode, results: list[dict]) -> None:
             continue
         print(f"Fixed cost per notebook (arrival to first cell), jobs {mode}, {'warm' if warm else 'cold'} "
               f"kernels: {spread([result['first_cell_seconds'] for result in timed])} over {len(timed)} notebooks")
+        print("  parts (median, max): " + ", ".join(
+            f"{PARTS[part]} {statistics.median(values):.2f} s, {max(values):.2f} s"
+            for part, values in ((part, [result["fixed_cost_parts"][part] for result in timed]) for part in PARTS)))
         for computed, which in ((False, "reading the checks' expected values"),
                                 (True, "computing the checks' expected values (once per run)")):
             fixed = [result["first_cell_seconds"] for result in timed if result["computed_expected_values"] == computed]

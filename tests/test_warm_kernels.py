@@ -65,8 +65,10 @@ def _snoop(executed: Path) -> dict:
                    for output in cell.get("outputs", []) if output.get("output_type") == "stream")
     line = next(line for line in text.splitlines() if line.startswith("SNOOP "))
     record = notebook.metadata["autograder"]
+    from_executor = record["first_cell_at"] - record["executor_started_at"]
     return {**json.loads(line[len("SNOOP "):]), "warm": record["warm_kernel"],
-            "computed": record["computed_expected_values"]}
+            "computed": record["computed_expected_values"],
+            "parts in order": 0 <= record["warm_kernel_wait"] <= from_executor}
 
 
 def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touched(tmp_path, temporary_folder):
@@ -86,6 +88,8 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     assert all(seen[student]["warm"] for student in STUDENTS)  # the first's kernel started with the worker
     # the checks' expected values are computed by the first notebook and read by the others (in its fixed cost)
     assert [seen[student]["computed"] for student in STUDENTS] == [True, False, False, False]
+    # its fixed cost's parts: the executor starts, takes its warm kernel (waiting for it), then runs the first cell
+    assert all(seen[student]["parts in order"] for student in STUDENTS)
     assert _no_runtime_left(temporary_folder)
 
 

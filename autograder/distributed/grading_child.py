@@ -22,7 +22,6 @@ gets one child per notebook it runs at the same time.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -136,7 +135,7 @@ def main(argv: list[str]) -> int:
               "(the PID of the process that starts it)", file=sys.stderr)
         return 2
     _end_when_orphaned(int(argv[1]))  # first: the imports below take seconds
-    from ..execute.notebook import execute_notebook, kernel_python_path, set_up_worker
+    from ..execute.notebook import execute_notebook, import_grading_modules, kernel_python_path, set_up_worker
     from ..execute.options import GradingOptions
 
     setup = json.loads(sys.stdin.readline())
@@ -144,8 +143,7 @@ def main(argv: list[str]) -> int:
     records = os.dup(1)
     set_up_worker(options, setup["log_dir"])  # stderr into the worker's log, as a --jobs worker
     os.dup2(2, 1)  # whatever else prints goes to the log too; the records go to the saved stdout
-    for module in ("nbgrader.converters", "course_lib.checks"):  # imported now, not when a notebook waits
-        importlib.import_module(module)
+    import_grading_modules()  # now, not when a notebook waits
     for line in sys.stdin:
         request = json.loads(line)
         root = Path(request["root"])

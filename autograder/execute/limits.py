@@ -29,8 +29,11 @@ import signal
 import threading
 
 import psutil
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import Float, Integer
+from traitlets import DottedObjectName, Float, Integer, Type
+
+from .client import PromptKernelClient
 
 #: seconds between two looks at a tree
 INTERVAL = 0.1
@@ -182,9 +185,12 @@ class LimitedKernelManager(AsyncKernelManager):
     :class:`TreeWatchdog` from the kernel's start to its end; :attr:`limit_exceeded` says why it killed the kernel.
 
     This class watches the kernel process and its descendants (``--no-sandbox``); the sandbox's manager watches
-    its whole PID namespace instead (:meth:`_watchdog_of_kernel`).
+    its whole PID namespace instead (:meth:`_watchdog_of_kernel`). Its clients are ready as soon as the kernel is
+    (:class:`autograder.execute.client.PromptKernelClient`).
     """
 
+    client_class = DottedObjectName("autograder.execute.client.PromptKernelClient")
+    client_factory = Type(PromptKernelClient, klass=AsyncKernelClient)
     memory_gb = Float(0.0, help="GiB the kernel's processes may hold together (0: no cap).").tag(config=True)
     max_processes = Integer(0, help="Processes the kernel may run at once, itself included (0: no cap).").tag(
         config=True)

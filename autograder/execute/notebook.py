@@ -230,6 +230,29 @@ def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[
     warm_kernels.start_first(config, name, modules)
 
 
+def import_grading_modules() -> None:
+    """In a worker, before its first notebook arrives (and while its first warm kernel starts): import what phase 1
+    imports in the worker itself, so that no notebook's fixed cost pays for it: nbgrader's converters, every stage's
+    checks and the reference side that computes their expected values, and ``torch._dynamo``, which the references'
+    optimisers (``torch.optim``) import on their first use (1.2 to 1.7 s of CPU here). The worker's own torch runs on
+    one thread: the expected values are small computations, made while a kernel imports or runs on the other cores
+    (with two threads, those of stage 3 took 3.5 to 4.9 s instead of 0.2 s beside a warming kernel)."""
+    import importlib
+
+    import torch
+
+    from course_lib.stages import STAGES
+
+    from .verdicts import load_check_modules
+
+    torch.set_num_threads(1)
+    for module in ("nbgrader.converters", "torch._dynamo"):
+        importlib.import_module(module)
+    load_check_modules()
+    for stage in STAGES:
+        stage.reference  # noqa: B018 - importing the module is the point
+
+
 @contextlib.contextmanager
 def _kernel_python_path(python_path: str):
     """``python_path`` first on ``PYTHONPATH`` while the block runs: what a kernel started without the sandbox
@@ -242,6 +265,20 @@ def _kernel_python_path(python_path: str):
         os.environ["PYTHONPATH"] = inherited
 
 
+def fixed_cost_parts(record: dict, arrived_at: float) -> dict[str, float] | None:
+    """A notebook's fixed cost (seconds from ``arrived_at``, its arrival at the worker, to the start of its first
+    cell) in three parts, from its executed copy's ``record`` (``metadata["autograder"]``, written by
+    :class:`autograder.execute.preprocessors.GuardedExecute`): ``preparing`` (its scratch folder, nbgrader's
+    pre-processing, the checks' inputs and expected values), ``waiting_for_kernel`` (taking its warm kernel, which may
+    still be importing) and ``starting`` (connecting to the kernel and the state resets; a cold kernel's whole
+    start). ``None`` when no cell ran."""
+    if record.get("first_cell_at") is None or record.get("executor_started_at") is None:
+        return None
+    waited = record.get("warm_kernel_wait") or 0.0
+    return {"preparing": record["executor_started_at"] - arrived_at, "waiting_for_kernel": waited,
+            "starting": record["first_cell_at"] - record["executor_started_at"] - waited}
+
+
 def execute_notebook(root: str, student: str, stage: str, options: GradingOptions, python_path: str,
                      next_python_path: str | None = None, share_expectations: bool = False,
                      next_warm_up: tuple[str, ...] | None = None) -> dict:
@@ -252,9 +289,10 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     ``share_expectations``: the checks' expected values are computed once for all the workers of this run, in
     ``<root>/work/_expectations/`` (:func:`autograder.execute.verdicts.computed_once`).
 
-    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "warm_kernel", "computed_expected_values",
-    "problem"}``; ``first_cell_seconds`` is the notebook's fixed cost, from its arrival here to the start of its first
-    cell (``None`` when no cell ran); ``warm_kernel``, whether it ran in a kernel started before it arrived
+    Returns ``{"student", "stage", "seconds", "first_cell_seconds", "fixed_cost_parts", "warm_kernel",
+    "computed_expected_values", "problem"}``; ``first_cell_seconds`` is the notebook's fixed cost, from its arrival
+    here to the start of its first cell (``None`` when no cell ran), and ``fixed_cost_parts`` splits it
+    (:func:`fixed_cost_parts`); ``warm_kernel``, whether it ran in a kernel started before it arrived
     (:mod:`autograder.execute.warm_kernels`); ``computed_expected_values``, whether its fixed cost includes computing
     checks' expected values (once per grading run and case, :func:`autograder.execute.verdicts.expectations`);
     ``problem`` is ``None`` unless a cell was interrupted, the run stopped early (kernel died, notebook time limit)
@@ -262,7 +300,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
     """
     root = Path(root)
     started, arrived_at = time.perf_counter(), time.time()
-    first_cell_at, warm, computed = None, False, False
+    record, warm, computed = {}, False, False
     scratch = root / WORK / f"{student}-{stage}"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / SUBMITTED / student).mkdir(parents=True)
@@ -286,7 +324,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         if timestamp.exists():
             shutil.copy2(timestamp, target / "timestamp.txt")
         record = json.loads((target / f"{stage}.ipynb").read_text()).get("metadata", {}).get("autograder", {})
-        first_cell_at, warm = record.get("first_cell_at"), bool(record.get("warm_kernel"))
+        warm = bool(record.get("warm_kernel"))
         computed = bool(record.get("computed_expected_values"))
         notes = [f"interrupted after {options.cell_timeout} s in {', '.join(record['timed_out'])}"
                  ] if record.get("timed_out") else []
@@ -295,6 +333,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
         notes += [record["problem"]] if record.get("problem") else []
         problem = "; ".join(notes) or None
     shutil.rmtree(scratch, ignore_errors=True)
+    parts = fixed_cost_parts(record, arrived_at)
     return {"student": student, "stage": stage, "seconds": time.perf_counter() - started,
-            "first_cell_seconds": None if first_cell_at is None else first_cell_at - arrived_at,
+            "first_cell_seconds": None if parts is None else sum(parts.values()), "fixed_cost_parts": parts,
             "warm_kernel": warm, "computed_expected_values": computed, "problem": problem}

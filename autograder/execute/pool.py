@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..progress import Progress
-from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, kernel_imports, kernel_name,
-                       kernel_python_path, set_up_worker, view_stage, warm_first_kernel)
+from .notebook import (EXPECTATIONS, KERNEL_PYTHON, LOGS, WORK, execute_notebook, import_grading_modules, kernel_imports,
+                       kernel_name, kernel_python_path, set_up_worker, view_stage, warm_first_kernel)
 from .options import GradingOptions
 from .resume import load_index, plan, remember, save_index
 
@@ -25,9 +25,10 @@ def _set_up(options: str, log_dir: str, first_python_path: str, first_imports: t
             first_kernel: str) -> None:
     """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote, then the
     warm kernel of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view, imports
-    and kernel name."""
+    and kernel name, and the worker's own imports (:func:`import_grading_modules`) while that kernel starts."""
     set_up_worker(GradingOptions.from_json(options), log_dir)
     warm_first_kernel(GradingOptions.from_json(options), first_python_path, first_imports, first_kernel)
+    import_grading_modules()
 
 
 def _execute(root: str, student: str, stage: str, options: str, python_path: str, next_python_path: str,

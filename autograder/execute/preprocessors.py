@@ -166,7 +166,10 @@ class GuardedExecute(Execute):
     ``timed_out`` (the cells interrupted by the per-cell timeout, by ``grade_id`` or position) and ``stopped``
     (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped) and
     ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run),
-    ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived) and
+    ``executor_started_at`` (the same, when this preprocessor started: nbgrader's pre-processing and the checks'
+    expected values came before), ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived),
+    ``warm_kernel_wait`` (seconds spent taking that kernel: waiting for it to finish its imports, then handing it the
+    notebook's files; 0 for a kernel started here) and
     ``computed_expected_values`` (whether, before it ran, the grader computed checks' expected values for it rather
     than reading those of an earlier notebook: :class:`autograder.execute.verdicts.ProbeTestCells`).
     """
@@ -201,7 +204,9 @@ class GuardedExecute(Execute):
         self._not_replayed = set()  # indices of the code cells a replacement kernel must not run again
         self._deadline = time.monotonic() + self.notebook_timeout
         self.iopub_timeout = max(1, round(self.interrupt_grace))
+        started_at = time.time()
         warm = self._warm_kernel(nb, resources) if km is None else None
+        waited = time.time() - started_at
         try:
             nb, resources = super().preprocess(nb, resources, warm or km)
         finally:
@@ -209,7 +214,8 @@ class GuardedExecute(Execute):
                 self._cleanup_kernel()
         nb.metadata["autograder"] = {"problem": self._problem, "timed_out": self._timed_out,
                                      "stopped": self._stopped, "first_cell_at": self._first_cell_at,
-                                     "warm_kernel": warm is not None,
+                                     "executor_started_at": started_at, "warm_kernel": warm is not None,
+                                     "warm_kernel_wait": waited if warm is not None else 0.0,
                                      COMPUTED_EXPECTED_VALUES: bool((resources or {}).get(COMPUTED_EXPECTED_VALUES))}
         return nb, resources
 
