@@ -7,8 +7,8 @@ student costs on one process), with the sandbox on (``--no-sandbox``: off). Then
 cost per notebook (from its arrival at a worker to the start of its first cell: scratch folder, kernel and sandbox
 start, imports), every notebook's kernel time by student and stage, phase 2 per notebook, and (unless
 ``--no-plain``) each solved notebook's grading time against a plain ``jupyter nbconvert --execute`` of it here.
-Each worker runs its notebooks in warm kernels (started and importing torch while the notebook before runs,
-``autograder.execute.warm_kernels``); ``--cold-kernels`` adds a row graded with kernels started when their notebook
+Each worker runs its notebooks in kernels forked from a kernel template that imported torch once per stage
+(``autograder.execute.warm_kernels``); ``--cold-kernels`` adds a row graded with kernels started when their notebook
 arrives, at the first job count, and its fixed cost.
 
 The ``sandbox s/nb`` column is what the bubblewrap sandbox adds to one notebook: the time to start a kernel,
@@ -56,7 +56,7 @@ from autograder.score.gradebook import score_all  # noqa: E402
 COLD = "cold"
 #: the parts of a notebook's fixed cost, as the benchmark names them
 PARTS = {"preparing": "preparing (nbgrader, the checks' expected values)",
-         "waiting_for_kernel": "waiting for the warm kernel",
+         "waiting_for_kernel": "waiting for the kernel's template and fork",
          "starting": "the kernel's start (cold) or connection, state resets"}
 
 

@@ -1,11 +1,12 @@
-"""Warm kernels (``autograder/execute/warm_kernels.py``): started before their notebook, one notebook each.
+"""Warm kernels (``autograder/execute/warm_kernels.py``): forked from a worker's kernel template, one notebook each.
 
-Through the real command line: a class of the toy course graded by one worker, so the first notebook runs in
-the kernel warmed as the worker started and every later one in the kernel warmed while the one before it ran. Each student's notebook has a cell of its own that prints
-what an earlier notebook left behind (a file in its folder, an environment variable, an attribute of a module the
-warm-up imported), the files of its folder and its kernel's signing key, then leaves all three behind itself; only the
-first notebook computes the checks' expected values, in its fixed cost. Then the hand-out itself: a spare
-started for other settings is never handed out, and the notebook's files reach the kernel's folder.
+Through the real command line: a class of the toy course graded by one worker, so the first notebook runs in a
+kernel of the template started with the worker and every later one in a kernel forked from it. Each student's
+notebook has a cell of its own that prints what an earlier notebook left behind (a file in its folder, an environment
+variable, an attribute of a module the template imported), the files of its folder and its kernel's signing key,
+then leaves all three behind itself; only the first notebook computes the checks' expected values, in its fixed
+cost. Then the templates themselves: a kernel is forked only for its template's own settings, with the notebook's
+files in its folder, and a worker holds the templates of its stage and of the next one only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from jupyter_core.utils import run_sync
 from traitlets.config import Config
 
 from autograder.execute import warm_kernels
-from autograder.execute.warm_kernels import warm_up_code
 from autograder.execute.notebook import kernel_python_path
 from autograder.execute.pool import next_views
 from autograder.execute.sandbox import sandbox_unavailable
@@ -133,8 +133,8 @@ def temporary_folder(tmp_path, monkeypatch) -> Path:
 
 
 def _no_runtime_left(folder: Path) -> bool:
-    """No kernel's runtime folder is left in ``folder`` (the spare's is removed at exit)."""
-    return not list(folder.glob("kernel-sandbox-*"))
+    """No kernel's or template's runtime folder is left in ``folder`` (the templates' are removed at exit)."""
+    return not list(folder.glob("kernel-sandbox-*")) + list(folder.glob("kernel-template-*"))
 
 
 def _config(tmp_path: Path, view: str | None, memory_gb: float = 2.0) -> Config:
@@ -149,23 +149,23 @@ def _alive(manager) -> bool:
     return manager.provisioner is not None and manager.provisioner.process.poll() is None
 
 
-def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path, temporary_folder):
+def test_a_template_forks_a_new_kernel_for_each_notebook_of_its_own_settings_only(tmp_path, temporary_folder):
     folder = tmp_path / "notebook"
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "digits.txt").write_text("0123")
     (folder / "answers.ipynb").write_text("{}")  # never a notebook
     first, other = _config(tmp_path, "ddpm"), _config(tmp_path, "ddpm", memory_gb=3.0)
     try:
-        assert warm_kernels.take(first, "python3", str(folder), first) is None  # no spare yet: one starts
-        assert warm_kernels.take(other, "python3", str(folder), other) is None  # the spare has other caps
+        assert warm_kernels.take(first, "python3", str(folder), first) is None  # no template yet: one starts
+        assert warm_kernels.take(other, "python3", str(folder), other) is None  # the template has other caps
         manager = warm_kernels.take(other, "python3", str(folder), other)
         assert manager is not None and _alive(manager)
         root = Path(f"/proc/{manager.kernel_pid}/root{warm_kernels.WORKDIR}")
         assert (root / "data" / "digits.txt").read_text() == "0123"
         assert not (root / "answers.ipynb").exists()
-        again = warm_kernels.take(other, "python3", str(folder))  # no notebook expected after this one
+        again = warm_kernels.take(other, "python3", str(folder))  # no other stage expected after this one
         assert again is not None and again is not manager and again.kernel_pid != manager.kernel_pid
-        assert warm_kernels.take(other, "python3", str(folder)) is None  # so no spare was started
+        assert again.template is manager.template and manager.template.alive
         for used in (manager, again):
             run_sync(used.shutdown_kernel)(now=True)  # whatever event loop an earlier test left running
     finally:
@@ -176,30 +176,33 @@ def test_a_spare_is_handed_out_once_and_only_for_its_own_settings(tmp_path, temp
         time.sleep(0.2)
 
 
-def test_a_spare_whose_notebook_another_worker_took_waits_for_the_next_one(tmp_path):
+def test_a_worker_holds_the_templates_of_its_stage_and_the_next_and_ends_the_others(tmp_path):
     folder = tmp_path / "notebook"
     folder.mkdir()
     ddpm, cfg = _config(tmp_path, "ddpm"), _config(tmp_path, "cfg")
     try:
-        assert warm_kernels.take(ddpm, "python3", str(folder), cfg) is None  # no spare yet; one starts for cfg
-        spare = warm_kernels._spare
-        assert warm_kernels.take(ddpm, "python3", str(folder), cfg) is None  # another ddpm notebook came first
-        assert warm_kernels._spare is spare  # the cfg spare was neither shut down nor replaced
-        manager = warm_kernels.take(cfg, "python3", str(folder))
-        assert manager is spare.future.result() and _alive(manager)
-        run_sync(manager.shutdown_kernel)(now=True)
+        assert warm_kernels.take(ddpm, "python3", str(folder), cfg) is None  # none yet: ddpm's and cfg's start
+        ddpm_kernel = warm_kernels.take(ddpm, "python3", str(folder), cfg)
+        assert ddpm_kernel is not None and _alive(ddpm_kernel)
+        cfg_kernel = warm_kernels.take(cfg, "python3", str(folder))  # the next stage's template was ready
+        assert cfg_kernel is not None and cfg_kernel.template is not ddpm_kernel.template
+        assert ddpm_kernel.template.alive  # retired, but its kernel still runs
+        run_sync(ddpm_kernel.shutdown_kernel)(now=True)
+        assert not ddpm_kernel.template.alive and _alive(cfg_kernel)  # it ended with its last kernel
+        run_sync(cfg_kernel.shutdown_kernel)(now=True)
     finally:
         warm_kernels.close()
 
 
-def test_each_worker_warms_a_kernel_for_the_task_it_most_likely_runs_next():
+def test_each_worker_starts_a_template_for_the_next_stage_it_most_likely_runs():
     tasks = [("ann", "01"), ("bob", "01"), ("cat", "01"), ("ann", "02"), ("bob", "02")]
     views = {"01": "/view/01", "02": "/view/02"}
-    assert next_views(tasks, views, 2) == ["/view/01", "/view/02", "/view/02", "", ""]
-    assert next_views(tasks, views, 1) == ["/view/01", "/view/01", "/view/02", "/view/02", ""]
+    assert next_views(tasks, views, 2) == ["/view/02", "/view/02", "/view/02", "", ""]
+    assert next_views(tasks, views, 1) == ["/view/02", "/view/02", "/view/02", "", ""]
+    assert next_views([("ann", "01"), ("bob", "02"), ("cat", "01"), ("dan", "01")], views, 2) == ["", "/view/01", "", ""]
 
 
-def test_the_warm_up_imports_what_the_source_notebook_will_and_binds_no_name(tmp_path):
+def test_the_template_imports_what_the_source_notebook_will(tmp_path):
     from autograder.execute.notebook import kernel_imports
 
     source = nbformat.v4.new_notebook(cells=[
@@ -215,6 +218,3 @@ def test_the_warm_up_imports_what_the_source_notebook_will_and_binds_no_name(tmp
     modules = kernel_imports(tmp_path, "00_toy")
     assert set(modules) == {"numpy", "csv", "course_lib.stages.noising.checks", "course_lib.checks.protocol",
                             "torch._dynamo", "json"}  # wave's cell is skipped, zlib's does not parse
-    namespace: dict = {}
-    exec(warm_up_code(("json", "no_such_module_anywhere")), namespace)  # noqa: S102 - the grader's own code
-    assert set(namespace) == {"__builtins__"} and "json" in sys.modules

@@ -15,8 +15,9 @@ from queue import Empty
 
 from jupyter_client.asynchronous import AsyncKernelClient
 
-#: seconds to wait for each reply, and for the idle status after it, before asking again
-ASK_AGAIN_AFTER = 1.0
+#: seconds to wait for the reply, then for the idle status after it (which comes at once when IOPub is connected),
+#: before asking again
+REPLY_WAIT, IDLE_WAIT = 1.0, 0.1
 
 
 class PromptKernelClient(AsyncKernelClient):
@@ -38,7 +39,7 @@ class PromptKernelClient(AsyncKernelClient):
 
     async def _replied(self, request: str) -> bool:
         """Whether the ``kernel_info_reply`` to ``request`` came on the shell channel (older replies are dropped)."""
-        give_up = time.monotonic() + ASK_AGAIN_AFTER
+        give_up = time.monotonic() + REPLY_WAIT
         while (left := give_up - time.monotonic()) > 0:
             try:
                 message = await self.shell_channel.get_msg(timeout=left)
@@ -51,7 +52,7 @@ class PromptKernelClient(AsyncKernelClient):
 
     async def _went_idle(self, request: str) -> bool:
         """Whether IOPub brought the kernel's ``idle`` status for ``request`` (what came before it is dropped)."""
-        give_up = time.monotonic() + ASK_AGAIN_AFTER
+        give_up = time.monotonic() + IDLE_WAIT
         while (left := give_up - time.monotonic()) > 0:
             try:
                 message = await self.iopub_channel.get_msg(timeout=left)

@@ -13,9 +13,11 @@ the scratch folder is deleted.
 
 The kernel runs in a bubblewrap sandbox (``GradingOptions.sandbox``, :mod:`autograder.execute.sandbox`): all it sees
 of this machine is the Python environment, the MNIST folder and :func:`kernel_python_path` (a copy of ``course_lib``
-and ``autograder/execute/kernel_state.py``), read-only, and one writable folder, the notebook's own
-``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook copy,
-``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work.
+and ``autograder/execute/kernel_state.py`` and ``kernel_template.py``), read-only, and one writable folder, the
+notebook's own ``autograded/<student>/<stage>/`` (a size-limited tmpfs holding a copy of it); never the gradebook
+copy, ``source/``, ``release/``, the repository (``solutions/``), a home folder or another student's work. With warm
+kernels (the default), it is forked from a kernel template of the worker, in a sandbox of its own
+(:mod:`autograder.execute.warm_kernels`, :mod:`autograder.execute.templates`).
 
 Caps on each kernel's whole process tree, not on any one process (:mod:`autograder.execute.limits`): a watchdog
 thread of the worker kills the kernel and all it started when they hold more than ``memory_gb`` GiB together or
@@ -51,8 +53,8 @@ def executed_path(root: Path, student: str, stage: str) -> Path:
 def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
     """A folder to put first on a grading kernel's ``PYTHONPATH`` (read-only in the sandbox), under
     ``<root>/work/_kernel_python/``: ``course_lib`` without the answers of ``view_stage`` and later stages
-    (:mod:`autograder.library_view`; all of it when ``None``) and ``autograder/execute/kernel_state.py``. Never the
-    repository, whose ``solutions/`` hold the hidden tests."""
+    (:mod:`autograder.library_view`; all of it when ``None``), ``autograder/execute/kernel_state.py`` and
+    ``kernel_template.py``. Never the repository, whose ``solutions/`` hold the hidden tests."""
     from ..library_view import write_library_view
 
     folder = Path(root) / WORK / KERNEL_PYTHON / (view_stage or "all")
@@ -66,7 +68,8 @@ def kernel_python_path(root: Path, view_stage: str | None = None) -> Path:
     (folder / "autograder" / "execute").mkdir(parents=True)
     for package in ("autograder", "autograder/execute"):
         (folder / package / "__init__.py").write_text('"""Only what a grading kernel imports."""\n')
-    shutil.copy2(Path(__file__).with_name("kernel_state.py"), folder / "autograder" / "execute" / "kernel_state.py")
+    for module in ("kernel_state.py", "kernel_template.py"):
+        shutil.copy2(Path(__file__).with_name(module), folder / "autograder" / "execute" / module)
     return folder
 
 
@@ -219,8 +222,8 @@ def set_up_worker(options: GradingOptions, log_dir: str) -> None:
 
 
 def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[str, ...], name: str) -> None:
-    """In a worker set up by :func:`set_up_worker`: start the warm kernel of its first notebook, a kernel ``name``
-    (:func:`kernel_name`) that imports from ``python_path`` and imports ``modules``
+    """In a worker set up by :func:`set_up_worker`: start the kernel template of its first notebook, for kernel
+    ``name`` (:func:`kernel_name`), that imports from ``python_path`` and imports ``modules``
     (:func:`autograder.execute.warm_kernels.start_first`), when the options use warm kernels."""
     if not (options.sandbox and options.warm_kernels and python_path):
         return
@@ -231,7 +234,7 @@ def warm_first_kernel(options: GradingOptions, python_path: str, modules: tuple[
 
 
 def import_grading_modules() -> None:
-    """In a worker, before its first notebook arrives (and while its first warm kernel starts): import what phase 1
+    """In a worker, before its first notebook arrives (and while its first kernel template starts): import what phase 1
     imports in the worker itself, so that no notebook's fixed cost pays for it: nbgrader's converters, every stage's
     checks and the reference side that computes their expected values, and ``torch._dynamo``, which the references'
     optimisers (``torch.optim``) import on their first use (1.2 to 1.7 s of CPU here). The worker's own torch runs on
@@ -269,9 +272,9 @@ def fixed_cost_parts(record: dict, arrived_at: float) -> dict[str, float] | None
     """A notebook's fixed cost (seconds from ``arrived_at``, its arrival at the worker, to the start of its first
     cell) in three parts, from its executed copy's ``record`` (``metadata["autograder"]``, written by
     :class:`autograder.execute.preprocessors.GuardedExecute`): ``preparing`` (its scratch folder, nbgrader's
-    pre-processing, the checks' inputs and expected values), ``waiting_for_kernel`` (taking its warm kernel, which may
-    still be importing) and ``starting`` (connecting to the kernel and the state resets; a cold kernel's whole
-    start). ``None`` when no cell ran."""
+    pre-processing, the checks' inputs and expected values), ``waiting_for_kernel`` (forking its kernel from the
+    kernel template, which may still be importing) and ``starting`` (the kernel's start-up, connecting to it and the
+    state resets; a cold kernel's whole start). ``None`` when no cell ran."""
     if record.get("first_cell_at") is None or record.get("executor_started_at") is None:
         return None
     waited = record.get("warm_kernel_wait") or 0.0
@@ -284,7 +287,7 @@ def execute_notebook(root: str, student: str, stage: str, options: GradingOption
                      next_warm_up: tuple[str, ...] | None = None) -> dict:
     """Phase 1 for one notebook (runs in a worker): autograde-execute it in a scratch course folder, its kernel
     importing from ``python_path`` (:func:`kernel_python_path`) before the environment. ``next_python_path``: that
-    of the notebook this worker is expected to run next, for its warm kernel (None: the same; "": none), which
+    of the next stage this worker is expected to run, for its kernel template (None: the same; "": none), which
     imports ``next_warm_up`` (:func:`kernel_imports`; None: a fixed list).
     ``share_expectations``: the checks' expected values are computed once for all the workers of this run, in
     ``<root>/work/_expectations/`` (:func:`autograder.execute.verdicts.computed_once`).

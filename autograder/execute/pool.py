@@ -24,7 +24,7 @@ from .resume import load_index, plan, remember, save_index
 def _set_up(options: str, log_dir: str, first_python_path: str, first_imports: tuple[str, ...],
             first_kernel: str) -> None:
     """A worker's initializer: :func:`set_up_worker` with the options :meth:`GradingOptions.to_json` wrote, then the
-    warm kernel of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view, imports
+    kernel template of its first notebook (:func:`warm_first_kernel`), with the first task's ``course_lib`` view, imports
     and kernel name, and the worker's own imports (:func:`import_grading_modules`) while that kernel starts."""
     set_up_worker(GradingOptions.from_json(options), log_dir)
     warm_first_kernel(GradingOptions.from_json(options), first_python_path, first_imports, first_kernel)
@@ -40,9 +40,15 @@ def _execute(root: str, student: str, stage: str, options: str, python_path: str
 
 
 def next_views(tasks: list, python_paths: dict, jobs: int) -> list:
-    """For each task (in order), the value for the stage (``course_lib`` view, kernel imports) of the task ``jobs``
-    places further on: the one its worker most likely runs next, for which it warms a kernel ("" when none is left)."""
-    return [python_paths[tasks[i + jobs][1]] if i + jobs < len(tasks) else "" for i in range(len(tasks))]
+    """For each task (in order), the value (``course_lib`` view, kernel imports) for the next stage its worker most
+    likely runs: the stage of the first task among those ``jobs``, 2 ``jobs``, ... places further on whose stage
+    differs from its own ("" when none does), for which the worker starts a kernel template while it still runs this
+    stage's notebooks."""
+    values = [""] * len(tasks)
+    for i in range(len(tasks) - 1 - jobs, -1, -1):
+        stage, later = tasks[i][1], tasks[i + jobs][1]
+        values[i] = python_paths[later] if later != stage else values[i + jobs]
+    return values
 
 
 def execute_all(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions,

@@ -167,9 +167,9 @@ class GuardedExecute(Execute):
     (``{"cell", "seconds", "reason"}`` of each cell that ignored its interrupt and was skipped) and
     ``first_cell_at`` (the wall-clock time, ``time.time()``, when the first code cell started to run),
     ``executor_started_at`` (the same, when this preprocessor started: nbgrader's pre-processing and the checks'
-    expected values came before), ``warm_kernel`` (whether the notebook ran in a kernel started before it arrived),
-    ``warm_kernel_wait`` (seconds spent taking that kernel: waiting for it to finish its imports, then handing it the
-    notebook's files; 0 for a kernel started here) and
+    expected values came before), ``warm_kernel`` (whether the notebook ran in a kernel forked from a kernel template),
+    ``warm_kernel_wait`` (seconds spent getting that kernel: waiting for the template's imports, the fork, handing
+    it the notebook's files; 0 for a kernel started here) and
     ``computed_expected_values`` (whether, before it ran, the grader computed checks' expected values for it rather
     than reading those of an earlier notebook: :class:`autograder.execute.verdicts.ProbeTestCells`).
     """
@@ -179,11 +179,11 @@ class GuardedExecute(Execute):
     warm_kernels = Bool(False, help="With the sandbox: run the notebook in a kernel started and warmed while the "
                                     "previous one ran (autograder.execute.warm_kernels).").tag(config=True)
     next_python_path = Unicode(None, allow_none=True,
-                               help="The course_lib view of the notebook expected next in this worker, for which the "
-                                    "next warm kernel starts; None: this notebook's; '': none.").tag(config=True)
+                               help="The course_lib view of the next stage this worker is expected to run, for which a "
+                                    "kernel template starts; None: this notebook's; '': none.").tag(config=True)
     next_warm_up = List(Unicode(), default_value=None, allow_none=True,
-                        help="The modules the kernel of the notebook expected next imports, which its warm kernel "
-                             "imports first (autograder.execute.notebook.kernel_imports); None: "
+                        help="The modules the kernels of that stage import, which its template imports first "
+                             "(autograder.execute.notebook.kernel_imports); None: "
                              "warm_kernels.WARM_UP_MODULES.").tag(config=True)
     interrupt_grace = Float(5.0, help="Seconds a timed-out cell has to stop after the interrupt before its kernel "
                                       "is replaced.").tag(config=True)
@@ -230,7 +230,7 @@ class GuardedExecute(Execute):
                                  self._next_config(), self.next_warm_up or warm_kernels.WARM_UP_MODULES)
 
     def _next_config(self):
-        """The settings of the kernel the next notebook is expected to need (None: no next notebook)."""
+        """The kernel settings of the next stage this worker is expected to run (None: none)."""
         if self.next_python_path is None:
             return self.config
         if not self.next_python_path:

@@ -64,7 +64,7 @@ def notebook_hash(root: Path, student: str, stage: str) -> str | None:
 
 def plan(root: Path, work: dict[str, tuple[str, ...]], options: GradingOptions, index: dict) -> tuple[list, list[dict]]:
     """The ``(student, stage, key)`` of the notebooks of ``work`` to execute, stage after stage (so a worker's
-    warm kernel, :mod:`autograder.execute.warm_kernels`, is most often one for its next notebook), and the results
+    kernel template, :mod:`autograder.execute.warm_kernels`, serves most of its notebooks), and the results
     of those kept; every executed folder of a student of ``work`` that is not kept is removed, and its entry of
     ``index``."""
     tasks, kept = [], []

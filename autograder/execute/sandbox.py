@@ -32,6 +32,11 @@ Talking to the kernel: with the network namespace off, the kernel binds its five
 ``/proc/<kernel pid>/root/run/kernel`` (see :class:`SandboxedKernelManager`), so no socket, connection file or
 other file of the kernel's needs a writable folder on the host.
 
+Kernel templates (:mod:`autograder.execute.templates`): :func:`bwrap_command` with ``template=True`` makes the same
+sandbox for a template, which keeps ``CAP_SYS_ADMIN`` and ``CAP_SETPCAP`` in its own user namespace and is its PID 1,
+so that it can give each kernel it forks new namespaces, fresh folders and no capability
+(:mod:`autograder.execute.kernel_template`).
+
 Interrupts: a kernel in a sandbox is not in the process group jupyter_client would signal (that group's
 leader is the outer ``bwrap``, which SIGINT would kill), so :class:`SandboxedKernelManager` sends SIGINT to
 the kernel process itself (and its process group inside the sandbox), found as the child of the sandbox's
@@ -141,9 +146,10 @@ def _mounts(workdir: str, python_path=(), read_only=(), disk_mb: int = DISK_MB, 
     for device in sorted(Path("/dev").glob("nvidia*")):  # a GPU, when the machine has one
         ops.append((str(device), ["--dev-bind", str(device), str(device)]))
     if kernel_dir is not None:
-        ops += [(KERNEL_DIR, ["--size", _mib(4), "--tmpfs", KERNEL_DIR]),
-                (f"{KERNEL_DIR}/connection.json", ["--ro-bind", f"{kernel_dir}/connection.json",
-                                                   f"{KERNEL_DIR}/connection.json"])]
+        ops.append((KERNEL_DIR, ["--size", _mib(4), "--tmpfs", KERNEL_DIR]))
+        if os.path.exists(f"{kernel_dir}/connection.json"):  # a kernel template's kernels get theirs at their fork
+            ops.append((f"{KERNEL_DIR}/connection.json", ["--ro-bind", f"{kernel_dir}/connection.json",
+                                                          f"{KERNEL_DIR}/connection.json"]))
         for name in ("passwd", "group"):
             ops.append((f"/etc/{name}", ["--ro-bind", f"{kernel_dir}/{name}", f"/etc/{name}"]))
     for number, (source, _) in enumerate(copies):
@@ -155,12 +161,16 @@ def _mounts(workdir: str, python_path=(), read_only=(), disk_mb: int = DISK_MB, 
 
 _NAMESPACES = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
                "--cap-drop", "ALL", "--hostname", "sandbox"]
+#: a kernel template (:mod:`autograder.execute.kernel_template`): PID 1 of its sandbox, with what it needs in its own
+#: user namespace to make each kernel's namespaces and folders, and to drop every capability in them
+_TEMPLATE = ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--as-pid-1"]
 
 
 def bwrap_command(command: list[str], workdir: str, *, python_path=(), read_only=(), env: dict | None = None,
                   disk_mb: int = DISK_MB, tmp_mb: int = TMP_MB, kernel_dir: str | None = None,
-                  copies=(), info_fd: int | None = None) -> list[str]:
-    """The full ``bwrap ... -- command`` line (see the module's docstring for what the sandbox holds).
+                  copies=(), info_fd: int | None = None, template: bool = False) -> list[str]:
+    """The full ``bwrap ... -- command`` line (see the module's docstring for what the sandbox holds); ``template``:
+    the sandbox of a kernel template, whose kernels get sandboxes of their own (:mod:`autograder.execute.templates`).
 
     ``env`` is the kernel's whole environment besides ``HOME`` (``workdir``), ``PATH`` and ``PYTHONPATH``
     (``python_path``); ``kernel_dir`` is the host folder of the connection file; ``copies``, the ``(host path,
@@ -175,8 +185,8 @@ def bwrap_command(command: list[str], workdir: str, *, python_path=(), read_only
     if python_path:
         variables["PYTHONPATH"] = os.pathsep.join(map(str, python_path))
     variables.update(env or {})
-    args = [bwrap, *_NAMESPACES, *_mounts(workdir, python_path, read_only, disk_mb, tmp_mb, kernel_dir, copies),
-            "--clearenv"]
+    args = [bwrap, *_NAMESPACES, *(_TEMPLATE if template else []),
+            *_mounts(workdir, python_path, read_only, disk_mb, tmp_mb, kernel_dir, copies), "--clearenv"]
     for name, value in variables.items():
         args += ["--setenv", name, str(value)]
     if info_fd is not None:

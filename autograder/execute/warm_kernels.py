@@ -1,30 +1,27 @@
-"""Sandboxed kernels started and warmed before their notebook arrives: one spare kernel per worker process.
+"""Kernels ready before their notebook arrives: forked from a kernel template that imported torch once per worker.
 
-A notebook's fixed cost is mostly its kernel's: the sandbox and the Python start-up, then importing torch,
-matplotlib and ``course_lib``'s checks (about 3 s of CPU on this project's machines). So while one notebook runs,
-its worker (a ``--jobs`` process, a Dask worker's grading child) starts the next notebook's kernel and imports in
-it what that notebook will import (:func:`autograder.execute.notebook.kernel_imports`; :data:`WARM_UP_MODULES`
-when that is not known), with a *silent* request (no execution count, no history, no names bound in the notebook's
-namespace).
-
-A worker's first spare starts with the worker (:func:`start_first`), for its first notebook. Then each
-spare is started with the settings of the notebook the worker will most likely run next (its stage's
-``course_lib`` view: the tasks go stage after stage, so it is the stage of the task ``jobs`` places further on), and
-none when no notebook is left for it. A warm kernel serves exactly one notebook and is never reused: :func:`take`
-hands the spare out at most once, and the notebook's executor shuts it down after its last cell
+A notebook's fixed cost was mostly its kernel's: the sandbox and the Python start-up, then importing torch,
+matplotlib and ``course_lib``'s checks (3.5 to 4.3 s of CPU per kernel on this project's machines). So a worker (a
+``--jobs`` process, a Dask worker's grading child) keeps one kernel template (:mod:`autograder.execute.templates`):
+a sandboxed Python that imported, once, what the notebooks of its settings will import
+(:func:`autograder.execute.notebook.kernel_imports`; :data:`WARM_UP_MODULES` when that is not known), and that forks
+each notebook's kernel in a few tenths of a second, in namespaces and fresh folders of its own, with no capability.
+The template runs no notebook code; each kernel serves exactly one notebook and is never reused: :func:`take` forks
+one per call, and the notebook's executor shuts it down after its last cell
 (:class:`autograder.execute.preprocessors.GuardedExecute`).
-It runs in a sandbox of its own like any kernel (:mod:`autograder.execute.sandbox`): its working folder is the
-in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and gets the notebook's other files
-(:func:`~autograder.execute.sandbox.workdir_copies`: never a notebook) when it is handed out, before the
-notebook's first cell, while only this module's code has run in it. A spare started for other settings (another
-stage's ``course_lib`` view, other caps) is shut down unused, unless they are those of the notebook expected next:
-workers take the next task as they become free, so at a change of stage one worker may run the notebook another
-warmed for.
 
-Kernels are started from one long-lived thread of the worker, with an event loop of its own: bwrap's
-``--die-with-parent`` follows the *thread* that started it, so a kernel started from a short-lived thread would
-die with that thread. A spare still starting when its notebook arrives is waited for; one that failed to start,
-or died while it waited, is replaced by a kernel started the usual way (:func:`take` returns None).
+A worker's first template starts with the worker (:func:`start_first`), for its first notebook. A worker then holds
+two templates: that of the stage it runs (its ``course_lib`` view, the caps, the caches) and that of the next stage
+it is expected to run (tasks go stage after stage; :func:`autograder.execute.pool.next_views`), which imports while
+this stage's notebooks run; a template of any other settings ends with its last kernel.
+A kernel's working folder is the in-sandbox path :data:`WORKDIR`, a tmpfs that starts with the caches (``seed``) and
+gets the notebook's other files (:func:`~autograder.execute.sandbox.workdir_copies`: never a notebook) when it is
+handed out, before the notebook's first cell.
+
+Templates and their kernels are started from one long-lived thread of the worker, with an event loop of its own:
+bwrap's ``--die-with-parent`` follows the *thread* that started it, and a template's kernels end with the template.
+A template still importing when its notebook arrives is waited for; one that failed to start or died, or whose
+kernel could not be forked, leaves the notebook to a kernel started the usual way (:func:`take` returns None).
 """
 
 from __future__ import annotations
@@ -38,22 +35,14 @@ import shutil
 import threading
 from concurrent.futures import Future
 
-from .sandbox import SandboxedKernelManager, workdir_copies
+from .sandbox import workdir_copies
+from .templates import WORKDIR, Template, TemplateKernelManager
 
-#: the working folder (and home) of a warm kernel, inside its sandbox
-WORKDIR = "/grading"
-#: what a warm kernel imports when its notebook's own imports are not known (a Dask worker's grading child)
+#: what a template imports when its notebooks' own imports are not known (a Dask worker's grading child)
 WARM_UP_MODULES = ("numpy", "matplotlib.pyplot", "torch", "torch._dynamo", "course_lib.checks.protocol")
 
 
-def warm_up_code(modules) -> str:
-    """The silent request a warm kernel runs before its notebook arrives: import ``modules`` (one that fails to
-    import is left for the notebook to report), in a namespace of its own, so no name is bound in the notebook's."""
-    loop = "for name in modules:\n    try:\n        __import__(name)\n    except Exception:\n        pass\n"
-    return f"exec({loop!r}, {{'modules': {tuple(modules)!r}}})"
-
-
-#: seconds a kernel has to start, and its warm-up to finish
+#: seconds a template has to start and import, and a kernel to be forked from it
 START_TIMEOUT = 120.0
 _log = logging.getLogger(__name__)
 
@@ -70,15 +59,24 @@ class _Starter:
 
 
 class _Spare:
-    """A kernel being started (``future``: its manager, or the error) for the settings ``key``."""
+    """A kernel template being started (``future``: the :class:`Template`, or the error) for the settings ``key``."""
 
     def __init__(self, starter: _Starter, key: str, config, kernel_name: str, modules):
         self.key = key
-        self.future = starter.submit(_start_warm(config, kernel_name, modules))
+        self.future = starter.submit(_start_template(config, kernel_name, modules))
+
+    def failed(self) -> bool:
+        """Whether its template could not start or has ended."""
+        return self.future.done() and (self.future.exception() is not None or not self.future.result().alive)
+
+    def retire(self) -> None:
+        """No more kernels from its template: it ends now, or with its last kernel."""
+        self.future.add_done_callback(lambda future: future.exception() is None and future.result().retire())
 
 
 _starter: _Starter | None = None
-_spare: _Spare | None = None
+#: the worker's kernel templates, by settings key: the current stage's and the next stage's
+_spares: dict[str, _Spare] = {}
 
 
 def settings_key(config, kernel_name: str) -> str:
@@ -89,51 +87,36 @@ def settings_key(config, kernel_name: str) -> str:
     return json.dumps({"kernel": kernel_name, **sections}, sort_keys=True, default=str)
 
 
-async def _start_warm(config, kernel_name: str, modules) -> SandboxedKernelManager:
-    """A sandboxed kernel started with ``config`` in :data:`WORKDIR`, with ``modules`` imported in it
-    (:func:`warm_up_code`)."""
-    manager = SandboxedKernelManager(config=config, kernel_name=kernel_name, workdir=WORKDIR)
-    await manager.start_kernel()
-    client = manager.client()
+async def _start_template(config, kernel_name: str, modules) -> Template:
+    """A kernel template with the settings of ``config``, ``modules`` imported in it (blocks the starter's loop while
+    it imports: submit forks before templates)."""
+    return Template(config, kernel_name, modules)
+
+
+async def _fork_kernel(template: Template) -> TemplateKernelManager:
+    """A kernel forked from ``template``, started (its manager connected, its caps watched)."""
+    manager = TemplateKernelManager(template, workdir=WORKDIR)
     try:
-        client.start_channels()
-        await client.wait_for_ready(timeout=START_TIMEOUT)
-        reply = await client.execute_interactive(warm_up_code(modules), silent=True, store_history=False,
-                                                 timeout=START_TIMEOUT, output_hook=lambda message: None)
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"the warm-up failed: {reply['content'].get('ename')}")
+        await manager.start_kernel()
     except BaseException:
         await _shut_down(manager)
         raise
-    finally:
-        client.stop_channels()
     return manager
 
 
-async def _shut_down(manager: SandboxedKernelManager) -> None:
+async def _shut_down(manager: TemplateKernelManager) -> None:
     try:
         await manager.shutdown_kernel(now=True)
     finally:
         await manager.cleanup_resources()
 
 
-def _discard(spare: _Spare) -> None:
-    """Shut the kernel of ``spare`` down (in the background; a start that failed is only logged)."""
-    def shut_down(future: Future) -> None:
-        if future.exception() is None:
-            _starter.submit(_shut_down(future.result()))
-
-    spare.future.add_done_callback(shut_down)
-
-
 def close() -> None:
-    """At the worker's exit: the spare's kernel is shut down and its files removed."""
-    if _spare is None:
-        return
-    try:
-        _starter.submit(_shut_down(_spare.future.result(timeout=START_TIMEOUT))).result(timeout=30)
-    except Exception:  # noqa: BLE001 - it did not start; the sandbox dies with this process anyway
-        pass
+    """At the worker's exit: the templates end, with their files."""
+    for spare in _spares.values():
+        if spare.future.done() and spare.future.exception() is None:
+            spare.future.result().close()
+    _spares.clear()
 
 
 def _ensure_starter() -> _Starter:
@@ -145,57 +128,62 @@ def _ensure_starter() -> _Starter:
 
 
 def start_first(config, kernel_name: str, modules=WARM_UP_MODULES) -> None:
-    """At a worker's start: the spare for its first notebook (settings ``config``, importing ``modules``) starts
-    while the worker imports what grading needs and prepares that notebook; nothing when a spare exists."""
-    global _spare
-    if _spare is None:
-        _spare = _Spare(_ensure_starter(), settings_key(config, kernel_name), config, kernel_name, modules)
+    """At a worker's start: the template for its first notebook (settings ``config``, importing ``modules``) starts
+    while the worker imports what grading needs and prepares that notebook; nothing when a template exists."""
+    if not _spares:
+        key = settings_key(config, kernel_name)
+        _spares[key] = _Spare(_ensure_starter(), key, config, kernel_name, modules)
 
 
 def take(config, kernel_name: str, folder: str, next_config=None,
-         next_modules=WARM_UP_MODULES) -> SandboxedKernelManager | None:
-    """The spare kernel, if it was started with these settings (``config``) and is alive, with the files of
-    ``folder`` (the notebook's working folder on this machine) copied into its working folder; None otherwise.
-    Either way the spare is no longer the spare (it is handed out once), and a new spare starts with the settings
-    of the notebook expected next, ``next_config`` (None: no spare, none is expected), importing ``next_modules``
-    (the modules that notebook's kernel will import); except that a spare of other
-    settings than ``config`` but those of ``next_config`` stays the spare (another worker took the notebook it was
-    started for, and the one after this is likely of its settings).
+         next_modules=WARM_UP_MODULES) -> TemplateKernelManager | None:
+    """A kernel forked from the template of these settings (``config``), if there is one and it is alive, with the
+    files of ``folder`` (the notebook's working folder on this machine) copied into its working folder; None
+    otherwise. Then the worker holds the templates of this notebook's settings (started now if missing: the
+    notebooks after it are most likely of its stage) and of ``next_config``, those of the next stage it is expected
+    to run (started now if missing, importing ``next_modules``; None: none expected); any other ends with its last
+    kernel.
 
     The caller owns the kernel it gets and shuts it down after its one notebook.
     """
-    global _spare
     starter = _ensure_starter()
-    key, spare = settings_key(config, kernel_name), _spare
+    key = settings_key(config, kernel_name)
     next_key = None if next_config is None else settings_key(next_config, kernel_name)
-    if spare is not None and spare.key != key and spare.key == next_key:
-        return None  # another worker took the notebook it was started for: it stays, for the next one
-    _spare = None if next_config is None else _Spare(starter, next_key, next_config, kernel_name, next_modules)
-    if spare is None:
-        return None
-    if spare.key != key:
-        _discard(spare)
-        return None
+    for other, spare in list(_spares.items()):
+        if spare.failed() or other not in (key, next_key):
+            if spare.failed():
+                _log.warning("a kernel template ended or did not start (%s)", spare.future.exception() or
+                             f"it ended with status {spare.future.result().process.returncode}")
+            spare.retire()
+            del _spares[other]
+    manager = _forked(starter, _spares[key], folder) if key in _spares else None  # forks go before template starts
+    for wanted, settings, modules in ((key, config, next_modules if key == next_key else None),
+                                      (next_key, next_config, next_modules)):
+        if wanted is not None and wanted not in _spares:
+            _spares[wanted] = _Spare(starter, wanted, settings, kernel_name, modules or WARM_UP_MODULES)
+    return manager
+
+
+def _forked(starter: _Starter, spare: _Spare, folder: str) -> TemplateKernelManager | None:
+    """A kernel forked from the template of ``spare`` with the files of ``folder``, or None (said in the log)."""
     try:
-        manager = spare.future.result(timeout=START_TIMEOUT)
+        manager = starter.submit(_fork_kernel(spare.future.result(timeout=START_TIMEOUT))).result(timeout=START_TIMEOUT)
     except Exception as error:  # noqa: BLE001 - a kernel started the usual way takes its place
-        _log.warning("a warm kernel did not start (%s: %s); starting one the usual way", type(error).__name__, error)
+        _log.warning("no kernel from the template (%s: %s); starting one the usual way", type(error).__name__, error)
         return None
     try:
-        if not manager.provisioner or manager.provisioner.process.poll() is not None:
-            raise RuntimeError("the warm kernel died while it waited")
         hand_over(manager, folder)
     except Exception as error:  # noqa: BLE001
-        _log.warning("a warm kernel could not be used (%s: %s)", type(error).__name__, error)
+        _log.warning("a forked kernel could not be used (%s: %s)", type(error).__name__, error)
         starter.submit(_shut_down(manager))
         return None
     return manager
 
 
-def hand_over(manager: SandboxedKernelManager, folder: str) -> None:
+def hand_over(manager: TemplateKernelManager, folder: str) -> None:
     """Copy the files of ``folder`` (:func:`workdir_copies`: no notebook, no link) into the working folder of
-    ``manager``'s running kernel, through the kernel's root (``/proc/<pid>/root``); only this module's warm-up has
-    run in that kernel, so nothing in its folder can point elsewhere."""
+    ``manager``'s running kernel, through the kernel's root (``/proc/<pid>/root``); only ipykernel's start has run in
+    that kernel, so nothing in its folder can point elsewhere."""
     root = f"/proc/{manager.kernel_pid}/root{WORKDIR}"
     for source, target in workdir_copies(folder):
         destination = os.path.join(root, target)
