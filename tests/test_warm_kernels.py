@@ -163,11 +163,11 @@ def test_a_template_forks_a_new_kernel_for_each_notebook_of_its_own_settings_onl
         root = Path(f"/proc/{manager.kernel_pid}/root{warm_kernels.WORKDIR}")
         assert (root / "data" / "digits.txt").read_text() == "0123"
         assert not (root / "answers.ipynb").exists()
+        run_sync(manager.shutdown_kernel)(now=True)  # whatever event loop an earlier test left running
         again = warm_kernels.take(other, "python3", str(folder))  # no other stage expected after this one
         assert again is not None and again is not manager and again.kernel_pid != manager.kernel_pid
         assert again.template is manager.template and manager.template.alive
-        for used in (manager, again):
-            run_sync(used.shutdown_kernel)(now=True)  # whatever event loop an earlier test left running
+        run_sync(again.shutdown_kernel)(now=True)
     finally:
         warm_kernels.close()
     deadline = time.monotonic() + 30

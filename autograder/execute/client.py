@@ -39,26 +39,28 @@ class PromptKernelClient(AsyncKernelClient):
 
     async def _replied(self, request: str) -> bool:
         """Whether the ``kernel_info_reply`` to ``request`` came on the shell channel (older replies are dropped)."""
-        give_up = time.monotonic() + REPLY_WAIT
-        while (left := give_up - time.monotonic()) > 0:
-            try:
-                message = await self.shell_channel.get_msg(timeout=left)
-            except Empty:
-                return False
-            if message["msg_type"] == "kernel_info_reply" and message["parent_header"].get("msg_id") == request:
-                self._handle_kernel_info_reply(message)
-                return True
-        return False
+        reply = await self._first(self.shell_channel, REPLY_WAIT, lambda message: (
+            message["msg_type"] == "kernel_info_reply" and message["parent_header"].get("msg_id") == request))
+        if reply is not None:
+            self._handle_kernel_info_reply(reply)
+        return reply is not None
 
     async def _went_idle(self, request: str) -> bool:
         """Whether IOPub brought the kernel's ``idle`` status for ``request`` (what came before it is dropped)."""
-        give_up = time.monotonic() + IDLE_WAIT
+        return await self._first(self.iopub_channel, IDLE_WAIT, lambda message: (
+            message["msg_type"] == "status" and message["parent_header"].get("msg_id") == request
+            and message["content"].get("execution_state") == "idle")) is not None
+
+    @staticmethod
+    async def _first(channel, seconds: float, wanted) -> dict | None:
+        """The first message of ``channel`` for which ``wanted`` holds, within ``seconds`` (None: none came); the
+        messages before it are dropped."""
+        give_up = time.monotonic() + seconds
         while (left := give_up - time.monotonic()) > 0:
             try:
-                message = await self.iopub_channel.get_msg(timeout=left)
+                message = await channel.get_msg(timeout=left)
             except Empty:
-                return False
-            if (message["msg_type"] == "status" and message["parent_header"].get("msg_id") == request
-                    and message["content"].get("execution_state") == "idle"):
-                return True
-        return False
+                return None
+            if wanted(message):
+                return message
+        return None

@@ -172,6 +172,14 @@ def _ended(sandbox: int | None, seconds: float = 5.0) -> bool:
     return True
 
 
+def _reply(replies, message: dict) -> None:
+    """Send ``message`` to the host; end quietly when the host has closed the pipe (it shut the template down)."""
+    try:
+        print(json.dumps(message), file=replies, flush=True)
+    except BrokenPipeError:
+        os._exit(0)
+
+
 def serve(settings: dict) -> None:
     """Import ``settings["modules"]``, say so, then fork a kernel for each request line until stdin closes."""
     _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "making the template non-dumpable")
@@ -185,17 +193,17 @@ def serve(settings: dict) -> None:
             pass
     import ipykernel.kernelapp  # noqa: F401 - what every kernel runs
 
-    print(json.dumps({"ready": True}), file=replies, flush=True)
+    _reply(replies, {"ready": True})
     last = None
     for line in sys.stdin:
         if not _ended(last):  # never two kernels at once: each could read the other's memory
-            print(json.dumps({"error": "the template's last kernel is still running"}), file=replies, flush=True)
+            _reply(replies, {"error": "the template's last kernel is still running"})
             continue
         try:
             last = pid = os.fork()
         except OSError as error:
             last = None
-            print(json.dumps({"error": str(error)}), file=replies, flush=True)
+            _reply(replies, {"error": str(error)})
             continue
         if pid == 0:
             try:
@@ -203,7 +211,7 @@ def serve(settings: dict) -> None:
             except BaseException as error:  # noqa: BLE001 - said on the log; the host sees the sandbox end
                 print(f"a kernel's sandbox could not be made: {error!r}", file=sys.stderr, flush=True)
             os._exit(1)
-        print(json.dumps({"pid": pid}), file=replies, flush=True)
+        _reply(replies, {"pid": pid})
 
 
 if __name__ == "__main__":

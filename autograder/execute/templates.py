@@ -110,8 +110,7 @@ class Template:
             command = bwrap_command([sys.executable, "-m", "autograder.execute.kernel_template", json.dumps(program)],
                                     WORKDIR, python_path=settings.python_path, read_only=settings.read_only, env=env,
                                     disk_mb=settings.disk_mb, tmp_mb=settings.tmp_mb, kernel_dir=self._runtime,
-                                    copies=copies,
-                                    info_fd=info_write, template=True)
+                                    copies=copies, info_fd=info_write, template=True)
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             pass_fds=(info_write,), cwd=self._runtime)
         finally:
