@@ -38,13 +38,19 @@ pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(sandbox_unavailable() is not None,
                                  reason=f"no sandbox can be made here: {sandbox_unavailable()}")]
 
-#: prints what earlier notebooks left behind, its folder and its kernel's key; then leaves all three behind
+#: prints what earlier notebooks left behind, its folder, its kernel's key, its capabilities and whether it could read
+#: its template's memory; then leaves all three behind
 SNOOP = """import json, os, pathlib, torch
 left = [name for name, found in (("file", pathlib.Path("left.txt").exists()), ("variable", "LEFT_BEHIND" in os.environ),
                                  ("attribute", hasattr(torch, "left_behind"))) if found]
 kernel = json.load(open("/run/kernel/connection.json"))["key"][:12]  # each kernel's own signing key
 folder = {name: pathlib.Path(name).read_text() for name in sorted(os.listdir(".")) if not name.startswith(".")}
-print("SNOOP " + json.dumps({"left": left, "folder": folder, "kernel": kernel}))
+caps = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("CapEff"))
+try:  # its template is PID 1 of the /proc it sees
+    template = open("/proc/1/mem", "rb").read(1) is not None
+except OSError:
+    template = False
+print("SNOOP " + json.dumps({"left": left, "folder": folder, "kernel": kernel, "caps": caps, "template": template}))
 pathlib.Path("left.txt").write_text("x")
 os.environ["LEFT_BEHIND"] = "1"
 torch.left_behind = True
@@ -85,6 +91,7 @@ def test_every_notebook_gets_a_kernel_of_its_own_that_no_earlier_notebook_touche
     assert [seen[student]["left"] for student in STUDENTS] == [[]] * len(STUDENTS)
     assert [seen[student]["folder"] for student in STUDENTS] == [{"timestamp.txt": "2026-12-01 10:00:00 UTC"}] * 4
     assert len({seen[student]["kernel"] for student in STUDENTS}) == len(STUDENTS)  # never a kernel twice
+    assert {(seen[student]["caps"], seen[student]["template"]) for student in STUDENTS} == {("0000000000000000", False)}
     assert all(seen[student]["warm"] for student in STUDENTS)  # the first's kernel started with the worker
     # the checks' expected values are computed by the first notebook and read by the others (in its fixed cost)
     assert [seen[student]["computed"] for student in STUDENTS] == [True, False, False, False]

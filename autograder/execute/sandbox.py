@@ -264,6 +264,33 @@ def _children(pid: int) -> list[tuple[int, int]]:
     return sorted(found)
 
 
+def write_identity(folder: str, home: str) -> None:
+    """``passwd`` and ``group`` files in ``folder`` (bound on the sandbox's ``/etc``) for one user whose home is
+    ``home``."""
+    uid, gid = os.getuid(), os.getgid()
+    Path(folder, "passwd").write_text(f"student:x:{uid}:{gid}:student:{home}:/bin/sh\n")
+    Path(folder, "group").write_text(f"student:x:{gid}:\n")
+
+
+def read_bwrap_info(fd: int, timeout: float) -> dict:
+    """bwrap's ``--info-fd`` JSON (``child-pid``: the host PID of the sandbox's PID 1), read whole: bwrap dies of
+    SIGPIPE, and its sandbox with it, when the pipe closes before it wrote all."""
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        try:
+            return json.loads(data)
+        except ValueError:
+            continue
+    raise RuntimeError("the sandbox did not start (bwrap's error is in the kernel's stderr)")
+
+
 class SandboxedKernelManager(LimitedKernelManager):
     """An ``AsyncKernelManager`` whose kernel runs in a bubblewrap sandbox (see the module's docstring).
 
@@ -319,7 +346,7 @@ class SandboxedKernelManager(LimitedKernelManager):
         workdir = os.path.realpath(kw.pop("cwd", None) or self.workdir or "")
         if not self.workdir and not os.path.isdir(workdir):
             raise ValueError(f"a sandboxed kernel needs its working folder, got {workdir!r}")
-        self._write_identity(workdir)
+        write_identity(self._runtime, workdir)
         copies = workdir_copies(workdir)
         copies += [(source, target) for source, target in self.seed.items() if os.path.exists(source)]
         kernel_cmd = [f"{KERNEL_DIR}/connection.json" if arg == self.connection_file else arg for arg in kernel_cmd]
@@ -327,12 +354,6 @@ class SandboxedKernelManager(LimitedKernelManager):
         kernel_cmd = boot_command(kernel_cmd, copies)
         kw["cwd"] = self._runtime
         return kernel_cmd, kw
-
-    def _write_identity(self, workdir: str) -> None:
-        """``/etc/passwd`` and ``/etc/group`` of one user whose home is the working folder."""
-        uid, gid = os.getuid(), os.getgid()
-        Path(self._runtime, "passwd").write_text(f"student:x:{uid}:{gid}:student:{workdir}:/bin/sh\n")
-        Path(self._runtime, "group").write_text(f"student:x:{gid}:\n")
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         workdir, copies = self._launch_dirs
@@ -349,7 +370,7 @@ class SandboxedKernelManager(LimitedKernelManager):
         finally:
             os.close(info_write)
         try:
-            info = self._read_info(info_read)
+            info = read_bwrap_info(info_read, self.sandbox_start_timeout)
         finally:
             os.close(info_read)
         self._sandbox_pid = int(info["child-pid"])
@@ -361,23 +382,6 @@ class SandboxedKernelManager(LimitedKernelManager):
         # the host's way to the kernel's sockets: through the root of the kernel process (which exec'd in the
         # sandbox, so its owner may look into it even without root; bwrap's PID 1 may not be open to it)
         self.ip = f"/proc/{self._kernel_pid}/root{KERNEL_DIR}/ipc"
-
-    def _read_info(self, fd: int) -> dict:
-        """bwrap's ``--info-fd`` JSON (``child-pid``: the host PID of the sandbox's PID 1)."""
-        data, deadline = b"", time.monotonic() + self.sandbox_start_timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-            try:
-                return json.loads(data)
-            except ValueError:
-                continue
-        raise RuntimeError("the kernel's sandbox did not start (bwrap's error is in the kernel's stderr)")
 
     def _watchdog_of_kernel(self, caps: dict) -> TreeWatchdog:
         """A watchdog of every process of the sandbox's PID namespace."""

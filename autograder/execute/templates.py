@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from .limits import TreeWatchdog
-from .sandbox import COPY_DIR, ENV_ALLOWED, KERNEL_DIR, SandboxedKernelManager, _children, bwrap_command
+from .sandbox import (COPY_DIR, ENV_ALLOWED, KERNEL_DIR, SandboxedKernelManager, _children, bwrap_command,
+                      read_bwrap_info, write_identity)
 
 #: the working folder (and home) of a forked kernel, inside its sandbox
 WORKDIR = "/grading"
@@ -96,9 +97,7 @@ class Template:
         self.config, self.kernel_name = config, kernel_name
         self._kernels, self._retired, self._lock = 0, False, threading.Lock()
         self._runtime = tempfile.mkdtemp(prefix="kernel-template-")
-        for name, line in (("passwd", f"student:x:{os.getuid()}:{os.getgid()}:student:{WORKDIR}:/bin/sh\n"),
-                           ("group", f"student:x:{os.getgid()}:\n")):
-            Path(self._runtime, name).write_text(line)
+        write_identity(self._runtime, WORKDIR)
         copies = [(source, target) for source, target in settings.seed.items() if os.path.exists(source)]
         program = {"modules": list(modules), "workdir": WORKDIR, "disk_mb": settings.disk_mb,
                    "tmp_mb": settings.tmp_mb, "copies": [(f"{COPY_DIR}/{number}", target)
@@ -117,26 +116,12 @@ class Template:
             os.close(info_write)
         self._replies, self._ready = _Lines(self.process.stdout.fileno()), False
         try:
-            self.pid = self._host_pid(info_read)
+            self.pid = int(read_bwrap_info(info_read, START_TIMEOUT)["child-pid"])
         except BaseException:
             self.close()
             raise
         finally:
             os.close(info_read)
-
-    def _host_pid(self, info: int) -> int:
-        """The host PID of the template (its sandbox's PID 1), from bwrap's ``--info-fd``, read whole (bwrap dies of
-        SIGPIPE, and the template with it, when the pipe closes before it wrote all)."""
-        data, deadline = b"", time.monotonic() + START_TIMEOUT
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([info], [], [], left)[0] or not (chunk := os.read(info, 4096)):
-                raise TemplateUnavailableError("the kernel template's sandbox did not start (see the worker's log)")
-            data += chunk
-            try:
-                return int(json.loads(data)["child-pid"])
-            except ValueError:
-                continue
 
     @property
     def alive(self) -> bool:

@@ -59,10 +59,9 @@ class _Starter:
 
 
 class _Spare:
-    """A kernel template being started (``future``: the :class:`Template`, or the error) for the settings ``key``."""
+    """A kernel template being started (``future``: the :class:`Template`, or the error)."""
 
-    def __init__(self, starter: _Starter, key: str, config, kernel_name: str, modules):
-        self.key = key
+    def __init__(self, starter: _Starter, config, kernel_name: str, modules):
         self.future = starter.submit(_start_template(config, kernel_name, modules))
 
     def failed(self) -> bool:
@@ -132,7 +131,7 @@ def start_first(config, kernel_name: str, modules=WARM_UP_MODULES) -> None:
     while the worker imports what grading needs and prepares that notebook; nothing when a template exists."""
     if not _spares:
         key = settings_key(config, kernel_name)
-        _spares[key] = _Spare(_ensure_starter(), key, config, kernel_name, modules)
+        _spares[key] = _Spare(_ensure_starter(), config, kernel_name, modules)
 
 
 def take(config, kernel_name: str, folder: str, next_config=None,
@@ -150,17 +149,18 @@ def take(config, kernel_name: str, folder: str, next_config=None,
     key = settings_key(config, kernel_name)
     next_key = None if next_config is None else settings_key(next_config, kernel_name)
     for other, spare in list(_spares.items()):
-        if spare.failed() or other not in (key, next_key):
-            if spare.failed():
-                _log.warning("a kernel template ended or did not start (%s)", spare.future.exception() or
-                             f"it ended with status {spare.future.result().process.returncode}")
+        failed = spare.failed()
+        if failed:
+            _log.warning("a kernel template ended or did not start (%s)", spare.future.exception() or
+                         f"it ended with status {spare.future.result().process.returncode}")
+        if failed or other not in (key, next_key):
             spare.retire()
             del _spares[other]
     manager = _forked(starter, _spares[key], folder) if key in _spares else None  # forks go before template starts
     for wanted, settings, modules in ((key, config, next_modules if key == next_key else None),
                                       (next_key, next_config, next_modules)):
         if wanted is not None and wanted not in _spares:
-            _spares[wanted] = _Spare(starter, wanted, settings, kernel_name, modules or WARM_UP_MODULES)
+            _spares[wanted] = _Spare(starter, settings, kernel_name, modules or WARM_UP_MODULES)
     return manager
 
 
